@@ -1,0 +1,503 @@
+//! The reconciler: read what exists → decide (pure, in [`crate::schedule`],
+//! [`crate::target_secret`], [`crate::status`]) → write what changed.
+//!
+//! A reconciliation that finds everything as it should be makes no write and
+//! no token request: it reads the target and credentials Secrets and requeues
+//! at the next refresh deadline.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+    },
+};
+use tracing::{info, instrument, warn};
+
+use crate::{
+    error::Error,
+    resource::{RunaiCredential, RunaiCredentialStatus},
+    schedule::{self, Backoff, Desired, Plan, TokenRecord},
+    status::{self, CurrentToken, Failure},
+    target_secret::{self, HashKey, StoredToken, TargetSecret},
+    token_client::TokenClients,
+};
+
+/// The one field manager for every write of the controller.
+pub const FIELD_MANAGER: &str = "runai-token-sync";
+
+/// Shared state of all reconciliations.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub token_clients: TokenClients,
+    pub hash_key: HashKey,
+    /// Accept `http://` URLs (local testing only).
+    pub allow_insecure_http: bool,
+    /// Failed refreshes being backed off, by RunaiCredential uid. Kept in
+    /// memory: after a restart, a failing credential is retried once at once.
+    backoffs: Mutex<HashMap<String, (Backoff, Failure)>>,
+    /// Consecutive Kubernetes API errors, by uid, for `error_policy`'s backoff.
+    api_errors: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        token_clients: TokenClients,
+        hash_key: HashKey,
+        allow_insecure_http: bool,
+    ) -> Self {
+        Context {
+            client,
+            recorder,
+            token_clients,
+            hash_key,
+            allow_insecure_http,
+            backoffs: Mutex::default(),
+            api_errors: Mutex::default(),
+        }
+    }
+
+    fn backoff(&self, uid: &str) -> Option<(Backoff, Failure)> {
+        lock(&self.backoffs).get(uid).cloned()
+    }
+
+    fn set_backoff(&self, uid: &str, backoff: Option<(Backoff, Failure)>) {
+        let mut backoffs = lock(&self.backoffs);
+        match backoff {
+            Some(b) => backoffs.insert(uid.to_owned(), b),
+            None => backoffs.remove(uid),
+        };
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not stop every later reconciliation.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a valid spec resolves to.
+#[derive(Debug)]
+pub struct ValidSpec {
+    pub url: url::Url,
+    pub refresh_interval: Option<Duration>,
+}
+
+/// Checks what the CRD schema cannot: URL details, duration syntax, names.
+pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<ValidSpec, Error> {
+    let invalid = |field, message: String| Error::InvalidSpec { field, message };
+    let url = url::Url::parse(cr.spec.url.trim())
+        .map_err(|e| invalid("spec.url", format!("{:?} is not a URL: {e}", cr.spec.url)))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => {
+            return Err(invalid(
+                "spec.url",
+                "http:// is refused because the client secret would travel in clear text; use https:// (the controller accepts http:// only when started with --allow-insecure-http, for local testing)".to_owned(),
+            ));
+        }
+        other => return Err(invalid("spec.url", format!("scheme {other:?} is not supported; use https://"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("spec.url", "has no host".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "spec.url",
+            "must not contain credentials; put them in the credentials Secret".to_owned(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("spec.url", "must not have a query or fragment".to_owned()));
+    }
+    let refresh_interval = cr
+        .spec
+        .refresh_interval
+        .as_deref()
+        .map(schedule::parse_refresh_interval)
+        .transpose()
+        .map_err(|m| invalid("spec.refreshInterval", m))?;
+    let key = &cr.spec.target.key;
+    if key == target_secret::EXPIRES_AT_KEY
+        || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(invalid(
+            "spec.target.key",
+            format!("{key:?} is not a usable Secret key (letters, digits, '-', '_', '.'; not {:?})", target_secret::EXPIRES_AT_KEY),
+        ));
+    }
+    // The name is a label value on the target Secret, which is limited to 63.
+    if cr.name_any().len() > 63 {
+        return Err(invalid(
+            "metadata.name",
+            "is longer than 63 characters, the limit of a label value".to_owned(),
+        ));
+    }
+    Ok(ValidSpec { url, refresh_interval })
+}
+
+/// Reconciles one RunaiCredential.
+#[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any()))]
+pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let action = reconcile_at(&cr, &ctx, now).await?;
+    lock(&ctx.api_errors).remove(&uid_of(&cr));
+    Ok(action)
+}
+
+/// Decides the requeue after an error of the controller itself (a failing
+/// Kubernetes API): exponential backoff with jitter, per RunaiCredential.
+pub fn error_policy(cr: Arc<RunaiCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = {
+        let mut errors = lock(&ctx.api_errors);
+        let count = errors.entry(uid_of(&cr)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    warn!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), error = %err, attempts, "reconciliation failed");
+    let now = Timestamp::now();
+    let at = schedule::retry_at(now, attempts, None, rand::random());
+    Action::requeue(schedule::delay_until(now, at))
+}
+
+fn uid_of(cr: &RunaiCredential) -> String {
+    cr.uid().unwrap_or_else(|| format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()))
+}
+
+async fn reconcile_at(cr: &RunaiCredential, ctx: &Context, now: Timestamp) -> Result<Action, Error> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let uid = uid_of(cr);
+    let secret_name = cr.target_secret_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    let spec = match validate_spec(cr, ctx.allow_insecure_http)
+        .and_then(|spec| ctx.token_clients.get(cr.spec.ca_bundle.as_deref()).map(|c| (spec, c)))
+    {
+        Ok(valid) => valid,
+        Err(err) => {
+            ctx.set_backoff(&uid, None);
+            return block(cr, ctx, &secret_name, &err, now).await;
+        }
+    };
+    let (spec, token_client) = spec;
+
+    let existing = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(Error::kube("reading the target Secret"))?;
+    let managed = match TargetSecret::classify(existing, &cr.name_any()) {
+        TargetSecret::Foreign => {
+            ctx.set_backoff(&uid, None);
+            let err = Error::SecretConflict {
+                secret: secret_name.clone(),
+            };
+            return block(cr, ctx, &secret_name, &err, now).await;
+        }
+        TargetSecret::Missing => None,
+        TargetSecret::Managed(secret) => Some(secret),
+    };
+    let stored = managed
+        .as_deref()
+        .and_then(|s| target_secret::stored_token(s, &cr.spec.target.key, &ctx.hash_key));
+
+    let reference = &cr.spec.client_credentials_secret_ref;
+    let credentials_secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(Error::kube("reading the credentials Secret"))?;
+    let credentials = target_secret::read_credentials(credentials_secret.as_ref(), reference);
+    let desired = Desired {
+        credentials_hash: credentials
+            .as_ref()
+            .ok()
+            .map(|c| ctx.hash_key.credentials_hash(spec.url.as_str(), cr.spec.token_api, c)),
+        generation: cr.meta().generation.unwrap_or_default(),
+        refresh_request: cr.refresh_request().map(str::to_owned),
+    };
+
+    let backoff = ctx.backoff(&uid);
+    let jitter_of = |record: &TokenRecord| schedule::stable_jitter(&format!("{uid}/{}", record.issued_at));
+    let plan = schedule::plan(
+        now,
+        stored.as_ref().map(|s| (&s.record, s.intact)),
+        &desired,
+        backoff.as_ref().map(|(b, _)| b),
+        spec.refresh_interval,
+        stored.as_ref().map_or(0.0, |s| jitter_of(&s.record)),
+    );
+    let previous = cr.status.as_ref();
+    let generation = cr.meta().generation;
+
+    match (plan, stored) {
+        (Plan::WaitUntil(due), Some(stored)) => {
+            // Fresh and current: only put right what someone changed.
+            let desired_secret =
+                target_secret::desired_secret(cr, &stored.access_token, &stored.record, &ctx.hash_key);
+            if managed.as_deref().is_none_or(|s| target_secret::needs_repair(s, &desired_secret)) {
+                info!(secret = %secret_name, "repairing the target Secret");
+                apply_secret(&secrets, &desired_secret).await?;
+            }
+            let token = CurrentToken {
+                record: &stored.record,
+                current: true,
+            };
+            let new = status::token_status(previous, generation, &secret_name, Some(token), None, due, now);
+            write_status(cr, ctx, new).await?;
+            Ok(requeue_at(now, due))
+        }
+        (Plan::RetryAt(retry_at), stored) => {
+            let failure = backoff.map(|(_, f)| f);
+            let token = current_token(stored.as_ref(), &desired);
+            let new = status::token_status(previous, generation, &secret_name, token, failure.as_ref(), retry_at, now);
+            write_status(cr, ctx, new).await?;
+            Ok(requeue_at(now, wake_time(retry_at, token, now)))
+        }
+        (plan, stored) => {
+            let reason = match plan {
+                Plan::Refresh(reason) => reason.as_str(),
+                _ => "no token in the Secret",
+            };
+            refresh(cr, ctx, &spec, &token_client, credentials, desired, stored, reason, now).await
+        }
+    }
+}
+
+/// The stored token with whether it was obtained with the current credentials.
+fn current_token<'a>(stored: Option<&'a StoredToken>, desired: &Desired) -> Option<CurrentToken<'a>> {
+    stored.map(|s| CurrentToken {
+        record: &s.record,
+        current: s.intact && desired.credentials_hash.as_deref() == Some(s.record.credentials_hash.as_str()),
+    })
+}
+
+/// When to look again during a backoff: at the retry, or earlier when the
+/// current token expires first, so that `Ready` turns False on time.
+fn wake_time(retry_at: Timestamp, token: Option<CurrentToken<'_>>, now: Timestamp) -> Timestamp {
+    match token.filter(|t| t.current).and_then(|t| t.record.expires_at) {
+        Some(expiry) if expiry > now && expiry < retry_at => expiry,
+        _ => retry_at,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn refresh(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    spec: &ValidSpec,
+    token_client: &crate::token_client::TokenClient,
+    credentials: Result<crate::token_client::ClientCredentials, Error>,
+    desired: Desired,
+    stored: Option<StoredToken>,
+    why: &'static str,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let uid = uid_of(cr);
+    let secret_name = cr.target_secret_name();
+    let previous = cr.status.as_ref();
+    let generation = cr.meta().generation;
+    let api = cr.spec.token_api;
+    info!(reason = why, token_api = api.as_str(), "requesting a token");
+
+    let issued = match credentials {
+        Ok(creds) => token_client.request_token(&spec.url, api, &creds, now).await,
+        Err(err) => Err(err),
+    };
+    match issued {
+        Ok(issued) => {
+            let record = TokenRecord {
+                issued_at: now,
+                expires_at: issued.expires_at,
+                credentials_hash: desired.credentials_hash.clone().unwrap_or_default(),
+                generation: desired.generation,
+                refresh_request: desired.refresh_request.clone(),
+            };
+            let secret = target_secret::desired_secret(cr, &issued.access_token, &record, &ctx.hash_key);
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+            apply_secret(&secrets, &secret).await?;
+            ctx.set_backoff(&uid, None);
+            let due = schedule::refresh_due_at(
+                now,
+                record.expires_at,
+                spec.refresh_interval,
+                schedule::stable_jitter(&format!("{uid}/{}", record.issued_at)),
+            );
+            let token = CurrentToken {
+                record: &record,
+                current: true,
+            };
+            let new = status::token_status(previous, generation, &secret_name, Some(token), None, due, now);
+            write_status(cr, ctx, new).await?;
+            let validity = match record.expires_at {
+                Some(at) => format!("valid until {}", target_secret::rfc3339(at)),
+                None => "of unknown expiry".to_owned(),
+            };
+            info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
+            publish(
+                ctx,
+                cr,
+                EventType::Normal,
+                "TokenIssued",
+                format!("Wrote a token {validity} to Secret {secret_name} ({why})"),
+            )
+            .await;
+            Ok(requeue_at(now, due))
+        }
+        Err(err) if err.is_refresh_failure() => {
+            let attempts = ctx
+                .backoff(&uid)
+                .map(|(_, f)| f.attempts)
+                .or_else(|| previous.map(|s| s.failed_attempts))
+                .unwrap_or(0)
+                .saturating_add(1);
+            let retry_at = schedule::retry_at(now, attempts, err.retry_after(), rand::random());
+            let failure = Failure {
+                reason: err.reason(),
+                message: err.to_string(),
+                attempts,
+            };
+            ctx.set_backoff(
+                &uid,
+                Some((
+                    Backoff {
+                        desired: desired.clone(),
+                        retry_at,
+                    },
+                    failure.clone(),
+                )),
+            );
+            warn!(reason = failure.reason, class = err.class(), attempts, retry_at = %target_secret::rfc3339(retry_at), error = %err, "token refresh failed");
+            let token = current_token(stored.as_ref(), &desired);
+            let new = status::token_status(previous, generation, &secret_name, token, Some(&failure), retry_at, now);
+            write_status(cr, ctx, new).await?;
+            // One Warning per attempt, and attempts are spaced by the backoff.
+            publish(ctx, cr, EventType::Warning, failure.reason, failure.message.clone()).await;
+            Ok(requeue_at(now, wake_time(retry_at, token, now)))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Reports a state only the user can fix and waits for a change.
+async fn block(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    secret_name: &str,
+    err: &Error,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let new = status::blocked_status(
+        cr.status.as_ref(),
+        cr.meta().generation,
+        secret_name,
+        err.reason(),
+        err.to_string(),
+        now,
+    );
+    // The Warning goes out when the condition changes, not on every resync.
+    if write_status(cr, ctx, new).await? {
+        warn!(reason = err.reason(), error = %err, "cannot proceed until the spec or the cluster changes");
+        publish(ctx, cr, EventType::Warning, err.reason(), err.to_string()).await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    secrets
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(secret))
+        .await
+        .map_err(Error::kube("writing the target Secret"))?;
+    Ok(())
+}
+
+/// Writes the status when it differs from the stored one; says whether it did.
+async fn write_status(cr: &RunaiCredential, ctx: &Context, new: RunaiCredentialStatus) -> Result<bool, Error> {
+    if cr.status.as_ref().is_some_and(|old| status::same_status(old, &new)) {
+        return Ok(false);
+    }
+    let api: Api<RunaiCredential> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": RunaiCredential::api_version(&()),
+        "kind": RunaiCredential::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &cr.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("writing the status"))?;
+    Ok(true)
+}
+
+async fn publish(ctx: &Context, cr: &RunaiCredential, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "RefreshToken".to_owned(),
+        secondary: None,
+    };
+    // An Event is a courtesy: failing to publish one must not fail the work.
+    if let Err(err) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+        warn!(error = %err, "could not publish an Event");
+    }
+}
+
+fn requeue_at(now: Timestamp, at: Timestamp) -> Action {
+    // Never a hot loop, even if `at` is already past.
+    Action::requeue(schedule::delay_until(now, at).max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::RunaiCredentialSpec;
+
+    fn cr(url: &str) -> RunaiCredential {
+        let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({
+            "url": url,
+            "clientCredentialsSecretRef": {"name": "c"},
+        }))
+        .unwrap();
+        RunaiCredential::new("trainer", spec)
+    }
+
+    fn field_of(result: Result<ValidSpec, Error>) -> &'static str {
+        match result {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spec_validation_names_the_field() {
+        assert!(validate_spec(&cr("https://acme.run.ai"), false).is_ok());
+        assert_eq!(field_of(validate_spec(&cr("http://acme.run.ai"), false)), "spec.url");
+        assert!(validate_spec(&cr("http://127.0.0.1:8080"), true).is_ok());
+        assert_eq!(field_of(validate_spec(&cr("https://u:p@acme.run.ai"), false)), "spec.url");
+        assert_eq!(field_of(validate_spec(&cr("https://acme.run.ai/?a=b"), false)), "spec.url");
+        let mut bad_interval = cr("https://acme.run.ai");
+        bad_interval.spec.refresh_interval = Some("often".into());
+        assert_eq!(field_of(validate_spec(&bad_interval, false)), "spec.refreshInterval");
+        let mut bad_key = cr("https://acme.run.ai");
+        bad_key.spec.target.key = "expiresAt".into();
+        assert_eq!(field_of(validate_spec(&bad_key, false)), "spec.target.key");
+        let mut long = cr("https://acme.run.ai");
+        long.metadata.name = Some("x".repeat(64));
+        assert_eq!(field_of(validate_spec(&long, false)), "metadata.name");
+    }
+}

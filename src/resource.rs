@@ -1,0 +1,291 @@
+//! The `RunaiCredential` custom resource (`tokensync.dev/v1alpha1`).
+//!
+//! The doc comments on these types become the CRD's OpenAPI descriptions, so
+//! they are written for the user who runs `kubectl explain runaicredential`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resource.
+pub const GROUP: &str = "tokensync.dev";
+
+/// Annotation on a RunaiCredential: setting it to a new value requests an
+/// immediate refresh, once per value.
+pub const REFRESH_REQUESTED_AT_ANNOTATION: &str = "tokensync.dev/refresh-requested-at";
+
+/// Condition type: the target Secret holds a valid token.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: refreshing fails although a token may still be valid.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// Keeps a Run:ai API access token fresh in a Kubernetes Secret.
+///
+/// The controller requests a token from the Run:ai control plane at `spec.url`
+/// with the client credentials of an application (service account), writes it
+/// into the target Secret, and replaces it before it expires.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tokensync.dev",
+    version = "v1alpha1",
+    kind = "RunaiCredential",
+    plural = "runaicredentials",
+    singular = "runaicredential",
+    shortname = "runaicred",
+    shortname = "runaicreds",
+    namespaced,
+    status = "RunaiCredentialStatus",
+    derive = "PartialEq",
+    doc = "RunaiCredential keeps a Run:ai API access token fresh in a Secret of its namespace.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the target Secret holds a valid token"
+    ),
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".status.secretName",
+        description = "The Secret the token is written to"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expirationTime",
+        description = "When the current token expires"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1,
+        description = "Why the credential is or is not ready"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RunaiCredentialSpec {
+    /// Base URL of the Run:ai control plane: `https://<tenant>.run.ai` for SaaS,
+    /// the Run:ai UI URL for a self-hosted installation. Only `https://` URLs are
+    /// used; an `http://` URL is refused unless the controller runs with its
+    /// insecure-HTTP flag, which exists for local testing only.
+    #[schemars(extend("pattern" = "^https?://[^\\s/?#@]+(/[^\\s?#]*)?$"))]
+    pub url: String,
+
+    /// Which generation of the Run:ai token API to call. `V1` (default):
+    /// `POST {url}/api/v1/token` with a JSON client-credentials grant, for Run:ai
+    /// 2.19 and later. `V2`: `POST {url}/api/v2/token`, OAuth2 form-encoded, for
+    /// the newest releases. `AppToken`: the legacy `app_token` grant of Run:ai
+    /// 2.18 and older.
+    #[serde(default)]
+    pub token_api: TokenApi,
+
+    /// The Secret, in this RunaiCredential's namespace, that holds the client ID
+    /// and client secret of the Run:ai application (service account).
+    pub client_credentials_secret_ref: ClientCredentialsSecretRef,
+
+    /// PEM-encoded CA certificates to trust for `url`, besides the system roots.
+    /// Needed when a self-hosted Run:ai is served with a certificate from a
+    /// private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+
+    /// The longest a token stays in the Secret before it is replaced, as a
+    /// duration such as `45m`, `1h30m` or `90s`. Without it, the next refresh
+    /// is at two thirds of the token's lifetime (or after 30 minutes when the
+    /// lifetime is unknown); with it, whichever comes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<String>,
+
+    /// The Secret the token is written to.
+    #[serde(default)]
+    pub target: Target,
+}
+
+/// Which generation of the Run:ai token API to call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum TokenApi {
+    /// `POST {url}/api/v1/token` with `{"grantType":"client_credentials","clientId","clientSecret"}`.
+    #[default]
+    V1,
+    /// `POST {url}/api/v2/token`, form-encoded OAuth2 client-credentials grant.
+    V2,
+    /// Legacy `POST {url}/api/v1/token` with `{"grantType":"app_token","AppId","AppSecret"}`.
+    AppToken,
+}
+
+impl TokenApi {
+    /// The name used in the spec, in logs and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenApi::V1 => "V1",
+            TokenApi::V2 => "V2",
+            TokenApi::AppToken => "AppToken",
+        }
+    }
+}
+
+/// A reference to the Secret holding the client credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCredentialsSecretRef {
+    /// Name of the Secret. It is always read from the RunaiCredential's own
+    /// namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key of the client ID (application ID) in the Secret's data.
+    #[serde(default = "default_client_id_key")]
+    #[schemars(length(min = 1))]
+    pub client_id_key: String,
+
+    /// Key of the client secret (application secret) in the Secret's data.
+    #[serde(default = "default_client_secret_key")]
+    #[schemars(length(min = 1))]
+    pub client_secret_key: String,
+}
+
+fn default_client_id_key() -> String {
+    "clientId".to_owned()
+}
+
+fn default_client_secret_key() -> String {
+    "clientSecret".to_owned()
+}
+
+/// The Secret the token is written to, in the RunaiCredential's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Name of the Secret. Defaults to the RunaiCredential's name. A Secret of
+    /// that name that exists and is not managed by this RunaiCredential is never
+    /// modified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+
+    /// Key under which the raw access token (without a `Bearer ` prefix) is
+    /// written.
+    #[serde(default = "default_target_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+
+    /// Labels put on the Secret, besides the controller's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations put on the Secret, besides the controller's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// What happens to the Secret when the RunaiCredential is deleted. `Delete`
+    /// (default): the Secret is owned by the RunaiCredential and garbage-collected
+    /// with it. `Retain`: the Secret is left in place.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_target_key() -> String {
+    "accessToken".to_owned()
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target {
+            name: None,
+            key: default_target_key(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            deletion_policy: DeletionPolicy::default(),
+        }
+    }
+}
+
+/// What happens to the target Secret when the RunaiCredential is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// The Secret is owned by the RunaiCredential and deleted with it.
+    #[default]
+    Delete,
+    /// The Secret is left in place.
+    Retain,
+}
+
+/// The observed state of a RunaiCredential. It never holds a token or a secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunaiCredentialStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` is True while the target Secret holds an unexpired token obtained
+    /// with the current spec and credentials. `Degraded` is True while
+    /// refreshing fails although the current token may still be valid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The Secret the token is written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// When the current token was obtained (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<String>,
+
+    /// When the current token expires (RFC 3339), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<String>,
+
+    /// When the next refresh (or retry) is planned (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_time: Option<String>,
+
+    /// Consecutive failed refresh attempts since the last success.
+    #[serde(default)]
+    pub failed_attempts: u32,
+}
+
+impl RunaiCredential {
+    /// Name of the target Secret: `spec.target.name`, else the resource's name.
+    pub fn target_secret_name(&self) -> String {
+        self.spec
+            .target
+            .name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The value of the refresh annotation, if set.
+    pub fn refresh_request(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(REFRESH_REQUESTED_AT_ANNOTATION)
+            .map(String::as_str)
+    }
+
+    /// A condition of the status by type.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
+/// The CRD as YAML, as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&RunaiCredential::crd()).expect("a CRD always serializes")
+}

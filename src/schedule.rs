@@ -1,0 +1,395 @@
+//! Pure scheduling decisions: is a refresh due, when is the next one, how long
+//! to back off. No I/O and no clock: `now` is always passed in.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+/// Refresh period when neither the token's lifetime nor `refreshInterval` is known.
+pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(30 * 60);
+/// Never plan a refresh sooner than this after the last one, whatever the
+/// token claims, so that a token with a broken expiry cannot cause a hot loop.
+pub const MIN_REFRESH_AFTER: Duration = Duration::from_secs(5);
+/// Largest share of the planned period that jitter may take off.
+const JITTER_SHARE: f64 = 0.10;
+/// Largest jitter, however long the token lives.
+const MAX_JITTER: Duration = Duration::from_secs(5 * 60);
+/// First retry delay after a failed refresh.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay after failed refreshes (a `Retry-After` may ask for more).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5 * 60);
+
+/// What the target Secret records about the token it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// When the token was obtained.
+    pub issued_at: Timestamp,
+    /// When it expires, if known.
+    pub expires_at: Option<Timestamp>,
+    /// Keyed hash of url, token API and client credentials it was obtained with.
+    pub credentials_hash: String,
+    /// The RunaiCredential generation it was obtained for.
+    pub generation: i64,
+    /// The value of the refresh annotation it answered, if any.
+    pub refresh_request: Option<String>,
+}
+
+impl TokenRecord {
+    /// Whether the token is past its expiry. A token of unknown expiry is
+    /// taken as valid.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What the RunaiCredential asks for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// Keyed hash of the current url, token API and credentials; `None` when
+    /// the credentials cannot be read.
+    pub credentials_hash: Option<String>,
+    pub generation: i64,
+    pub refresh_request: Option<String>,
+}
+
+/// A failed refresh that is being backed off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// What was asked for when the refresh failed: a change retries at once.
+    pub desired: Desired,
+    pub retry_at: Timestamp,
+}
+
+/// Why a token is requested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshReason {
+    NoToken,
+    TokenAltered,
+    CredentialsChanged,
+    SpecChanged,
+    RefreshRequested,
+    Due,
+}
+
+impl RefreshReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshReason::NoToken => "no token in the Secret",
+            RefreshReason::TokenAltered => "the token in the Secret was changed",
+            RefreshReason::CredentialsChanged => "the url, token API or credentials changed",
+            RefreshReason::SpecChanged => "the spec changed",
+            RefreshReason::RefreshRequested => "a refresh was requested",
+            RefreshReason::Due => "the token is due for refresh",
+        }
+    }
+}
+
+/// The decision of one reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Request a token now.
+    Refresh(RefreshReason),
+    /// The token is fresh; refresh at this time.
+    WaitUntil(Timestamp),
+    /// A refresh failed; retry at this time.
+    RetryAt(Timestamp),
+}
+
+/// Decides whether to request a token now. `stored` is the record in the
+/// target Secret and whether the token there is still the one recorded.
+pub fn plan(
+    now: Timestamp,
+    stored: Option<(&TokenRecord, bool)>,
+    desired: &Desired,
+    backoff: Option<&Backoff>,
+    refresh_interval: Option<Duration>,
+    jitter: f64,
+) -> Plan {
+    // Backing off holds only while nothing changed: a fix by the user (new
+    // credentials, new spec, a refresh request) is tried at once.
+    if let Some(b) = backoff
+        && b.desired == *desired
+        && now < b.retry_at
+    {
+        return Plan::RetryAt(b.retry_at);
+    }
+    let Some((record, intact)) = stored else {
+        return Plan::Refresh(RefreshReason::NoToken);
+    };
+    if !intact {
+        return Plan::Refresh(RefreshReason::TokenAltered);
+    }
+    if desired.credentials_hash.as_deref() != Some(record.credentials_hash.as_str()) {
+        return Plan::Refresh(RefreshReason::CredentialsChanged);
+    }
+    if desired.generation != record.generation {
+        return Plan::Refresh(RefreshReason::SpecChanged);
+    }
+    if desired.refresh_request.is_some() && desired.refresh_request != record.refresh_request {
+        return Plan::Refresh(RefreshReason::RefreshRequested);
+    }
+    let due = refresh_due_at(record.issued_at, record.expires_at, refresh_interval, jitter);
+    if now >= due {
+        Plan::Refresh(RefreshReason::Due)
+    } else {
+        Plan::WaitUntil(due)
+    }
+}
+
+/// When a token issued at `issued_at` is due for refresh: at 2/3 of its
+/// lifetime or `refresh_interval` after issue, whichever comes first (30 min
+/// when neither is known), moved earlier by `jitter` (in `[0, 1)`) times a
+/// small share of that period, so many credentials do not refresh together.
+pub fn refresh_due_at(
+    issued_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    refresh_interval: Option<Duration>,
+    jitter: f64,
+) -> Timestamp {
+    let by_lifetime = expires_at.map(|exp| exp.duration_since(issued_at) * 2 / 3);
+    let by_interval = refresh_interval.and_then(|i| SignedDuration::try_from(i).ok());
+    let period = match (by_lifetime, by_interval) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => signed(DEFAULT_REFRESH_AFTER),
+    };
+    let period = period.max(signed(MIN_REFRESH_AFTER));
+    let max_jitter = (period.as_secs_f64() * JITTER_SHARE).min(MAX_JITTER.as_secs_f64());
+    let jitter = SignedDuration::from_secs_f64(max_jitter * jitter.clamp(0.0, 1.0));
+    let period = (period - jitter).max(signed(MIN_REFRESH_AFTER));
+    issued_at.saturating_add(period).unwrap_or(Timestamp::MAX)
+}
+
+/// When to retry after the `attempts`-th consecutive failure: exponential from
+/// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], shortened by up to a quarter by
+/// `jitter` (in `[0, 1)`), and never before the `retry_after` the endpoint asked for.
+pub fn retry_at(
+    now: Timestamp,
+    attempts: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Timestamp {
+    let exponent = attempts.saturating_sub(1).min(16);
+    let delay = BACKOFF_BASE
+        .saturating_mul(1u32 << exponent)
+        .min(BACKOFF_CAP)
+        .mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0));
+    let delay = delay.max(retry_after.unwrap_or(Duration::ZERO));
+    now.saturating_add(signed(delay)).unwrap_or(Timestamp::MAX)
+}
+
+/// A stable jitter in `[0, 1)` derived from `seed`, so that a refresh
+/// deadline computed again after a restart is the same one.
+pub fn stable_jitter(seed: &str) -> f64 {
+    // FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`).
+    let hash = seed.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The delay from `now` until `at`, zero when it is past.
+pub fn delay_until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// Parses a `refreshInterval` such as `45m`, `1h30m` or `90s`.
+pub fn parse_refresh_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 45m, 1h30m or 90s ({e})"))?;
+    if d < Duration::from_secs(10) {
+        return Err(format!("{text:?} is shorter than the minimum of 10s"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn record() -> TokenRecord {
+        TokenRecord {
+            issued_at: t("2026-01-01T00:00:00Z"),
+            expires_at: Some(t("2026-01-01T01:00:00Z")),
+            credentials_hash: "h1".into(),
+            generation: 1,
+            refresh_request: None,
+        }
+    }
+
+    fn desired() -> Desired {
+        Desired {
+            credentials_hash: Some("h1".into()),
+            generation: 1,
+            refresh_request: None,
+        }
+    }
+
+    #[test]
+    fn due_at_two_thirds_of_lifetime() {
+        let r = record();
+        assert_eq!(
+            refresh_due_at(r.issued_at, r.expires_at, None, 0.0),
+            t("2026-01-01T00:40:00Z")
+        );
+    }
+
+    #[test]
+    fn interval_caps_the_lifetime() {
+        let r = record();
+        let due = refresh_due_at(r.issued_at, r.expires_at, Some(Duration::from_secs(600)), 0.0);
+        assert_eq!(due, t("2026-01-01T00:10:00Z"));
+        let long = refresh_due_at(r.issued_at, r.expires_at, Some(Duration::from_secs(7200)), 0.0);
+        assert_eq!(long, t("2026-01-01T00:40:00Z"));
+    }
+
+    #[test]
+    fn unknown_lifetime_defaults_to_thirty_minutes() {
+        assert_eq!(
+            refresh_due_at(t("2026-01-01T00:00:00Z"), None, None, 0.0),
+            t("2026-01-01T00:30:00Z")
+        );
+    }
+
+    #[test]
+    fn jitter_only_moves_earlier_and_is_bounded() {
+        let r = record();
+        let latest = refresh_due_at(r.issued_at, r.expires_at, None, 0.0);
+        let earliest = refresh_due_at(r.issued_at, r.expires_at, None, 0.999_999);
+        assert!(earliest < latest);
+        // 10 % of 40 min is 4 min.
+        assert!(latest.duration_since(earliest) <= SignedDuration::from_mins(4));
+        assert!(latest.duration_since(earliest) > SignedDuration::from_secs(239));
+        let day = refresh_due_at(r.issued_at, Some(t("2026-01-04T00:00:00Z")), None, 0.999_999);
+        let day_latest = refresh_due_at(r.issued_at, Some(t("2026-01-04T00:00:00Z")), None, 0.0);
+        assert!(day_latest.duration_since(day) <= SignedDuration::from_mins(5));
+    }
+
+    #[test]
+    fn a_broken_expiry_cannot_cause_a_hot_loop() {
+        let issued = t("2026-01-01T00:00:00Z");
+        let due = refresh_due_at(issued, Some(t("2025-12-31T00:00:00Z")), None, 0.5);
+        assert_eq!(due, t("2026-01-01T00:00:05Z"));
+    }
+
+    #[test]
+    fn stable_jitter_is_stable_and_in_range() {
+        let a = stable_jitter("uid-1/2026-01-01T00:00:00Z");
+        assert_eq!(a, stable_jitter("uid-1/2026-01-01T00:00:00Z"));
+        assert_ne!(a, stable_jitter("uid-2/2026-01-01T00:00:00Z"));
+        for i in 0..1000 {
+            let j = stable_jitter(&format!("seed-{i}"));
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+
+    #[test]
+    fn plan_waits_while_fresh() {
+        let r = record();
+        let now = t("2026-01-01T00:20:00Z");
+        assert_eq!(
+            plan(now, Some((&r, true)), &desired(), None, None, 0.0),
+            Plan::WaitUntil(t("2026-01-01T00:40:00Z"))
+        );
+        let later = t("2026-01-01T00:40:00Z");
+        assert_eq!(
+            plan(later, Some((&r, true)), &desired(), None, None, 0.0),
+            Plan::Refresh(RefreshReason::Due)
+        );
+    }
+
+    #[test]
+    fn plan_refreshes_on_every_kind_of_change() {
+        let r = record();
+        let now = t("2026-01-01T00:01:00Z");
+        let p = |stored, d: &Desired| plan(now, stored, d, None, None, 0.0);
+        assert_eq!(p(None, &desired()), Plan::Refresh(RefreshReason::NoToken));
+        assert_eq!(p(Some((&r, false)), &desired()), Plan::Refresh(RefreshReason::TokenAltered));
+        let rotated = Desired {
+            credentials_hash: Some("h2".into()),
+            ..desired()
+        };
+        assert_eq!(p(Some((&r, true)), &rotated), Plan::Refresh(RefreshReason::CredentialsChanged));
+        let missing = Desired {
+            credentials_hash: None,
+            ..desired()
+        };
+        assert_eq!(p(Some((&r, true)), &missing), Plan::Refresh(RefreshReason::CredentialsChanged));
+        let edited = Desired {
+            generation: 2,
+            ..desired()
+        };
+        assert_eq!(p(Some((&r, true)), &edited), Plan::Refresh(RefreshReason::SpecChanged));
+        let requested = Desired {
+            refresh_request: Some("now".into()),
+            ..desired()
+        };
+        assert_eq!(p(Some((&r, true)), &requested), Plan::Refresh(RefreshReason::RefreshRequested));
+        // The same request value is answered once only.
+        let answered = TokenRecord {
+            refresh_request: Some("now".into()),
+            ..record()
+        };
+        assert!(matches!(p(Some((&answered, true)), &requested), Plan::WaitUntil(_)));
+    }
+
+    #[test]
+    fn backoff_holds_until_something_changes() {
+        let r = record();
+        let now = t("2026-01-01T00:45:00Z");
+        let backoff = Backoff {
+            desired: desired(),
+            retry_at: t("2026-01-01T00:46:00Z"),
+        };
+        assert_eq!(
+            plan(now, Some((&r, true)), &desired(), Some(&backoff), None, 0.0),
+            Plan::RetryAt(backoff.retry_at)
+        );
+        let fixed = Desired {
+            credentials_hash: Some("h2".into()),
+            ..desired()
+        };
+        assert_eq!(
+            plan(now, Some((&r, true)), &fixed, Some(&backoff), None, 0.0),
+            Plan::Refresh(RefreshReason::CredentialsChanged)
+        );
+        let after = t("2026-01-01T00:46:00Z");
+        assert_eq!(
+            plan(after, Some((&r, true)), &desired(), Some(&backoff), None, 0.0),
+            Plan::Refresh(RefreshReason::Due)
+        );
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let now = t("2026-01-01T00:00:00Z");
+        let delay = |attempts, retry_after, jitter| delay_until(now, retry_at(now, attempts, retry_after, jitter));
+        assert_eq!(delay(1, None, 0.0), Duration::from_secs(5));
+        assert_eq!(delay(2, None, 0.0), Duration::from_secs(10));
+        assert_eq!(delay(4, None, 0.0), Duration::from_secs(40));
+        assert_eq!(delay(20, None, 0.0), BACKOFF_CAP);
+        assert_eq!(delay(u32::MAX, None, 0.0), BACKOFF_CAP);
+        let jittered = delay(20, None, 0.999);
+        assert!(jittered < BACKOFF_CAP && jittered >= BACKOFF_CAP.mul_f64(0.75));
+        assert_eq!(delay(1, Some(Duration::from_secs(120)), 0.0), Duration::from_secs(120));
+        assert_eq!(delay(20, Some(Duration::from_secs(1)), 0.0), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn refresh_interval_syntax() {
+        assert_eq!(parse_refresh_interval("45m"), Ok(Duration::from_secs(2700)));
+        assert_eq!(parse_refresh_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_refresh_interval("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_refresh_interval("soon").is_err());
+        assert!(parse_refresh_interval("1s").is_err());
+    }
+}

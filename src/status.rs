@@ -1,0 +1,279 @@
+//! The status a RunaiCredential should show, computed from plain facts.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::{
+    resource::{CONDITION_DEGRADED, CONDITION_READY, RunaiCredentialStatus},
+    schedule::TokenRecord,
+    target_secret::rfc3339,
+};
+
+/// Reason of `Ready=True`.
+pub const REASON_TOKEN_READY: &str = "TokenReady";
+/// Reason of `Ready=False` when the token in the Secret expired while refreshing failed.
+pub const REASON_TOKEN_EXPIRED: &str = "TokenExpired";
+/// Reason of `Degraded=False`.
+pub const REASON_REFRESH_SUCCEEDED: &str = "RefreshSucceeded";
+/// Reason of `Ready=False` before the first token request.
+pub const REASON_PENDING: &str = "Pending";
+
+/// The last failed refresh, as shown to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    pub attempts: u32,
+}
+
+/// The token in the Secret as far as the status is concerned.
+#[derive(Clone, Copy, Debug)]
+pub struct CurrentToken<'a> {
+    pub record: &'a TokenRecord,
+    /// Obtained with the current url, token API and credentials.
+    pub current: bool,
+}
+
+/// Status while the controller keeps a token: Ready tells whether a valid
+/// token is there, Degraded whether refreshing fails.
+pub fn token_status(
+    previous: Option<&RunaiCredentialStatus>,
+    generation: Option<i64>,
+    secret_name: &str,
+    token: Option<CurrentToken<'_>>,
+    failure: Option<&Failure>,
+    next_refresh: Timestamp,
+    now: Timestamp,
+) -> RunaiCredentialStatus {
+    let valid = token.filter(|t| t.current && !t.record.is_expired(now));
+    let ready = match (valid, failure) {
+        (Some(t), _) => condition(
+            CONDITION_READY,
+            true,
+            REASON_TOKEN_READY,
+            match t.record.expires_at {
+                Some(at) => format!("Secret {secret_name} holds a token valid until {}", rfc3339(at)),
+                None => format!("Secret {secret_name} holds a token of unknown expiry"),
+            },
+        ),
+        (None, Some(f)) => match token.filter(|t| t.current).and_then(|t| t.record.expires_at) {
+            Some(expired_at) => condition(
+                CONDITION_READY,
+                false,
+                REASON_TOKEN_EXPIRED,
+                format!(
+                    "the token in Secret {secret_name} expired at {} and refreshing fails: {}",
+                    rfc3339(expired_at),
+                    f.message
+                ),
+            ),
+            None => condition(CONDITION_READY, false, f.reason, f.message.clone()),
+        },
+        (None, None) => condition(
+            CONDITION_READY,
+            false,
+            REASON_PENDING,
+            "no token has been requested yet".to_owned(),
+        ),
+    };
+    let degraded = match failure {
+        Some(f) => condition(
+            CONDITION_DEGRADED,
+            true,
+            f.reason,
+            format!(
+                "refresh failed {} time(s) in a row: {}; {}",
+                f.attempts,
+                f.message,
+                match valid.map(|t| t.record.expires_at) {
+                    Some(Some(at)) => format!("the current token stays valid until {}", rfc3339(at)),
+                    Some(None) => "the current token's expiry is unknown".to_owned(),
+                    None => "there is no valid token".to_owned(),
+                }
+            ),
+        ),
+        None => condition(
+            CONDITION_DEGRADED,
+            false,
+            REASON_REFRESH_SUCCEEDED,
+            "the last refresh succeeded".to_owned(),
+        ),
+    };
+    let record = token.map(|t| t.record);
+    RunaiCredentialStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(previous, vec![ready, degraded], generation, now),
+        secret_name: Some(secret_name.to_owned()),
+        last_refresh_time: record.map(|r| rfc3339(r.issued_at)),
+        expiration_time: record.and_then(|r| r.expires_at).map(rfc3339),
+        next_refresh_time: Some(rfc3339(next_refresh)),
+        failed_attempts: failure.map_or(0, |f| f.attempts),
+    }
+}
+
+/// Status when the controller cannot act until the user changes something
+/// (an invalid spec, a Secret it does not own). Only `Ready=False` remains.
+pub fn blocked_status(
+    previous: Option<&RunaiCredentialStatus>,
+    generation: Option<i64>,
+    secret_name: &str,
+    reason: &'static str,
+    message: String,
+    now: Timestamp,
+) -> RunaiCredentialStatus {
+    let ready = condition(CONDITION_READY, false, reason, message);
+    RunaiCredentialStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(previous, vec![ready], generation, now),
+        secret_name: Some(secret_name.to_owned()),
+        ..RunaiCredentialStatus::default()
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        observed_generation: None,
+    }
+}
+
+/// Sets generation and transition times: a condition whose status did not
+/// change keeps its `lastTransitionTime`, so that an unchanged status is equal
+/// to the one stored and costs no write.
+fn merge_conditions(
+    previous: Option<&RunaiCredentialStatus>,
+    conditions: Vec<Condition>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let now = now.round(jiff::Unit::Second).unwrap_or(now);
+    conditions
+        .into_iter()
+        .map(|mut c| {
+            let before = previous.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_));
+            c.last_transition_time = match before {
+                Some(b) if b.status == c.status => b.last_transition_time.clone(),
+                _ => Time(now),
+            };
+            c.observed_generation = generation;
+            c
+        })
+        .collect()
+}
+
+/// Whether two statuses show the same thing, whatever the order of conditions.
+pub fn same_status(a: &RunaiCredentialStatus, b: &RunaiCredentialStatus) -> bool {
+    let sorted = |s: &RunaiCredentialStatus| {
+        let mut c = s.conditions.clone();
+        c.sort_by(|x, y| x.type_.cmp(&y.type_));
+        c
+    };
+    let strip = |s: &RunaiCredentialStatus| RunaiCredentialStatus {
+        conditions: Vec::new(),
+        ..s.clone()
+    };
+    strip(a) == strip(b) && sorted(a) == sorted(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn record() -> TokenRecord {
+        TokenRecord {
+            issued_at: t("2026-01-01T00:00:00Z"),
+            expires_at: Some(t("2026-01-01T01:00:00Z")),
+            credentials_hash: "h".into(),
+            generation: 1,
+            refresh_request: None,
+        }
+    }
+
+    fn ready(s: &RunaiCredentialStatus) -> &Condition {
+        s.conditions.iter().find(|c| c.type_ == CONDITION_READY).unwrap()
+    }
+
+    fn degraded(s: &RunaiCredentialStatus) -> &Condition {
+        s.conditions.iter().find(|c| c.type_ == CONDITION_DEGRADED).unwrap()
+    }
+
+    const NEXT: &str = "2026-01-01T00:40:00Z";
+
+    #[test]
+    fn fresh_token_is_ready() {
+        let r = record();
+        let token = CurrentToken { record: &r, current: true };
+        let s = token_status(None, Some(1), "sec", Some(token), None, t(NEXT), t("2026-01-01T00:01:00Z"));
+        assert_eq!(ready(&s).status, "True");
+        assert_eq!(degraded(&s).status, "False");
+        assert_eq!(s.expiration_time.as_deref(), Some("2026-01-01T01:00:00Z"));
+        assert_eq!(s.last_refresh_time.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(s.next_refresh_time.as_deref(), Some(NEXT));
+        assert_eq!(s.failed_attempts, 0);
+        assert_eq!(ready(&s).observed_generation, Some(1));
+    }
+
+    #[test]
+    fn outage_keeps_ready_and_sets_degraded() {
+        let r = record();
+        let token = CurrentToken { record: &r, current: true };
+        let failure = Failure {
+            reason: "TokenEndpointError",
+            message: "HTTP 503".into(),
+            attempts: 2,
+        };
+        let s = token_status(None, Some(1), "sec", Some(token), Some(&failure), t(NEXT), t("2026-01-01T00:50:00Z"));
+        assert_eq!(ready(&s).status, "True");
+        assert_eq!(degraded(&s).status, "True");
+        assert_eq!(degraded(&s).reason, "TokenEndpointError");
+        assert!(degraded(&s).message.contains("valid until 2026-01-01T01:00:00Z"), "{}", degraded(&s).message);
+        assert_eq!(s.failed_attempts, 2);
+
+        let expired = token_status(None, Some(1), "sec", Some(token), Some(&failure), t(NEXT), t("2026-01-01T01:00:01Z"));
+        assert_eq!(ready(&expired).status, "False");
+        assert_eq!(ready(&expired).reason, REASON_TOKEN_EXPIRED);
+        assert!(degraded(&expired).message.contains("no valid token"));
+    }
+
+    #[test]
+    fn token_for_old_credentials_is_not_ready_when_new_ones_fail() {
+        let r = record();
+        let token = CurrentToken { record: &r, current: false };
+        let failure = Failure {
+            reason: "InvalidCredentials",
+            message: "HTTP 401".into(),
+            attempts: 1,
+        };
+        let s = token_status(None, Some(2), "sec", Some(token), Some(&failure), t(NEXT), t("2026-01-01T00:10:00Z"));
+        assert_eq!(ready(&s).status, "False");
+        assert_eq!(ready(&s).reason, "InvalidCredentials");
+    }
+
+    #[test]
+    fn unchanged_status_keeps_transition_times_and_compares_equal() {
+        let r = record();
+        let token = CurrentToken { record: &r, current: true };
+        let first = token_status(None, Some(1), "sec", Some(token), None, t(NEXT), t("2026-01-01T00:00:10Z"));
+        let mut reordered = first.clone();
+        reordered.conditions.reverse();
+        let second = token_status(Some(&reordered), Some(1), "sec", Some(token), None, t(NEXT), t("2026-01-01T00:20:00Z"));
+        assert!(same_status(&second, &reordered));
+        assert_eq!(ready(&second).last_transition_time, Time(t("2026-01-01T00:00:10Z")));
+    }
+
+    #[test]
+    fn blocked_status_has_only_ready() {
+        let s = blocked_status(None, Some(4), "sec", "SecretConflict", "taken".into(), t(NEXT));
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(ready(&s).reason, "SecretConflict");
+        assert_eq!(s.observed_generation, Some(4));
+    }
+}

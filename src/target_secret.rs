@@ -1,0 +1,429 @@
+//! The shape of the target Secret, and what it records about its token.
+//!
+//! Everything the controller needs to know after a restart is kept on the
+//! Secret itself: when the token was issued and expires, and keyed hashes of
+//! the credentials and of the token. Never the client secret.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use kube::{Resource, ResourceExt};
+use sha2::Sha256;
+
+use crate::{
+    error::Error,
+    resource::{ClientCredentialsSecretRef, DeletionPolicy, RunaiCredential, TokenApi},
+    schedule::TokenRecord,
+    token_client::ClientCredentials,
+};
+
+/// Label on every Secret the controller writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "runai-token-sync";
+/// Label naming the RunaiCredential a Secret belongs to.
+pub const CREDENTIAL_LABEL: &str = "tokensync.dev/credential";
+/// Data key of the token's expiry (RFC 3339), when known.
+pub const EXPIRES_AT_KEY: &str = "expiresAt";
+
+const ISSUED_AT_ANNOTATION: &str = "tokensync.dev/issued-at";
+const CREDENTIALS_HASH_ANNOTATION: &str = "tokensync.dev/credentials-hash";
+const TOKEN_HASH_ANNOTATION: &str = "tokensync.dev/token-hash";
+const GENERATION_ANNOTATION: &str = "tokensync.dev/generation";
+const REFRESH_REQUEST_ANNOTATION: &str = "tokensync.dev/answered-refresh-request";
+
+/// The key for the keyed hashes kept on target Secrets. A keyed hash, unlike
+/// a plain one, cannot be used to guess a weak client secret offline by
+/// someone who can read the target Secret.
+#[derive(Clone)]
+pub struct HashKey(Vec<u8>);
+
+impl HashKey {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        HashKey(bytes)
+    }
+
+    fn digest(&self, parts: &[&str]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        for part in parts {
+            // Length-prefixed, so that ("ab","c") and ("a","bc") differ.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        let bytes = mac.finalize().into_bytes();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Hash of everything a token depends on.
+    pub fn credentials_hash(&self, url: &str, api: TokenApi, creds: &ClientCredentials) -> String {
+        self.digest(&["credentials/v1", url, api.as_str(), &creds.client_id, &creds.client_secret])
+    }
+
+    /// Hash of a token, to notice when someone changed it in the Secret.
+    pub fn token_hash(&self, token: &str) -> String {
+        self.digest(&["token/v1", token])
+    }
+}
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey([redacted])")
+    }
+}
+
+/// What exists under the target Secret's name.
+#[derive(Debug)]
+pub enum TargetSecret {
+    Missing,
+    /// Exists and belongs to someone else: never touched.
+    Foreign,
+    Managed(Box<Secret>),
+}
+
+impl TargetSecret {
+    pub fn classify(existing: Option<Secret>, credential_name: &str) -> Self {
+        match existing {
+            None => TargetSecret::Missing,
+            Some(secret) if is_managed_by(&secret, credential_name) => {
+                TargetSecret::Managed(Box::new(secret))
+            }
+            Some(_) => TargetSecret::Foreign,
+        }
+    }
+}
+
+fn is_managed_by(secret: &Secret, credential_name: &str) -> bool {
+    let labels = secret.labels();
+    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(CREDENTIAL_LABEL).map(String::as_str) == Some(credential_name)
+}
+
+/// The token held by a managed Secret, with its record. `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub access_token: String,
+    pub record: TokenRecord,
+    /// Whether the token is still the one the record describes.
+    pub intact: bool,
+}
+
+impl std::fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("record", &self.record)
+            .field("intact", &self.intact)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the token and its record from a managed Secret; `None` when either
+/// is missing or unreadable (the Secret is then rewritten with a new token).
+pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Option<StoredToken> {
+    let annotations = secret.annotations();
+    let data = secret.data.as_ref()?;
+    let access_token = String::from_utf8(data.get(token_key)?.0.clone()).ok()?;
+    let expires_at = match data.get(EXPIRES_AT_KEY) {
+        Some(bytes) => Some(std::str::from_utf8(&bytes.0).ok()?.parse().ok()?),
+        None => None,
+    };
+    let record = TokenRecord {
+        issued_at: annotations.get(ISSUED_AT_ANNOTATION)?.parse().ok()?,
+        expires_at,
+        credentials_hash: annotations.get(CREDENTIALS_HASH_ANNOTATION)?.clone(),
+        generation: annotations.get(GENERATION_ANNOTATION)?.parse().ok()?,
+        refresh_request: annotations.get(REFRESH_REQUEST_ANNOTATION).cloned(),
+    };
+    let intact = !access_token.is_empty()
+        && annotations.get(TOKEN_HASH_ANNOTATION) == Some(&hash_key.token_hash(&access_token));
+    Some(StoredToken {
+        access_token,
+        record,
+        intact,
+    })
+}
+
+/// The Secret as it must be: token, expiry, labels, annotations and, with
+/// `deletionPolicy: Delete`, the controller owner reference.
+pub fn desired_secret(
+    credential: &RunaiCredential,
+    token: &str,
+    record: &TokenRecord,
+    hash_key: &HashKey,
+) -> Secret {
+    let target = &credential.spec.target;
+    let mut labels = target.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(CREDENTIAL_LABEL.to_owned(), credential.name_any());
+
+    let mut annotations = target.annotations.clone();
+    annotations.insert(ISSUED_AT_ANNOTATION.to_owned(), rfc3339(record.issued_at));
+    annotations.insert(
+        CREDENTIALS_HASH_ANNOTATION.to_owned(),
+        record.credentials_hash.clone(),
+    );
+    annotations.insert(TOKEN_HASH_ANNOTATION.to_owned(), hash_key.token_hash(token));
+    annotations.insert(GENERATION_ANNOTATION.to_owned(), record.generation.to_string());
+    if let Some(request) = &record.refresh_request {
+        annotations.insert(REFRESH_REQUEST_ANNOTATION.to_owned(), request.clone());
+    }
+
+    let mut data = BTreeMap::new();
+    data.insert(target.key.clone(), ByteString(token.as_bytes().to_vec()));
+    if let Some(expires_at) = record.expires_at {
+        data.insert(
+            EXPIRES_AT_KEY.to_owned(),
+            ByteString(rfc3339(expires_at).into_bytes()),
+        );
+    }
+
+    let owner_references = match target.deletion_policy {
+        DeletionPolicy::Delete => credential.controller_owner_ref(&()).map(|r| vec![r]),
+        DeletionPolicy::Retain => None,
+    };
+
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(credential.target_secret_name()),
+            namespace: credential.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references,
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Whether an existing Secret differs from the desired one in anything the
+/// controller sets. Extra labels, annotations and keys added by others are
+/// left alone.
+pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
+    fn subset<V: PartialEq>(want: Option<&BTreeMap<String, V>>, have: Option<&BTreeMap<String, V>>) -> bool {
+        want.into_iter()
+            .flatten()
+            .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+    }
+    let owner_ok = match desired.metadata.owner_references.as_deref() {
+        Some([want]) => existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|have| have.uid == want.uid && have.controller == Some(true)),
+        _ => !existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|have| have.kind == "RunaiCredential" && have.controller == Some(true)),
+    };
+    !(owner_ok
+        && existing.type_ == desired.type_
+        && subset(desired.metadata.labels.as_ref(), existing.metadata.labels.as_ref())
+        && subset(desired.metadata.annotations.as_ref(), existing.metadata.annotations.as_ref())
+        && subset(desired.data.as_ref(), existing.data.as_ref()))
+}
+
+/// Reads the client credentials from the credentials Secret.
+pub fn read_credentials(
+    secret: Option<&Secret>,
+    reference: &ClientCredentialsSecretRef,
+) -> Result<ClientCredentials, Error> {
+    let name = &reference.name;
+    let Some(secret) = secret else {
+        return Err(Error::CredentialsNotFound(format!(
+            "the credentials Secret {name} does not exist in this namespace"
+        )));
+    };
+    let value = |key: &str| -> Result<String, Error> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .filter(|b| !b.0.is_empty())
+            .ok_or_else(|| {
+                Error::CredentialsNotFound(format!(
+                    "the credentials Secret {name} has no non-empty key {key:?}"
+                ))
+            })?;
+        let text = std::str::from_utf8(&bytes.0).map_err(|_| {
+            Error::CredentialsNotFound(format!(
+                "the value of key {key:?} in the credentials Secret {name} is not UTF-8 text"
+            ))
+        })?;
+        // A trailing newline is the most common accident of `kubectl create secret --from-file`.
+        Ok(text.trim().to_owned())
+    };
+    Ok(ClientCredentials {
+        client_id: value(&reference.client_id_key)?,
+        client_secret: value(&reference.client_secret_key)?,
+    })
+}
+
+/// A timestamp as RFC 3339 to the second.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.round(jiff::Unit::Second)
+        .unwrap_or(t)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{RunaiCredentialSpec, Target};
+
+    fn credential(policy: DeletionPolicy) -> RunaiCredential {
+        let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({
+            "url": "https://acme.run.ai",
+            "clientCredentialsSecretRef": {"name": "runai-client"},
+        }))
+        .unwrap();
+        let mut cr = RunaiCredential::new("trainer", spec);
+        cr.metadata.namespace = Some("ml".into());
+        cr.metadata.uid = Some("uid-1".into());
+        cr.spec.target = Target {
+            labels: [("team".to_owned(), "ml".to_owned())].into(),
+            deletion_policy: policy,
+            ..Target::default()
+        };
+        cr
+    }
+
+    fn record() -> TokenRecord {
+        TokenRecord {
+            issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: Some("2026-01-01T01:00:00Z".parse().unwrap()),
+            credentials_hash: "abc".into(),
+            generation: 3,
+            refresh_request: Some("r1".into()),
+        }
+    }
+
+    fn key() -> HashKey {
+        HashKey::new(b"test-key".to_vec())
+    }
+
+    #[test]
+    fn desired_secret_shape() {
+        let cr = credential(DeletionPolicy::Delete);
+        let secret = desired_secret(&cr, "tok", &record(), &key());
+        assert_eq!(secret.metadata.name.as_deref(), Some("trainer"));
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data["accessToken"].0, b"tok");
+        assert_eq!(data[EXPIRES_AT_KEY].0, b"2026-01-01T01:00:00Z");
+        let labels = secret.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+        assert_eq!(labels[CREDENTIAL_LABEL], "trainer");
+        assert_eq!(labels["team"], "ml");
+        let owners = secret.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, "uid-1");
+        assert_eq!(owners[0].controller, Some(true));
+
+        let retained = desired_secret(&credential(DeletionPolicy::Retain), "tok", &record(), &key());
+        assert!(retained.metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn record_round_trips_and_detects_tampering() {
+        let cr = credential(DeletionPolicy::Delete);
+        let mut secret = desired_secret(&cr, "tok", &record(), &key());
+        let stored = stored_token(&secret, "accessToken", &key()).unwrap();
+        assert_eq!(stored.record, record());
+        assert!(stored.intact);
+        assert!(!format!("{stored:?}").contains("tok\""));
+
+        secret.data.as_mut().unwrap().insert("accessToken".into(), ByteString(b"forged".to_vec()));
+        assert!(!stored_token(&secret, "accessToken", &key()).unwrap().intact);
+        // A different hash key (a different controller installation) does not trust it either.
+        let other = desired_secret(&cr, "tok", &record(), &HashKey::new(b"other".to_vec()));
+        assert!(!stored_token(&other, "accessToken", &key()).unwrap().intact);
+        assert!(stored_token(&secret, "otherKey", &key()).is_none());
+    }
+
+    #[test]
+    fn repair_is_needed_only_for_what_the_controller_sets() {
+        let cr = credential(DeletionPolicy::Delete);
+        let desired = desired_secret(&cr, "tok", &record(), &key());
+        let mut existing = desired.clone();
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), "x".into());
+        assert!(!needs_repair(&existing, &desired));
+
+        let mut unlabelled = desired.clone();
+        unlabelled.metadata.labels.as_mut().unwrap().remove("team");
+        assert!(needs_repair(&unlabelled, &desired));
+
+        let mut orphaned = desired.clone();
+        orphaned.metadata.owner_references = None;
+        assert!(needs_repair(&orphaned, &desired));
+
+        let retained = desired_secret(&credential(DeletionPolicy::Retain), "tok", &record(), &key());
+        assert!(needs_repair(&desired, &retained), "a left-over owner reference is removed");
+    }
+
+    #[test]
+    fn ownership() {
+        let cr = credential(DeletionPolicy::Delete);
+        let ours = desired_secret(&cr, "tok", &record(), &key());
+        assert!(matches!(TargetSecret::classify(Some(ours.clone()), "trainer"), TargetSecret::Managed(_)));
+        assert!(matches!(TargetSecret::classify(Some(ours), "other"), TargetSecret::Foreign));
+        assert!(matches!(TargetSecret::classify(Some(Secret::default()), "trainer"), TargetSecret::Foreign));
+        assert!(matches!(TargetSecret::classify(None, "trainer"), TargetSecret::Missing));
+    }
+
+    #[test]
+    fn credentials_are_read_and_trimmed() {
+        let reference: ClientCredentialsSecretRef =
+            serde_json::from_value(serde_json::json!({"name": "c"})).unwrap();
+        let secret = Secret {
+            data: Some(
+                [
+                    ("clientId".to_owned(), ByteString(b"id\n".to_vec())),
+                    ("clientSecret".to_owned(), ByteString(b"s3cr3t".to_vec())),
+                ]
+                .into(),
+            ),
+            ..Secret::default()
+        };
+        let creds = read_credentials(Some(&secret), &reference).unwrap();
+        assert_eq!(creds.client_id, "id");
+        assert_eq!(creds.client_secret, "s3cr3t");
+
+        let missing = read_credentials(None, &reference).unwrap_err();
+        assert_eq!(missing.reason(), "CredentialsNotFound");
+        let mut partial = secret.clone();
+        partial.data.as_mut().unwrap().remove("clientSecret");
+        let err = read_credentials(Some(&partial), &reference).unwrap_err();
+        assert!(err.to_string().contains("clientSecret"), "{err}");
+    }
+
+    #[test]
+    fn hashes_depend_on_every_input() {
+        let k = key();
+        let creds = ClientCredentials {
+            client_id: "id".into(),
+            client_secret: "s".into(),
+        };
+        let base = k.credentials_hash("https://a", TokenApi::V1, &creds);
+        assert_eq!(base, k.credentials_hash("https://a", TokenApi::V1, &creds));
+        assert_ne!(base, k.credentials_hash("https://b", TokenApi::V1, &creds));
+        assert_ne!(base, k.credentials_hash("https://a", TokenApi::V2, &creds));
+        let rotated = ClientCredentials {
+            client_secret: "t".into(),
+            ..creds.clone()
+        };
+        assert_ne!(base, k.credentials_hash("https://a", TokenApi::V1, &rotated));
+        assert_eq!(base.len(), 64, "hex of a SHA-256 HMAC");
+    }
+}
