@@ -339,17 +339,15 @@ async fn refresh(
             };
             let new = status::token_status(previous, generation, &secret_name, Some(token), None, due, now);
             write_status(cr, ctx, new).await?;
-            let validity = match record.expires_at {
-                Some(at) => format!("valid until {}", target_secret::rfc3339(at)),
-                None => "of unknown expiry".to_owned(),
-            };
             info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
+            // Kept free of times: the recorder folds repeats of an Event into
+            // a series that keeps the first note.
             publish(
                 ctx,
                 cr,
                 EventType::Normal,
                 "TokenIssued",
-                format!("Wrote a token {validity} to Secret {secret_name} ({why})"),
+                format!("Wrote a new token to Secret {secret_name}"),
             )
             .await;
             Ok(requeue_at(now, due))

@@ -54,7 +54,8 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
     ),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        // `date` would render a future time as `<invalid>` in kubectl.
+        type_ = "string",
         json_path = ".status.expirationTime",
         description = "When the current token expires"
     ),
@@ -284,8 +285,30 @@ impl RunaiCredential {
     }
 }
 
+/// The CRD generated from the types.
+///
+/// `nullable` is dropped from the schema: API servers publish a nullable field
+/// without its type in OpenAPI v2, so `kubectl explain` would show `<>` for
+/// every optional field. Optional fields stay optional, and a `null` sent for
+/// one is pruned by the API server.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    fn strip_nullable(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("nullable");
+                map.values_mut().for_each(strip_nullable);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(RunaiCredential::crd()).expect("a CRD always serializes");
+    strip_nullable(&mut value);
+    serde_json::from_value(value).expect("removing nullable keeps a valid CRD")
+}
+
 /// The CRD as YAML, as committed under `crds/`.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    serde_yaml::to_string(&RunaiCredential::crd()).expect("a CRD always serializes")
+    serde_yaml::to_string(&crd()).expect("a CRD always serializes")
 }

@@ -362,19 +362,18 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 }
 
 fn find_tls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls.to_string());
-        }
-        current = e.source();
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
     }
-    None
+    // `io::Error::source` skips the error it wraps, so look inside explicitly.
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| find_tls_error(inner))
+    {
+        return Some(inner);
+    }
+    err.source().and_then(find_tls_error)
 }
 
 fn innermost_message(err: &(dyn std::error::Error + 'static)) -> String {

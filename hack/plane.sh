@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane on loopback: etcd, kube-apiserver (TLS,
+# RBAC, token auth) and kube-controller-manager (garbage collector, namespace
+# controller). No kubelet: Pods never run, every other object behaves as on any
+# cluster.
+#
+#   hack/plane.sh up   [STATE_DIR]   start (idempotent); prints the kubeconfig path
+#   hack/plane.sh down [STATE_DIR]   stop exactly what `up` started (idempotent)
+#   hack/plane.sh env  [STATE_DIR]   print `export KUBECONFIG=...`
+#
+# STATE_DIR defaults to $RUNAI_TOKEN_SYNC_PLANE or ~/.cache/runai-token-sync/plane;
+# a second plane runs beside the first with another STATE_DIR.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
+BIN="$CACHE/kube-v1.20.2"
+cmd="${1:-}"
+STATE="${2:-${RUNAI_TOKEN_SYNC_PLANE:-$CACHE/plane}}"
+
+log() { printf '[plane] %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+stop_one() {
+  local name=$1
+  if alive "$name"; then
+    local pid; pid=$(cat "$STATE/$name.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/$name.pid"
+}
+
+down() {
+  [ -d "$STATE" ] || return 0
+  stop_one kube-controller-manager
+  stop_one kube-apiserver
+  stop_one etcd
+  rm -rf "$STATE"
+  log "stopped and removed $STATE"
+}
+
+certs() {
+  local d="$STATE/pki"
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=runai-token-sync-local-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > "$d/san.ext"
+  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+}
+
+up() {
+  "$HERE/build-kube.sh"
+  if alive kube-apiserver && alive etcd && alive kube-controller-manager; then
+    echo "$STATE/kubeconfig"
+    return 0
+  fi
+  down >/dev/null 2>&1 || true
+  mkdir -p "$STATE"
+  certs
+  local etcd_port etcd_peer api_port admin_token
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  admin_token=$(openssl rand -hex 24)
+  printf '%s,admin,admin,"system:masters"\n' "$admin_token" > "$STATE/tokens.csv"
+  echo "$api_port" > "$STATE/apiserver.port"
+
+  etcd --name plane --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "plane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync=true \
+    > "$STATE/etcd.log" 2>&1 &
+  echo $! > "$STATE/etcd.pid"
+
+  "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" --insecure-port=0 \
+    --tls-cert-file="$STATE/pki/apiserver.crt" --tls-private-key-file="$STATE/pki/apiserver.key" \
+    --client-ca-file="$STATE/pki/ca.crt" --token-auth-file="$STATE/tokens.csv" \
+    --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --enable-admission-plugins=NamespaceLifecycle \
+    > "$STATE/kube-apiserver.log" 2>&1 &
+  echo $! > "$STATE/kube-apiserver.pid"
+
+  cat > "$STATE/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: plane
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority: $STATE/pki/ca.crt
+users:
+- name: admin
+  user:
+    token: $admin_token
+contexts:
+- name: plane
+  context: {cluster: plane, user: admin}
+current-context: plane
+KC
+  chmod 600 "$STATE/kubeconfig" "$STATE/tokens.csv"
+
+  log "waiting for kube-apiserver on 127.0.0.1:$api_port"
+  for i in $(seq 1 120); do
+    if curl -sf --cacert "$STATE/pki/ca.crt" -H "Authorization: Bearer $admin_token" \
+      "https://127.0.0.1:$api_port/readyz" >/dev/null 2>&1; then
+      break
+    fi
+    if ! alive kube-apiserver || ! alive etcd; then
+      log "the control plane died; last lines of its logs:"
+      tail -n 20 "$STATE/etcd.log" "$STATE/kube-apiserver.log" >&2 || true
+      exit 1
+    fi
+    [ "$i" -eq 120 ] && { log "kube-apiserver not ready after 60s"; tail -n 20 "$STATE/kube-apiserver.log" >&2; exit 1; }
+    sleep 0.5
+  done
+
+  "$BIN/kube-controller-manager" --kubeconfig="$STATE/kubeconfig" \
+    --controllers=garbagecollector,namespace --leader-elect=false --port=0 --secure-port=0 \
+    --use-service-account-credentials=false \
+    > "$STATE/kube-controller-manager.log" 2>&1 &
+  echo $! > "$STATE/kube-controller-manager.pid"
+  log "ready: export KUBECONFIG=$STATE/kubeconfig"
+  echo "$STATE/kubeconfig"
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  env) echo "export KUBECONFIG=$STATE/kubeconfig" ;;
+  *) echo "usage: $0 up|down|env [STATE_DIR]" >&2; exit 2 ;;
+esac
