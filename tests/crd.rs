@@ -1,0 +1,39 @@
+//! The committed CRD is what the types generate.
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/runaicredentials.tokensync.dev.yaml"
+    ))
+    .expect("crds/runaicredentials.tokensync.dev.yaml is committed");
+    let generated = runai_token_sync::resource::crd_yaml();
+    assert!(
+        committed == generated,
+        "crds/runaicredentials.tokensync.dev.yaml differs from the types; regenerate it with\n  cargo run -- crd > crds/runaicredentials.tokensync.dev.yaml"
+    );
+}
+
+#[test]
+fn every_spec_field_is_documented() {
+    let crd = serde_json::to_value(runai_token_sync::resource::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    fn walk(path: &str, node: &serde_json::Value, undocumented: &mut Vec<String>) {
+        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+            for (name, child) in props {
+                let here = format!("{path}.{name}");
+                if child.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                    undocumented.push(here.clone());
+                }
+                walk(&here, child, undocumented);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(&format!("{path}[]"), items, undocumented);
+        }
+    }
+    let mut undocumented = Vec::new();
+    walk("spec", &schema["properties"]["spec"], &mut undocumented);
+    walk("status", &schema["properties"]["status"], &mut undocumented);
+    assert!(undocumented.is_empty(), "fields without a description: {undocumented:?}");
+}
