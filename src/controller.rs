@@ -58,9 +58,10 @@ where
 /// Checks, with one clear line per failure, that the API server answers and
 /// the CRD is installed.
 pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
-    client.apiserver_version().await.map_err(|e| {
-        Error::Startup(format!("cannot reach the Kubernetes API server: {e}"))
-    })?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| Error::Startup(format!("cannot reach the Kubernetes API server: {e}")))?;
     let api: Api<RunaiCredential> = scoped(client, namespace);
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
@@ -111,7 +112,11 @@ pub async fn load_or_create_hash_key(client: &Client, namespace: &str) -> Result
         };
         match secrets.create(&params, &secret).await {
             Ok(_) => {
-                info!(namespace, secret = HASH_KEY_SECRET, "created the hash key Secret");
+                info!(
+                    namespace,
+                    secret = HASH_KEY_SECRET,
+                    "created the hash key Secret"
+                );
                 return Ok(HashKey::new(key.to_vec()));
             }
             // Another replica created it first: read theirs.
@@ -119,7 +124,9 @@ pub async fn load_or_create_hash_key(client: &Client, namespace: &str) -> Result
             Err(e) => return Err(Error::kube("creating the hash key Secret")(e)),
         }
     }
-    Err(Error::Startup("cannot settle the hash key Secret".to_owned()))
+    Err(Error::Startup(
+        "cannot settle the hash key Secret".to_owned(),
+    ))
 }
 
 /// The RunaiCredentials a change of this Secret concerns: the one that
@@ -143,7 +150,8 @@ pub fn credentials_for_secret(
     }
     for cr in store.state() {
         if cr.namespace().as_deref() == Some(namespace.as_str())
-            && (cr.spec.client_credentials_secret_ref.name == name || cr.target_secret_name() == name)
+            && (cr.spec.client_credentials_secret_ref.name == name
+                || cr.target_secret_name() == name)
         {
             refs.push(ObjectRef::from(cr.as_ref()));
         }
@@ -176,11 +184,17 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let store = controller.store();
     // Metadata only: a change of any Secret's data bumps its resourceVersion,
     // which is all a trigger needs, and no Secret's data is ever held.
-    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+    let secret_changes =
+        watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
 
-    info!(namespace = namespace.unwrap_or("<all>"), "starting the RunaiCredential controller");
+    info!(
+        namespace = namespace.unwrap_or("<all>"),
+        "starting the RunaiCredential controller"
+    );
     controller
-        .watches_stream(secret_changes, move |secret| credentials_for_secret(&store, &secret))
+        .watches_stream(secret_changes, move |secret| {
+            credentials_for_secret(&store, &secret)
+        })
         .shutdown_on_signal()
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|result| async move {

@@ -13,7 +13,10 @@ use thiserror::Error;
 pub enum Error {
     /// The spec cannot be used as written; waits for the user to change it.
     #[error("{field}: {message}")]
-    InvalidSpec { field: &'static str, message: String },
+    InvalidSpec {
+        field: &'static str,
+        message: String,
+    },
 
     /// The credentials Secret, or a key in it, is missing or empty.
     #[error("{0}")]

@@ -10,7 +10,10 @@ use runai_token_sync::{
 };
 
 #[derive(Parser)]
-#[command(version, about = "Keeps Run:ai API access tokens fresh in Kubernetes Secrets")]
+#[command(
+    version,
+    about = "Keeps Run:ai API access tokens fresh in Kubernetes Secrets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -84,7 +84,9 @@ impl Context {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere must not stop every later reconciliation.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a valid spec resolves to.
@@ -108,7 +110,12 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
                 "http:// is refused because the client secret would travel in clear text; use https:// (the controller accepts http:// only when started with --allow-insecure-http, for local testing)".to_owned(),
             ));
         }
-        other => return Err(invalid("spec.url", format!("scheme {other:?} is not supported; use https://"))),
+        other => {
+            return Err(invalid(
+                "spec.url",
+                format!("scheme {other:?} is not supported; use https://"),
+            ));
+        }
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("spec.url", "has no host".to_owned()));
@@ -120,7 +127,10 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("spec.url", "must not have a query or fragment".to_owned()));
+        return Err(invalid(
+            "spec.url",
+            "must not have a query or fragment".to_owned(),
+        ));
     }
     let refresh_interval = cr
         .spec
@@ -131,11 +141,16 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
         .map_err(|m| invalid("spec.refreshInterval", m))?;
     let key = &cr.spec.target.key;
     if key == target_secret::EXPIRES_AT_KEY
-        || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
     {
         return Err(invalid(
             "spec.target.key",
-            format!("{key:?} is not a usable Secret key (letters, digits, '-', '_', '.'; not {:?})", target_secret::EXPIRES_AT_KEY),
+            format!(
+                "{key:?} is not a usable Secret key (letters, digits, '-', '_', '.'; not {:?})",
+                target_secret::EXPIRES_AT_KEY
+            ),
         ));
     }
     // The name is a label value on the target Secret, which is limited to 63.
@@ -145,7 +160,10 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
             "is longer than 63 characters, the limit of a label value".to_owned(),
         ));
     }
-    Ok(ValidSpec { url, refresh_interval })
+    Ok(ValidSpec {
+        url,
+        refresh_interval,
+    })
 }
 
 /// Reconciles one RunaiCredential.
@@ -172,19 +190,32 @@ pub fn error_policy(cr: Arc<RunaiCredential>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(schedule::delay_until(now, at))
 }
 
-fn uid_of(cr: &RunaiCredential) -> String {
-    cr.uid().unwrap_or_else(|| format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()))
+/// The jitter of a token's refresh deadline: fixed per credential and token,
+/// so that the deadline computed again after a restart is the same.
+fn jitter_for(uid: &str, record: &TokenRecord) -> f64 {
+    schedule::stable_jitter(&format!("{uid}/{}", record.issued_at))
 }
 
-async fn reconcile_at(cr: &RunaiCredential, ctx: &Context, now: Timestamp) -> Result<Action, Error> {
+fn uid_of(cr: &RunaiCredential) -> String {
+    cr.uid()
+        .unwrap_or_else(|| format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()))
+}
+
+async fn reconcile_at(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, Error> {
     let namespace = cr.namespace().unwrap_or_default();
     let uid = uid_of(cr);
     let secret_name = cr.target_secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    let spec = match validate_spec(cr, ctx.allow_insecure_http)
-        .and_then(|spec| ctx.token_clients.get(cr.spec.ca_bundle.as_deref()).map(|c| (spec, c)))
-    {
+    let spec = match validate_spec(cr, ctx.allow_insecure_http).and_then(|spec| {
+        ctx.token_clients
+            .get(cr.spec.ca_bundle.as_deref())
+            .map(|c| (spec, c))
+    }) {
         Ok(valid) => valid,
         Err(err) => {
             ctx.set_backoff(&uid, None);
@@ -219,23 +250,22 @@ async fn reconcile_at(cr: &RunaiCredential, ctx: &Context, now: Timestamp) -> Re
         .map_err(Error::kube("reading the credentials Secret"))?;
     let credentials = target_secret::read_credentials(credentials_secret.as_ref(), reference);
     let desired = Desired {
-        credentials_hash: credentials
-            .as_ref()
-            .ok()
-            .map(|c| ctx.hash_key.credentials_hash(spec.url.as_str(), cr.spec.token_api, c)),
+        credentials_hash: credentials.as_ref().ok().map(|c| {
+            ctx.hash_key
+                .credentials_hash(spec.url.as_str(), cr.spec.token_api, c)
+        }),
         generation: cr.meta().generation.unwrap_or_default(),
         refresh_request: cr.refresh_request().map(str::to_owned),
     };
 
     let backoff = ctx.backoff(&uid);
-    let jitter_of = |record: &TokenRecord| schedule::stable_jitter(&format!("{uid}/{}", record.issued_at));
     let plan = schedule::plan(
         now,
         stored.as_ref().map(|s| (&s.record, s.intact)),
         &desired,
         backoff.as_ref().map(|(b, _)| b),
         spec.refresh_interval,
-        stored.as_ref().map_or(0.0, |s| jitter_of(&s.record)),
+        stored.as_ref().map_or(0.0, |s| jitter_for(&uid, &s.record)),
     );
     let previous = cr.status.as_ref();
     let generation = cr.meta().generation;
@@ -243,9 +273,16 @@ async fn reconcile_at(cr: &RunaiCredential, ctx: &Context, now: Timestamp) -> Re
     match (plan, stored) {
         (Plan::WaitUntil(due), Some(stored)) => {
             // Fresh and current: only put right what someone changed.
-            let desired_secret =
-                target_secret::desired_secret(cr, &stored.access_token, &stored.record, &ctx.hash_key);
-            if managed.as_deref().is_none_or(|s| target_secret::needs_repair(s, &desired_secret)) {
+            let desired_secret = target_secret::desired_secret(
+                cr,
+                &stored.access_token,
+                &stored.record,
+                &ctx.hash_key,
+            );
+            if managed
+                .as_deref()
+                .is_none_or(|s| target_secret::needs_repair(s, &desired_secret))
+            {
                 info!(secret = %secret_name, "repairing the target Secret");
                 apply_secret(&secrets, &desired_secret).await?;
             }
@@ -253,14 +290,30 @@ async fn reconcile_at(cr: &RunaiCredential, ctx: &Context, now: Timestamp) -> Re
                 record: &stored.record,
                 current: true,
             };
-            let new = status::token_status(previous, generation, &secret_name, Some(token), None, due, now);
+            let new = status::token_status(
+                previous,
+                generation,
+                &secret_name,
+                Some(token),
+                None,
+                due,
+                now,
+            );
             write_status(cr, ctx, new).await?;
             Ok(requeue_at(now, due))
         }
         (Plan::RetryAt(retry_at), stored) => {
             let failure = backoff.map(|(_, f)| f);
             let token = current_token(stored.as_ref(), &desired);
-            let new = status::token_status(previous, generation, &secret_name, token, failure.as_ref(), retry_at, now);
+            let new = status::token_status(
+                previous,
+                generation,
+                &secret_name,
+                token,
+                failure.as_ref(),
+                retry_at,
+                now,
+            );
             write_status(cr, ctx, new).await?;
             Ok(requeue_at(now, wake_time(retry_at, token, now)))
         }
@@ -269,23 +322,41 @@ async fn reconcile_at(cr: &RunaiCredential, ctx: &Context, now: Timestamp) -> Re
                 Plan::Refresh(reason) => reason.as_str(),
                 _ => "no token in the Secret",
             };
-            refresh(cr, ctx, &spec, &token_client, credentials, desired, stored, reason, now).await
+            refresh(
+                cr,
+                ctx,
+                &spec,
+                &token_client,
+                credentials,
+                desired,
+                stored,
+                reason,
+                now,
+            )
+            .await
         }
     }
 }
 
 /// The stored token with whether it was obtained with the current credentials.
-fn current_token<'a>(stored: Option<&'a StoredToken>, desired: &Desired) -> Option<CurrentToken<'a>> {
+fn current_token<'a>(
+    stored: Option<&'a StoredToken>,
+    desired: &Desired,
+) -> Option<CurrentToken<'a>> {
     stored.map(|s| CurrentToken {
         record: &s.record,
-        current: s.intact && desired.credentials_hash.as_deref() == Some(s.record.credentials_hash.as_str()),
+        current: s.intact
+            && desired.credentials_hash.as_deref() == Some(s.record.credentials_hash.as_str()),
     })
 }
 
 /// When to look again during a backoff: at the retry, or earlier when the
 /// current token expires first, so that `Ready` turns False on time.
 fn wake_time(retry_at: Timestamp, token: Option<CurrentToken<'_>>, now: Timestamp) -> Timestamp {
-    match token.filter(|t| t.current).and_then(|t| t.record.expires_at) {
+    match token
+        .filter(|t| t.current)
+        .and_then(|t| t.record.expires_at)
+    {
         Some(expiry) if expiry > now && expiry < retry_at => expiry,
         _ => retry_at,
     }
@@ -311,33 +382,49 @@ async fn refresh(
     info!(reason = why, token_api = api.as_str(), "requesting a token");
 
     let issued = match credentials {
-        Ok(creds) => token_client.request_token(&spec.url, api, &creds, now).await,
+        Ok(creds) => {
+            token_client
+                .request_token(&spec.url, api, &creds, now)
+                .await
+        }
         Err(err) => Err(err),
     };
     match issued {
         Ok(issued) => {
+            // At the Secret's precision, so that the deadline computed now is
+            // the one computed again from the Secret later.
             let record = TokenRecord {
-                issued_at: now,
-                expires_at: issued.expires_at,
+                issued_at: target_secret::whole_seconds(now),
+                expires_at: issued.expires_at.map(target_secret::whole_seconds),
                 credentials_hash: desired.credentials_hash.clone().unwrap_or_default(),
                 generation: desired.generation,
                 refresh_request: desired.refresh_request.clone(),
             };
-            let secret = target_secret::desired_secret(cr, &issued.access_token, &record, &ctx.hash_key);
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+            let secret =
+                target_secret::desired_secret(cr, &issued.access_token, &record, &ctx.hash_key);
+            let secrets: Api<Secret> =
+                Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
             apply_secret(&secrets, &secret).await?;
             ctx.set_backoff(&uid, None);
             let due = schedule::refresh_due_at(
-                now,
+                record.issued_at,
                 record.expires_at,
                 spec.refresh_interval,
-                schedule::stable_jitter(&format!("{uid}/{}", record.issued_at)),
+                jitter_for(&uid, &record),
             );
             let token = CurrentToken {
                 record: &record,
                 current: true,
             };
-            let new = status::token_status(previous, generation, &secret_name, Some(token), None, due, now);
+            let new = status::token_status(
+                previous,
+                generation,
+                &secret_name,
+                Some(token),
+                None,
+                due,
+                now,
+            );
             write_status(cr, ctx, new).await?;
             info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
             // Kept free of times: the recorder folds repeats of an Event into
@@ -377,10 +464,25 @@ async fn refresh(
             );
             warn!(reason = failure.reason, class = err.class(), attempts, retry_at = %target_secret::rfc3339(retry_at), error = %err, "token refresh failed");
             let token = current_token(stored.as_ref(), &desired);
-            let new = status::token_status(previous, generation, &secret_name, token, Some(&failure), retry_at, now);
+            let new = status::token_status(
+                previous,
+                generation,
+                &secret_name,
+                token,
+                Some(&failure),
+                retry_at,
+                now,
+            );
             write_status(cr, ctx, new).await?;
             // One Warning per attempt, and attempts are spaced by the backoff.
-            publish(ctx, cr, EventType::Warning, failure.reason, failure.message.clone()).await;
+            publish(
+                ctx,
+                cr,
+                EventType::Warning,
+                failure.reason,
+                failure.message.clone(),
+            )
+            .await;
             Ok(requeue_at(now, wake_time(retry_at, token, now)))
         }
         Err(err) => Err(err),
@@ -414,18 +516,31 @@ async fn block(
 async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
     let name = secret.metadata.name.as_deref().unwrap_or_default();
     secrets
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(secret))
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(secret),
+        )
         .await
         .map_err(Error::kube("writing the target Secret"))?;
     Ok(())
 }
 
 /// Writes the status when it differs from the stored one; says whether it did.
-async fn write_status(cr: &RunaiCredential, ctx: &Context, new: RunaiCredentialStatus) -> Result<bool, Error> {
-    if cr.status.as_ref().is_some_and(|old| status::same_status(old, &new)) {
+async fn write_status(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    new: RunaiCredentialStatus,
+) -> Result<bool, Error> {
+    if cr
+        .status
+        .as_ref()
+        .is_some_and(|old| status::same_status(old, &new))
+    {
         return Ok(false);
     }
-    let api: Api<RunaiCredential> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let api: Api<RunaiCredential> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": RunaiCredential::api_version(&()),
         "kind": RunaiCredential::kind(&()),
@@ -441,7 +556,13 @@ async fn write_status(cr: &RunaiCredential, ctx: &Context, new: RunaiCredentialS
     Ok(true)
 }
 
-async fn publish(ctx: &Context, cr: &RunaiCredential, type_: EventType, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    cr: &RunaiCredential,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -484,13 +605,25 @@ mod tests {
     #[test]
     fn spec_validation_names_the_field() {
         assert!(validate_spec(&cr("https://acme.run.ai"), false).is_ok());
-        assert_eq!(field_of(validate_spec(&cr("http://acme.run.ai"), false)), "spec.url");
+        assert_eq!(
+            field_of(validate_spec(&cr("http://acme.run.ai"), false)),
+            "spec.url"
+        );
         assert!(validate_spec(&cr("http://127.0.0.1:8080"), true).is_ok());
-        assert_eq!(field_of(validate_spec(&cr("https://u:p@acme.run.ai"), false)), "spec.url");
-        assert_eq!(field_of(validate_spec(&cr("https://acme.run.ai/?a=b"), false)), "spec.url");
+        assert_eq!(
+            field_of(validate_spec(&cr("https://u:p@acme.run.ai"), false)),
+            "spec.url"
+        );
+        assert_eq!(
+            field_of(validate_spec(&cr("https://acme.run.ai/?a=b"), false)),
+            "spec.url"
+        );
         let mut bad_interval = cr("https://acme.run.ai");
         bad_interval.spec.refresh_interval = Some("often".into());
-        assert_eq!(field_of(validate_spec(&bad_interval, false)), "spec.refreshInterval");
+        assert_eq!(
+            field_of(validate_spec(&bad_interval, false)),
+            "spec.refreshInterval"
+        );
         let mut bad_key = cr("https://acme.run.ai");
         bad_key.spec.target.key = "expiresAt".into();
         assert_eq!(field_of(validate_spec(&bad_key, false)), "spec.target.key");

@@ -27,6 +27,9 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 /// The controller requests a token from the Run:ai control plane at `spec.url`
 /// with the client credentials of an application (service account), writes it
 /// into the target Secret, and replaces it before it expires.
+// Each printer column repeats `type_ = "string"`, which clippy takes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "tokensync.dev",
@@ -291,7 +294,8 @@ impl RunaiCredential {
 /// without its type in OpenAPI v2, so `kubectl explain` would show `<>` for
 /// every optional field. Optional fields stay optional, and a `null` sent for
 /// one is pruned by the API server.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     fn strip_nullable(value: &mut serde_json::Value) {
         match value {

@@ -128,7 +128,12 @@ pub fn plan(
     if desired.refresh_request.is_some() && desired.refresh_request != record.refresh_request {
         return Plan::Refresh(RefreshReason::RefreshRequested);
     }
-    let due = refresh_due_at(record.issued_at, record.expires_at, refresh_interval, jitter);
+    let due = refresh_due_at(
+        record.issued_at,
+        record.expires_at,
+        refresh_interval,
+        jitter,
+    );
     if now >= due {
         Plan::Refresh(RefreshReason::Due)
     } else {
@@ -246,9 +251,19 @@ mod tests {
     #[test]
     fn interval_caps_the_lifetime() {
         let r = record();
-        let due = refresh_due_at(r.issued_at, r.expires_at, Some(Duration::from_secs(600)), 0.0);
+        let due = refresh_due_at(
+            r.issued_at,
+            r.expires_at,
+            Some(Duration::from_secs(600)),
+            0.0,
+        );
         assert_eq!(due, t("2026-01-01T00:10:00Z"));
-        let long = refresh_due_at(r.issued_at, r.expires_at, Some(Duration::from_secs(7200)), 0.0);
+        let long = refresh_due_at(
+            r.issued_at,
+            r.expires_at,
+            Some(Duration::from_secs(7200)),
+            0.0,
+        );
         assert_eq!(long, t("2026-01-01T00:40:00Z"));
     }
 
@@ -269,7 +284,12 @@ mod tests {
         // 10 % of 40 min is 4 min.
         assert!(latest.duration_since(earliest) <= SignedDuration::from_mins(4));
         assert!(latest.duration_since(earliest) > SignedDuration::from_secs(239));
-        let day = refresh_due_at(r.issued_at, Some(t("2026-01-04T00:00:00Z")), None, 0.999_999);
+        let day = refresh_due_at(
+            r.issued_at,
+            Some(t("2026-01-04T00:00:00Z")),
+            None,
+            0.999_999,
+        );
         let day_latest = refresh_due_at(r.issued_at, Some(t("2026-01-04T00:00:00Z")), None, 0.0);
         assert!(day_latest.duration_since(day) <= SignedDuration::from_mins(5));
     }
@@ -313,33 +333,51 @@ mod tests {
         let now = t("2026-01-01T00:01:00Z");
         let p = |stored, d: &Desired| plan(now, stored, d, None, None, 0.0);
         assert_eq!(p(None, &desired()), Plan::Refresh(RefreshReason::NoToken));
-        assert_eq!(p(Some((&r, false)), &desired()), Plan::Refresh(RefreshReason::TokenAltered));
+        assert_eq!(
+            p(Some((&r, false)), &desired()),
+            Plan::Refresh(RefreshReason::TokenAltered)
+        );
         let rotated = Desired {
             credentials_hash: Some("h2".into()),
             ..desired()
         };
-        assert_eq!(p(Some((&r, true)), &rotated), Plan::Refresh(RefreshReason::CredentialsChanged));
+        assert_eq!(
+            p(Some((&r, true)), &rotated),
+            Plan::Refresh(RefreshReason::CredentialsChanged)
+        );
         let missing = Desired {
             credentials_hash: None,
             ..desired()
         };
-        assert_eq!(p(Some((&r, true)), &missing), Plan::Refresh(RefreshReason::CredentialsChanged));
+        assert_eq!(
+            p(Some((&r, true)), &missing),
+            Plan::Refresh(RefreshReason::CredentialsChanged)
+        );
         let edited = Desired {
             generation: 2,
             ..desired()
         };
-        assert_eq!(p(Some((&r, true)), &edited), Plan::Refresh(RefreshReason::SpecChanged));
+        assert_eq!(
+            p(Some((&r, true)), &edited),
+            Plan::Refresh(RefreshReason::SpecChanged)
+        );
         let requested = Desired {
             refresh_request: Some("now".into()),
             ..desired()
         };
-        assert_eq!(p(Some((&r, true)), &requested), Plan::Refresh(RefreshReason::RefreshRequested));
+        assert_eq!(
+            p(Some((&r, true)), &requested),
+            Plan::Refresh(RefreshReason::RefreshRequested)
+        );
         // The same request value is answered once only.
         let answered = TokenRecord {
             refresh_request: Some("now".into()),
             ..record()
         };
-        assert!(matches!(p(Some((&answered, true)), &requested), Plan::WaitUntil(_)));
+        assert!(matches!(
+            p(Some((&answered, true)), &requested),
+            Plan::WaitUntil(_)
+        ));
     }
 
     #[test]
@@ -364,7 +402,14 @@ mod tests {
         );
         let after = t("2026-01-01T00:46:00Z");
         assert_eq!(
-            plan(after, Some((&r, true)), &desired(), Some(&backoff), None, 0.0),
+            plan(
+                after,
+                Some((&r, true)),
+                &desired(),
+                Some(&backoff),
+                None,
+                0.0
+            ),
             Plan::Refresh(RefreshReason::Due)
         );
     }
@@ -372,7 +417,9 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
         let now = t("2026-01-01T00:00:00Z");
-        let delay = |attempts, retry_after, jitter| delay_until(now, retry_at(now, attempts, retry_after, jitter));
+        let delay = |attempts, retry_after, jitter| {
+            delay_until(now, retry_at(now, attempts, retry_after, jitter))
+        };
         assert_eq!(delay(1, None, 0.0), Duration::from_secs(5));
         assert_eq!(delay(2, None, 0.0), Duration::from_secs(10));
         assert_eq!(delay(4, None, 0.0), Duration::from_secs(40));
@@ -380,14 +427,20 @@ mod tests {
         assert_eq!(delay(u32::MAX, None, 0.0), BACKOFF_CAP);
         let jittered = delay(20, None, 0.999);
         assert!(jittered < BACKOFF_CAP && jittered >= BACKOFF_CAP.mul_f64(0.75));
-        assert_eq!(delay(1, Some(Duration::from_secs(120)), 0.0), Duration::from_secs(120));
+        assert_eq!(
+            delay(1, Some(Duration::from_secs(120)), 0.0),
+            Duration::from_secs(120)
+        );
         assert_eq!(delay(20, Some(Duration::from_secs(1)), 0.0), BACKOFF_CAP);
     }
 
     #[test]
     fn refresh_interval_syntax() {
         assert_eq!(parse_refresh_interval("45m"), Ok(Duration::from_secs(2700)));
-        assert_eq!(parse_refresh_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_refresh_interval("1h30m"),
+            Ok(Duration::from_secs(5400))
+        );
         assert_eq!(parse_refresh_interval("90s"), Ok(Duration::from_secs(90)));
         assert!(parse_refresh_interval("soon").is_err());
         assert!(parse_refresh_interval("1s").is_err());

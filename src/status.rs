@@ -52,11 +52,17 @@ pub fn token_status(
             true,
             REASON_TOKEN_READY,
             match t.record.expires_at {
-                Some(at) => format!("Secret {secret_name} holds a token valid until {}", rfc3339(at)),
+                Some(at) => format!(
+                    "Secret {secret_name} holds a token valid until {}",
+                    rfc3339(at)
+                ),
                 None => format!("Secret {secret_name} holds a token of unknown expiry"),
             },
         ),
-        (None, Some(f)) => match token.filter(|t| t.current).and_then(|t| t.record.expires_at) {
+        (None, Some(f)) => match token
+            .filter(|t| t.current)
+            .and_then(|t| t.record.expires_at)
+        {
             Some(expired_at) => condition(
                 CONDITION_READY,
                 false,
@@ -86,7 +92,8 @@ pub fn token_status(
                 f.attempts,
                 f.message,
                 match valid.map(|t| t.record.expires_at) {
-                    Some(Some(at)) => format!("the current token stays valid until {}", rfc3339(at)),
+                    Some(Some(at)) =>
+                        format!("the current token stays valid until {}", rfc3339(at)),
                     Some(None) => "the current token's expiry is unknown".to_owned(),
                     None => "there is no valid token".to_owned(),
                 }
@@ -198,11 +205,17 @@ mod tests {
     }
 
     fn ready(s: &RunaiCredentialStatus) -> &Condition {
-        s.conditions.iter().find(|c| c.type_ == CONDITION_READY).unwrap()
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_READY)
+            .unwrap()
     }
 
     fn degraded(s: &RunaiCredentialStatus) -> &Condition {
-        s.conditions.iter().find(|c| c.type_ == CONDITION_DEGRADED).unwrap()
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_DEGRADED)
+            .unwrap()
     }
 
     const NEXT: &str = "2026-01-01T00:40:00Z";
@@ -210,8 +223,19 @@ mod tests {
     #[test]
     fn fresh_token_is_ready() {
         let r = record();
-        let token = CurrentToken { record: &r, current: true };
-        let s = token_status(None, Some(1), "sec", Some(token), None, t(NEXT), t("2026-01-01T00:01:00Z"));
+        let token = CurrentToken {
+            record: &r,
+            current: true,
+        };
+        let s = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            None,
+            t(NEXT),
+            t("2026-01-01T00:01:00Z"),
+        );
         assert_eq!(ready(&s).status, "True");
         assert_eq!(degraded(&s).status, "False");
         assert_eq!(s.expiration_time.as_deref(), Some("2026-01-01T01:00:00Z"));
@@ -224,20 +248,45 @@ mod tests {
     #[test]
     fn outage_keeps_ready_and_sets_degraded() {
         let r = record();
-        let token = CurrentToken { record: &r, current: true };
+        let token = CurrentToken {
+            record: &r,
+            current: true,
+        };
         let failure = Failure {
             reason: "TokenEndpointError",
             message: "HTTP 503".into(),
             attempts: 2,
         };
-        let s = token_status(None, Some(1), "sec", Some(token), Some(&failure), t(NEXT), t("2026-01-01T00:50:00Z"));
+        let s = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            Some(&failure),
+            t(NEXT),
+            t("2026-01-01T00:50:00Z"),
+        );
         assert_eq!(ready(&s).status, "True");
         assert_eq!(degraded(&s).status, "True");
         assert_eq!(degraded(&s).reason, "TokenEndpointError");
-        assert!(degraded(&s).message.contains("valid until 2026-01-01T01:00:00Z"), "{}", degraded(&s).message);
+        assert!(
+            degraded(&s)
+                .message
+                .contains("valid until 2026-01-01T01:00:00Z"),
+            "{}",
+            degraded(&s).message
+        );
         assert_eq!(s.failed_attempts, 2);
 
-        let expired = token_status(None, Some(1), "sec", Some(token), Some(&failure), t(NEXT), t("2026-01-01T01:00:01Z"));
+        let expired = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            Some(&failure),
+            t(NEXT),
+            t("2026-01-01T01:00:01Z"),
+        );
         assert_eq!(ready(&expired).status, "False");
         assert_eq!(ready(&expired).reason, REASON_TOKEN_EXPIRED);
         assert!(degraded(&expired).message.contains("no valid token"));
@@ -246,13 +295,24 @@ mod tests {
     #[test]
     fn token_for_old_credentials_is_not_ready_when_new_ones_fail() {
         let r = record();
-        let token = CurrentToken { record: &r, current: false };
+        let token = CurrentToken {
+            record: &r,
+            current: false,
+        };
         let failure = Failure {
             reason: "InvalidCredentials",
             message: "HTTP 401".into(),
             attempts: 1,
         };
-        let s = token_status(None, Some(2), "sec", Some(token), Some(&failure), t(NEXT), t("2026-01-01T00:10:00Z"));
+        let s = token_status(
+            None,
+            Some(2),
+            "sec",
+            Some(token),
+            Some(&failure),
+            t(NEXT),
+            t("2026-01-01T00:10:00Z"),
+        );
         assert_eq!(ready(&s).status, "False");
         assert_eq!(ready(&s).reason, "InvalidCredentials");
     }
@@ -260,18 +320,47 @@ mod tests {
     #[test]
     fn unchanged_status_keeps_transition_times_and_compares_equal() {
         let r = record();
-        let token = CurrentToken { record: &r, current: true };
-        let first = token_status(None, Some(1), "sec", Some(token), None, t(NEXT), t("2026-01-01T00:00:10Z"));
+        let token = CurrentToken {
+            record: &r,
+            current: true,
+        };
+        let first = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            None,
+            t(NEXT),
+            t("2026-01-01T00:00:10Z"),
+        );
         let mut reordered = first.clone();
         reordered.conditions.reverse();
-        let second = token_status(Some(&reordered), Some(1), "sec", Some(token), None, t(NEXT), t("2026-01-01T00:20:00Z"));
+        let second = token_status(
+            Some(&reordered),
+            Some(1),
+            "sec",
+            Some(token),
+            None,
+            t(NEXT),
+            t("2026-01-01T00:20:00Z"),
+        );
         assert!(same_status(&second, &reordered));
-        assert_eq!(ready(&second).last_transition_time, Time(t("2026-01-01T00:00:10Z")));
+        assert_eq!(
+            ready(&second).last_transition_time,
+            Time(t("2026-01-01T00:00:10Z"))
+        );
     }
 
     #[test]
     fn blocked_status_has_only_ready() {
-        let s = blocked_status(None, Some(4), "sec", "SecretConflict", "taken".into(), t(NEXT));
+        let s = blocked_status(
+            None,
+            Some(4),
+            "sec",
+            "SecretConflict",
+            "taken".into(),
+            t(NEXT),
+        );
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(ready(&s).reason, "SecretConflict");
         assert_eq!(s.observed_generation, Some(4));

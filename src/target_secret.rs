@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{Resource, ResourceExt};
 use sha2::Sha256;
 
@@ -46,7 +48,8 @@ impl HashKey {
     }
 
     fn digest(&self, parts: &[&str]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         for part in parts {
             // Length-prefixed, so that ("ab","c") and ("a","bc") differ.
             mac.update(&(part.len() as u64).to_be_bytes());
@@ -58,7 +61,13 @@ impl HashKey {
 
     /// Hash of everything a token depends on.
     pub fn credentials_hash(&self, url: &str, api: TokenApi, creds: &ClientCredentials) -> String {
-        self.digest(&["credentials/v1", url, api.as_str(), &creds.client_id, &creds.client_secret])
+        self.digest(&[
+            "credentials/v1",
+            url,
+            api.as_str(),
+            &creds.client_id,
+            &creds.client_secret,
+        ])
     }
 
     /// Hash of a token, to notice when someone changed it in the Secret.
@@ -164,7 +173,10 @@ pub fn desired_secret(
         record.credentials_hash.clone(),
     );
     annotations.insert(TOKEN_HASH_ANNOTATION.to_owned(), hash_key.token_hash(token));
-    annotations.insert(GENERATION_ANNOTATION.to_owned(), record.generation.to_string());
+    annotations.insert(
+        GENERATION_ANNOTATION.to_owned(),
+        record.generation.to_string(),
+    );
     if let Some(request) = &record.refresh_request {
         annotations.insert(REFRESH_REQUEST_ANNOTATION.to_owned(), request.clone());
     }
@@ -202,7 +214,10 @@ pub fn desired_secret(
 /// controller sets. Extra labels, annotations and keys added by others are
 /// left alone.
 pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
-    fn subset<V: PartialEq>(want: Option<&BTreeMap<String, V>>, have: Option<&BTreeMap<String, V>>) -> bool {
+    fn subset<V: PartialEq>(
+        want: Option<&BTreeMap<String, V>>,
+        have: Option<&BTreeMap<String, V>>,
+    ) -> bool {
         want.into_iter()
             .flatten()
             .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
@@ -223,8 +238,14 @@ pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
     };
     !(owner_ok
         && existing.type_ == desired.type_
-        && subset(desired.metadata.labels.as_ref(), existing.metadata.labels.as_ref())
-        && subset(desired.metadata.annotations.as_ref(), existing.metadata.annotations.as_ref())
+        && subset(
+            desired.metadata.labels.as_ref(),
+            existing.metadata.labels.as_ref(),
+        )
+        && subset(
+            desired.metadata.annotations.as_ref(),
+            existing.metadata.annotations.as_ref(),
+        )
         && subset(desired.data.as_ref(), existing.data.as_ref()))
 }
 
@@ -264,12 +285,14 @@ pub fn read_credentials(
     })
 }
 
+/// A timestamp at the precision the Secret stores it with.
+pub fn whole_seconds(t: Timestamp) -> Timestamp {
+    t.round(jiff::Unit::Second).unwrap_or(t)
+}
+
 /// A timestamp as RFC 3339 to the second.
 pub fn rfc3339(t: Timestamp) -> String {
-    t.round(jiff::Unit::Second)
-        .unwrap_or(t)
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    whole_seconds(t).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 #[cfg(test)]
@@ -326,7 +349,12 @@ mod tests {
         assert_eq!(owners[0].uid, "uid-1");
         assert_eq!(owners[0].controller, Some(true));
 
-        let retained = desired_secret(&credential(DeletionPolicy::Retain), "tok", &record(), &key());
+        let retained = desired_secret(
+            &credential(DeletionPolicy::Retain),
+            "tok",
+            &record(),
+            &key(),
+        );
         assert!(retained.metadata.owner_references.is_none());
     }
 
@@ -339,7 +367,11 @@ mod tests {
         assert!(stored.intact);
         assert!(!format!("{stored:?}").contains("tok\""));
 
-        secret.data.as_mut().unwrap().insert("accessToken".into(), ByteString(b"forged".to_vec()));
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("accessToken".into(), ByteString(b"forged".to_vec()));
         assert!(!stored_token(&secret, "accessToken", &key()).unwrap().intact);
         // A different hash key (a different controller installation) does not trust it either.
         let other = desired_secret(&cr, "tok", &record(), &HashKey::new(b"other".to_vec()));
@@ -368,18 +400,38 @@ mod tests {
         orphaned.metadata.owner_references = None;
         assert!(needs_repair(&orphaned, &desired));
 
-        let retained = desired_secret(&credential(DeletionPolicy::Retain), "tok", &record(), &key());
-        assert!(needs_repair(&desired, &retained), "a left-over owner reference is removed");
+        let retained = desired_secret(
+            &credential(DeletionPolicy::Retain),
+            "tok",
+            &record(),
+            &key(),
+        );
+        assert!(
+            needs_repair(&desired, &retained),
+            "a left-over owner reference is removed"
+        );
     }
 
     #[test]
     fn ownership() {
         let cr = credential(DeletionPolicy::Delete);
         let ours = desired_secret(&cr, "tok", &record(), &key());
-        assert!(matches!(TargetSecret::classify(Some(ours.clone()), "trainer"), TargetSecret::Managed(_)));
-        assert!(matches!(TargetSecret::classify(Some(ours), "other"), TargetSecret::Foreign));
-        assert!(matches!(TargetSecret::classify(Some(Secret::default()), "trainer"), TargetSecret::Foreign));
-        assert!(matches!(TargetSecret::classify(None, "trainer"), TargetSecret::Missing));
+        assert!(matches!(
+            TargetSecret::classify(Some(ours.clone()), "trainer"),
+            TargetSecret::Managed(_)
+        ));
+        assert!(matches!(
+            TargetSecret::classify(Some(ours), "other"),
+            TargetSecret::Foreign
+        ));
+        assert!(matches!(
+            TargetSecret::classify(Some(Secret::default()), "trainer"),
+            TargetSecret::Foreign
+        ));
+        assert!(matches!(
+            TargetSecret::classify(None, "trainer"),
+            TargetSecret::Missing
+        ));
     }
 
     #[test]
@@ -423,7 +475,10 @@ mod tests {
             client_secret: "t".into(),
             ..creds.clone()
         };
-        assert_ne!(base, k.credentials_hash("https://a", TokenApi::V1, &rotated));
+        assert_ne!(
+            base,
+            k.credentials_hash("https://a", TokenApi::V1, &rotated)
+        );
         assert_eq!(base.len(), 64, "hex of a SHA-256 HMAC");
     }
 }

@@ -140,7 +140,11 @@ impl TokenClient {
         parse_token_response(&body, now)
     }
 
-    async fn read_capped(&self, url: &str, mut response: reqwest::Response) -> Result<Vec<u8>, Error> {
+    async fn read_capped(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, Error> {
         let too_large = Error::ResponseTooLarge {
             limit: MAX_RESPONSE_BYTES,
         };
@@ -229,7 +233,10 @@ pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<IssuedToken, 
             "expected a JSON object".to_owned(),
         ));
     };
-    let token = match fields.get("accessToken").or_else(|| fields.get("access_token")) {
+    let token = match fields
+        .get("accessToken")
+        .or_else(|| fields.get("access_token"))
+    {
         None | Some(Value::Null) => return Err(Error::EmptyToken),
         Some(Value::String(s)) => s.trim().to_owned(),
         Some(_) => {
@@ -435,7 +442,10 @@ mod tests {
         let token = jwt(r#"{"exp": 1767232800}"#);
         let body = format!(r#"{{"accessToken":"{token}","expiresIn":600,"idToken":"x"}}"#);
         let issued = parse_token_response(body.as_bytes(), now()).unwrap();
-        assert_eq!(issued.expires_at, Some("2026-01-01T00:10:00Z".parse().unwrap()));
+        assert_eq!(
+            issued.expires_at,
+            Some("2026-01-01T00:10:00Z".parse().unwrap())
+        );
     }
 
     #[test]
@@ -443,7 +453,10 @@ mod tests {
         let body = br#"{"access_token":"abc","token_type":"Bearer","expires_in":"3600"}"#;
         let issued = parse_token_response(body, now()).unwrap();
         assert_eq!(issued.access_token, "abc");
-        assert_eq!(issued.expires_at, Some("2026-01-01T01:00:00Z".parse().unwrap()));
+        assert_eq!(
+            issued.expires_at,
+            Some("2026-01-01T01:00:00Z".parse().unwrap())
+        );
     }
 
     #[test]
@@ -451,7 +464,10 @@ mod tests {
         let token = jwt(r#"{"exp": 1767232800, "sub": "x"}"#);
         let body = format!(r#"{{"accessToken":"{token}"}}"#);
         let issued = parse_token_response(body.as_bytes(), now()).unwrap();
-        assert_eq!(issued.expires_at, Some(Timestamp::from_second(1767232800).unwrap()));
+        assert_eq!(
+            issued.expires_at,
+            Some(Timestamp::from_second(1767232800).unwrap())
+        );
     }
 
     #[test]
@@ -488,14 +504,21 @@ mod tests {
 
     #[test]
     fn classification() {
-        let c = |status, body: &str| classify_http_failure(status, None, body.as_bytes(), &["s3cr3t"]);
+        let c =
+            |status, body: &str| classify_http_failure(status, None, body.as_bytes(), &["s3cr3t"]);
         assert!(matches!(c(401, ""), Error::InvalidCredentials { .. }));
         assert!(matches!(c(403, ""), Error::InvalidCredentials { .. }));
         assert!(matches!(
-            c(400, r#"{"error":"invalid_client","error_description":"bad"}"#),
+            c(
+                400,
+                r#"{"error":"invalid_client","error_description":"bad"}"#
+            ),
             Error::InvalidCredentials { .. }
         ));
-        assert!(matches!(c(400, r#"{"code":400,"message":"x"}"#), Error::RequestRejected { .. }));
+        assert!(matches!(
+            c(400, r#"{"code":400,"message":"x"}"#),
+            Error::RequestRejected { .. }
+        ));
         assert!(matches!(c(404, ""), Error::RequestRejected { .. }));
         assert!(matches!(c(429, ""), Error::RateLimited { .. }));
         assert!(matches!(c(503, ""), Error::Unavailable { .. }));
@@ -510,7 +533,10 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(90)));
         assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
@@ -520,8 +546,14 @@ mod tests {
     #[test]
     fn endpoints_keep_a_path_prefix() {
         let base: url::Url = "https://acme.run.ai".parse().unwrap();
-        assert_eq!(token_endpoint(&base, TokenApi::V1).as_str(), "https://acme.run.ai/api/v1/token");
-        assert_eq!(token_endpoint(&base, TokenApi::V2).as_str(), "https://acme.run.ai/api/v2/token");
+        assert_eq!(
+            token_endpoint(&base, TokenApi::V1).as_str(),
+            "https://acme.run.ai/api/v1/token"
+        );
+        assert_eq!(
+            token_endpoint(&base, TokenApi::V2).as_str(),
+            "https://acme.run.ai/api/v2/token"
+        );
         let prefixed: url::Url = "https://host/runai".parse().unwrap();
         assert_eq!(
             token_endpoint(&prefixed, TokenApi::AppToken).as_str(),
@@ -531,7 +563,10 @@ mod tests {
 
     #[test]
     fn ca_bundle_must_hold_a_certificate() {
-        assert!(matches!(parse_ca_bundle("hello"), Err(Error::InvalidSpec { .. })));
+        assert!(matches!(
+            parse_ca_bundle("hello"),
+            Err(Error::InvalidSpec { .. })
+        ));
     }
 
     #[test]

@@ -22,7 +22,11 @@ fn every_spec_field_is_documented() {
         if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
             for (name, child) in props {
                 let here = format!("{path}.{name}");
-                if child.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                if child
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .is_none_or(str::is_empty)
+                {
                     undocumented.push(here.clone());
                 }
                 walk(&here, child, undocumented);
@@ -35,5 +39,8 @@ fn every_spec_field_is_documented() {
     let mut undocumented = Vec::new();
     walk("spec", &schema["properties"]["spec"], &mut undocumented);
     walk("status", &schema["properties"]["status"], &mut undocumented);
-    assert!(undocumented.is_empty(), "fields without a description: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "fields without a description: {undocumented:?}"
+    );
 }

@@ -30,7 +30,10 @@ fn now() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().unwrap()
 }
 
-async fn request(server: &MockServer, api: TokenApi) -> Result<runai_token_sync::token_client::IssuedToken, Error> {
+async fn request(
+    server: &MockServer,
+    api: TokenApi,
+) -> Result<runai_token_sync::token_client::IssuedToken, Error> {
     let url = server.uri().parse().unwrap();
     client().request_token(&url, api, &creds(), now()).await
 }
@@ -60,7 +63,10 @@ async fn v1_posts_json_client_credentials() {
         .await;
     let issued = request(&server, TokenApi::V1).await.unwrap();
     assert_eq!(issued.access_token, "tok-v1");
-    assert_eq!(issued.expires_at, Some("2026-01-01T01:00:00Z".parse().unwrap()));
+    assert_eq!(
+        issued.expires_at,
+        Some("2026-01-01T01:00:00Z".parse().unwrap())
+    );
 }
 
 #[tokio::test]
@@ -80,7 +86,10 @@ async fn v2_posts_an_oauth2_form() {
         .await;
     let issued = request(&server, TokenApi::V2).await.unwrap();
     assert_eq!(issued.access_token, "tok-v2");
-    assert_eq!(issued.expires_at, Some("2026-01-01T00:10:00Z".parse().unwrap()));
+    assert_eq!(
+        issued.expires_at,
+        Some("2026-01-01T00:10:00Z".parse().unwrap())
+    );
 }
 
 #[tokio::test]
@@ -93,7 +102,9 @@ async fn app_token_posts_the_legacy_grant() {
             "AppId": "app-id",
             "AppSecret": "s3cr3t-value",
         })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"accessToken": "tok-app"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"accessToken": "tok-app"})),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -108,7 +119,10 @@ async fn failing(status: u16, body: serde_json::Value, retry_after: Option<&str>
     if let Some(value) = retry_after {
         response = response.insert_header("Retry-After", value);
     }
-    Mock::given(method("POST")).respond_with(response).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
     let err = request(&server, TokenApi::V1).await.unwrap_err();
     assert_no_secret(&err);
     err
@@ -116,22 +130,59 @@ async fn failing(status: u16, body: serde_json::Value, retry_after: Option<&str>
 
 #[tokio::test]
 async fn failures_are_classified() {
-    let err = failing(401, serde_json::json!({"code": 401, "message": "Issuer is not familiar."}), None).await;
-    assert!(matches!(err, Error::InvalidCredentials { status: 401, .. }), "{err:?}");
+    let err = failing(
+        401,
+        serde_json::json!({"code": 401, "message": "Issuer is not familiar."}),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(err, Error::InvalidCredentials { status: 401, .. }),
+        "{err:?}"
+    );
     assert_eq!(err.reason(), "InvalidCredentials");
     assert!(err.to_string().contains("Issuer is not familiar."), "{err}");
 
-    let err = failing(400, serde_json::json!({"error": "invalid_client", "error_description": "bad client"}), None).await;
-    assert!(matches!(err, Error::InvalidCredentials { status: 400, .. }), "{err:?}");
+    let err = failing(
+        400,
+        serde_json::json!({"error": "invalid_client", "error_description": "bad client"}),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(err, Error::InvalidCredentials { status: 400, .. }),
+        "{err:?}"
+    );
 
-    let err = failing(400, serde_json::json!({"code": 400, "message": "grantType is invalid"}), None).await;
-    assert!(matches!(err, Error::RequestRejected { status: 400, .. }), "{err:?}");
+    let err = failing(
+        400,
+        serde_json::json!({"code": 400, "message": "grantType is invalid"}),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(err, Error::RequestRejected { status: 400, .. }),
+        "{err:?}"
+    );
     assert_eq!(err.reason(), "TokenEndpointError");
 
-    let err = failing(500, serde_json::json!({"code": 500, "message": "boom"}), None).await;
-    assert!(matches!(err, Error::ServerError { status: 500, .. }), "{err:?}");
+    let err = failing(
+        500,
+        serde_json::json!({"code": 500, "message": "boom"}),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(err, Error::ServerError { status: 500, .. }),
+        "{err:?}"
+    );
 
-    let err = failing(503, serde_json::json!({"code": 503, "message": "Please try again in few minutes."}), Some("30")).await;
+    let err = failing(
+        503,
+        serde_json::json!({"code": 503, "message": "Please try again in few minutes."}),
+        Some("30"),
+    )
+    .await;
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
 
@@ -166,7 +217,9 @@ async fn malformed_and_empty_answers() {
 
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"accessToken": ""})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"accessToken": ""})),
+        )
         .mount(&server)
         .await;
     let err = request(&server, TokenApi::V1).await.unwrap_err();
@@ -176,7 +229,10 @@ async fn malformed_and_empty_answers() {
 #[tokio::test]
 async fn oversized_answers_are_not_read() {
     let server = MockServer::start().await;
-    let huge = format!(r#"{{"accessToken":"{}"}}"#, "a".repeat(MAX_RESPONSE_BYTES + 10));
+    let huge = format!(
+        r#"{{"accessToken":"{}"}}"#,
+        "a".repeat(MAX_RESPONSE_BYTES + 10)
+    );
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_string(huge))
         .mount(&server)
@@ -198,16 +254,26 @@ async fn a_slow_endpoint_times_out() {
         .await;
     let url = server.uri().parse().unwrap();
     let quick = TokenClient::new(None, Duration::from_millis(300)).unwrap();
-    let err = quick.request_token(&url, TokenApi::V1, &creds(), now()).await.unwrap_err();
+    let err = quick
+        .request_token(&url, TokenApi::V1, &creds(), now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}").parse().unwrap();
-    let err = client().request_token(&url, TokenApi::V1, &creds(), now()).await.unwrap_err();
+    let err = client()
+        .request_token(&url, TokenApi::V1, &creds(), now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
 }
 
@@ -215,12 +281,17 @@ async fn a_refused_connection_is_a_connect_error() {
 async fn redirects_are_not_followed() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(307).insert_header("Location", "https://elsewhere.example/steal"))
+        .respond_with(
+            ResponseTemplate::new(307).insert_header("Location", "https://elsewhere.example/steal"),
+        )
         .expect(1)
         .mount(&server)
         .await;
     let err = request(&server, TokenApi::V1).await.unwrap_err();
-    assert!(matches!(err, Error::RequestRejected { status: 307, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::RequestRejected { status: 307, .. }),
+        "{err:?}"
+    );
 }
 
 /// A one-route HTTPS token endpoint with a certificate from a fresh private CA.
@@ -258,11 +329,13 @@ async fn tls_endpoint() -> (SocketAddr, String) {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let service = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(
-                        br#"{"accessToken":"tok-tls","expiresIn":60}"#,
-                    ))))
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(br#"{"accessToken":"tok-tls","expiresIn":60}"#),
+                    )))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -279,18 +352,36 @@ async fn tls_with_a_private_ca() {
     let url = format!("https://{addr}").parse().unwrap();
 
     let untrusting = TokenClient::new(None, Duration::from_secs(2)).unwrap();
-    let err = untrusting.request_token(&url, TokenApi::V1, &creds(), now()).await.unwrap_err();
+    let err = untrusting
+        .request_token(&url, TokenApi::V1, &creds(), now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains("spec.caBundle"), "{err}");
 
     let trusting = TokenClient::new(Some(&ca_pem), Duration::from_secs(2)).unwrap();
-    let issued = trusting.request_token(&url, TokenApi::V1, &creds(), now()).await.unwrap();
+    let issued = trusting
+        .request_token(&url, TokenApi::V1, &creds(), now())
+        .await
+        .unwrap();
     assert_eq!(issued.access_token, "tok-tls");
 }
 
 #[tokio::test]
 async fn a_broken_ca_bundle_is_an_invalid_spec() {
-    let err = TokenClient::new(Some("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"), Duration::from_secs(1))
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidSpec { field: "spec.caBundle", .. }), "{err:?}");
+    let err = TokenClient::new(
+        Some("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"),
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidSpec {
+                field: "spec.caBundle",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

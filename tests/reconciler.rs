@@ -1,0 +1,471 @@
+//! The reconciler against a mocked Kubernetes API server (tower-test) and a
+//! mock token endpoint (wiremock).
+//!
+//! The mock API server keeps objects by path, answers reads from them, stores
+//! what is applied, and records every write, so each test can say exactly
+//! which writes a reconciliation made.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Client,
+    client::Body,
+    runtime::events::{Recorder, Reporter},
+};
+use runai_token_sync::{
+    RunaiCredential,
+    reconciler::{self, Context},
+    target_secret::HashKey,
+    token_client::TokenClients,
+};
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+const NS: &str = "ml";
+
+/// One write the controller made.
+#[derive(Clone, Debug)]
+struct Write {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+#[derive(Default)]
+struct FakeApi {
+    objects: Mutex<HashMap<String, Value>>,
+    writes: Mutex<Vec<Write>>,
+}
+
+impl FakeApi {
+    fn put(&self, path: &str, object: Value) {
+        self.objects.lock().unwrap().insert(path.to_owned(), object);
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.objects.lock().unwrap().get(path).cloned()
+    }
+
+    fn writes(&self) -> Vec<Write> {
+        self.writes.lock().unwrap().clone()
+    }
+
+    fn writes_to(&self, suffix: &str) -> Vec<Write> {
+        self.writes()
+            .into_iter()
+            .filter(|w| w.path.ends_with(suffix))
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.writes()
+            .into_iter()
+            .filter(|w| w.path.contains("/events"))
+            .map(|w| w.body)
+            .collect()
+    }
+
+    fn clear_writes(&self) {
+        self.writes.lock().unwrap().clear();
+    }
+
+    fn answer(&self, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
+        if *method == Method::GET {
+            return match self.get(path) {
+                Some(object) => (StatusCode::OK, object),
+                None => (StatusCode::NOT_FOUND, not_found(path)),
+            };
+        }
+        self.writes.lock().unwrap().push(Write {
+            method: method.clone(),
+            path: path.to_owned(),
+            body: body.clone(),
+        });
+        if let Some(object_path) = path.strip_suffix("/status") {
+            // Status apply: merge the status into the stored object.
+            let mut object = self.get(object_path).unwrap_or_else(|| json!({}));
+            object["status"] = body["status"].clone();
+            self.put(object_path, object.clone());
+            return (StatusCode::OK, object);
+        }
+        if path.contains("/events") {
+            return (StatusCode::CREATED, body);
+        }
+        self.put(path, body.clone());
+        (StatusCode::OK, body)
+    }
+}
+
+fn not_found(path: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": format!("{path} not found"), "reason": "NotFound", "code": 404
+    })
+}
+
+/// A kube client whose requests are answered by `api`.
+fn mocked_client(api: Arc<FakeApi>) -> Client {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (status, answer) = api.answer(&parts.method, parts.uri.path(), body);
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    Client::new(service, NS)
+}
+
+fn context(client: Client) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "runai-token-sync".into(),
+            instance: None,
+        },
+    );
+    Arc::new(Context::new(
+        client,
+        recorder,
+        TokenClients::new(Duration::from_secs(2)),
+        HashKey::new(vec![7; 32]),
+        true,
+    ))
+}
+
+const SECRETS: &str = "/api/v1/namespaces/ml/secrets";
+const CREDENTIAL: &str = "/apis/tokensync.dev/v1alpha1/namespaces/ml/runaicredentials/trainer";
+
+fn credential(url: &str) -> RunaiCredential {
+    serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "RunaiCredential",
+        "metadata": {"name": "trainer", "namespace": NS, "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
+        "spec": {
+            "url": url,
+            "clientCredentialsSecretRef": {"name": "runai-client"},
+            "target": {"labels": {"team": "ml"}},
+        },
+    }))
+    .unwrap()
+}
+
+fn credentials_secret() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "runai-client", "namespace": NS},
+        "data": {"clientId": b64("app-id"), "clientSecret": b64("s3cr3t-value")},
+    })
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+async fn token_endpoint(lifetime_secs: u64) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "accessToken": "tok-1", "expiresIn": lifetime_secs
+        })))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// The RunaiCredential as the mocked API server now holds it.
+fn stored_credential(api: &FakeApi, base: &RunaiCredential) -> RunaiCredential {
+    let mut cr = base.clone();
+    let stored = api.get(CREDENTIAL).expect("a status was written");
+    cr.status = Some(serde_json::from_value(stored["status"].clone()).unwrap());
+    cr
+}
+
+#[tokio::test]
+async fn a_new_credential_gets_its_secret_and_status() {
+    let endpoint = token_endpoint(3600).await;
+    let api = Arc::new(FakeApi::default());
+    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    let cr = credential(&endpoint.uri());
+    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
+    let ctx = context(mocked_client(api.clone()));
+
+    let action = reconciler::reconcile(Arc::new(cr.clone()), ctx)
+        .await
+        .unwrap();
+
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
+    let secret_writes = api.writes_to(&format!("{SECRETS}/trainer"));
+    assert_eq!(secret_writes.len(), 1, "{:?}", api.writes());
+    assert_eq!(secret_writes[0].method, Method::PATCH);
+    let secret: Secret = serde_json::from_value(secret_writes[0].body.clone()).unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(data["accessToken"].0, b"tok-1");
+    assert!(data.contains_key("expiresAt"));
+    let labels = secret.metadata.labels.unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "runai-token-sync");
+    assert_eq!(labels["tokensync.dev/credential"], "trainer");
+    assert_eq!(labels["team"], "ml");
+    let owner = &secret.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.uid.as_str(), owner.controller),
+        ("uid-1", Some(true))
+    );
+
+    let status_writes = api.writes_to("/trainer/status");
+    assert_eq!(status_writes.len(), 1);
+    let status = &status_writes[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["status"], "False");
+    assert_eq!(status["secretName"], "trainer");
+    assert_eq!(status["failedAttempts"], 0);
+    let text = status.to_string();
+    assert!(
+        !text.contains("tok-1") && !text.contains("s3cr3t"),
+        "{text}"
+    );
+
+    let events = api.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["reason"], "TokenIssued");
+    assert_eq!(events[0]["type"], "Normal");
+
+    // Next look at 2/3 of the hour, moved earlier by at most 4 minutes of jitter.
+    let requeue = format!("{action:?}");
+    let secs: u64 = requeue
+        .split("requeue_after: Some(")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no requeue in {requeue}"));
+    assert!(
+        (2400 - 240 - 2..=2400).contains(&secs),
+        "requeue after {secs}s"
+    );
+}
+
+#[tokio::test]
+async fn a_steady_state_resync_writes_nothing() {
+    let endpoint = token_endpoint(3600).await;
+    let api = Arc::new(FakeApi::default());
+    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    let cr = credential(&endpoint.uri());
+    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
+    let ctx = context(mocked_client(api.clone()));
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+    api.clear_writes();
+
+    // The same controller, then a restarted one (a new context, same hash key).
+    let current = stored_credential(&api, &cr);
+    for ctx in [ctx, context(mocked_client(api.clone()))] {
+        reconciler::reconcile(Arc::new(current.clone()), ctx)
+            .await
+            .unwrap();
+    }
+
+    assert!(
+        api.writes().is_empty(),
+        "unexpected writes: {:?}",
+        api.writes()
+    );
+    assert_eq!(
+        endpoint.received_requests().await.unwrap().len(),
+        1,
+        "no new token request"
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_secret_is_repaired_without_a_new_token() {
+    let endpoint = token_endpoint(3600).await;
+    let api = Arc::new(FakeApi::default());
+    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    let cr = credential(&endpoint.uri());
+    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
+    let ctx = context(mocked_client(api.clone()));
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+    api.clear_writes();
+
+    let path = format!("{SECRETS}/trainer");
+    let mut secret = api.get(&path).unwrap();
+    secret["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("team");
+    api.put(&path, secret);
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx)
+        .await
+        .unwrap();
+
+    let writes = api.writes_to(&path);
+    assert_eq!(writes.len(), 1, "{:?}", api.writes());
+    assert_eq!(writes[0].body["metadata"]["labels"]["team"], "ml");
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_a_conflict_and_left_alone() {
+    let endpoint = token_endpoint(3600).await;
+    let api = Arc::new(FakeApi::default());
+    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    api.put(
+        &format!("{SECRETS}/trainer"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "trainer", "namespace": NS}, "data": {"mine": b64("x")}}),
+    );
+    let cr = credential(&endpoint.uri());
+    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
+    let ctx = context(mocked_client(api.clone()));
+
+    reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
+
+    assert!(
+        api.writes_to(&format!("{SECRETS}/trainer")).is_empty(),
+        "the foreign Secret was written"
+    );
+    assert!(endpoint.received_requests().await.unwrap().is_empty());
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "SecretConflict");
+    let events = api.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0]["type"].as_str(), events[0]["reason"].as_str()),
+        (Some("Warning"), Some("SecretConflict"))
+    );
+}
+
+#[tokio::test]
+async fn missing_credentials_are_reported_without_a_token_request() {
+    let endpoint = token_endpoint(3600).await;
+    let api = Arc::new(FakeApi::default());
+    let cr = credential(&endpoint.uri());
+    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
+    let ctx = context(mocked_client(api.clone()));
+
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+
+    assert!(endpoint.received_requests().await.unwrap().is_empty());
+    assert!(api.writes_to(&format!("{SECRETS}/trainer")).is_empty());
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["reason"], "CredentialsNotFound");
+    assert_eq!(condition(status, "Degraded")["status"], "True");
+    assert_eq!(status["failedAttempts"], 1);
+    assert_eq!(api.events()[0]["reason"], "CredentialsNotFound");
+
+    // While backing off, another look changes nothing.
+    api.clear_writes();
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx.clone())
+        .await
+        .unwrap();
+    assert!(api.writes().is_empty(), "{:?}", api.writes());
+
+    // The Secret appears: the next look requests a token at once.
+    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx)
+        .await
+        .unwrap();
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
+    let status = api.writes_to("/trainer/status").last().unwrap().body["status"].clone();
+    let status = &status;
+    assert_eq!(condition(status, "Ready")["status"], "True");
+}
+
+#[tokio::test]
+async fn an_outage_keeps_the_token_and_degrades() {
+    let endpoint = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"accessToken": "tok-1", "expiresIn": 3600})),
+        )
+        .up_to_n_times(1)
+        .mount(&endpoint)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "90"))
+        .mount(&endpoint)
+        .await;
+    let api = Arc::new(FakeApi::default());
+    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    let cr = credential(&endpoint.uri());
+    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
+    let ctx = context(mocked_client(api.clone()));
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+    api.clear_writes();
+
+    // A refresh request forces a refresh, which fails.
+    let mut requested = stored_credential(&api, &cr);
+    requested.metadata.annotations = Some(
+        [(
+            "tokensync.dev/refresh-requested-at".to_owned(),
+            "1".to_owned(),
+        )]
+        .into(),
+    );
+    let action = reconciler::reconcile(Arc::new(requested), ctx)
+        .await
+        .unwrap();
+
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 2);
+    assert!(
+        api.writes_to(&format!("{SECRETS}/trainer")).is_empty(),
+        "the Secret must be left as it is"
+    );
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "TokenEndpointError");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("valid until"),
+        "{degraded}"
+    );
+    let warning = api
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "Warning")
+        .unwrap();
+    assert_eq!(warning["reason"], "TokenEndpointError");
+    assert!(
+        format!("{action:?}").contains("requeue_after: Some(90s)"),
+        "Retry-After honoured: {action:?}"
+    );
+}
