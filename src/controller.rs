@@ -65,7 +65,7 @@ pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), E
     let api: Api<RunaiCredential> = scoped(client, namespace);
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Err(Error::Startup(
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::Startup(
             "the RunaiCredential CRD (runaicredentials.tokensync.dev) is not installed; install it with `runai-token-sync crd | kubectl apply -f -`".to_owned(),
         )),
         Err(e) => Err(Error::Startup(format!("cannot list RunaiCredentials: {e}"))),

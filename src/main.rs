@@ -4,6 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use runai_token_sync::{
+    Error,
     controller::{self, Settings},
     resource::crd_yaml,
     telemetry::{LogFormat, init_logging},
@@ -72,10 +73,27 @@ async fn main() -> ExitCode {
                 request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
                 concurrency: args.concurrency.max(1),
             };
-            let result = match kube::Client::try_default().await {
-                Ok(client) => controller::run(client, settings).await,
-                Err(e) => Err(runai_token_sync::Error::Startup(format!(
-                    "cannot configure a Kubernetes client (no kubeconfig or in-cluster service account?): {e}"
+            let result = match kube::Config::infer().await {
+                Ok(config) => {
+                    let server = config.cluster_url.to_string();
+                    match kube::Client::try_from(config) {
+                        Ok(client) => {
+                            controller::run(client, settings)
+                                .await
+                                .map_err(|e| match e {
+                                    Error::Startup(message) => {
+                                        Error::Startup(format!("{message} (API server {server})"))
+                                    }
+                                    other => other,
+                                })
+                        }
+                        Err(e) => Err(Error::Startup(format!(
+                            "cannot build a Kubernetes client for {server}: {e}"
+                        ))),
+                    }
+                }
+                Err(e) => Err(Error::Startup(format!(
+                    "cannot find a Kubernetes configuration (no usable kubeconfig and not running in a cluster): {e}"
                 ))),
             };
             match result {
