@@ -286,20 +286,7 @@ async fn reconcile_at(
                 info!(secret = %secret_name, "repairing the target Secret");
                 apply_secret(&secrets, &desired_secret).await?;
             }
-            let token = CurrentToken {
-                record: &stored.record,
-                current: true,
-            };
-            let new = status::token_status(
-                previous,
-                generation,
-                &secret_name,
-                Some(token),
-                None,
-                due,
-                now,
-            );
-            write_status(cr, ctx, new).await?;
+            write_fresh_status(cr, ctx, &stored.record, due, now).await?;
             Ok(requeue_at(now, due))
         }
         (Plan::RetryAt(retry_at), stored) => {
@@ -412,20 +399,7 @@ async fn refresh(
                 spec.refresh_interval,
                 jitter_for(&uid, &record),
             );
-            let token = CurrentToken {
-                record: &record,
-                current: true,
-            };
-            let new = status::token_status(
-                previous,
-                generation,
-                &secret_name,
-                Some(token),
-                None,
-                due,
-                now,
-            );
-            write_status(cr, ctx, new).await?;
+            write_fresh_status(cr, ctx, &record, due, now).await?;
             info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
             // Kept free of times: the recorder folds repeats of an Event into
             // a series that keeps the first note.
@@ -524,6 +498,30 @@ async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Erro
         .await
         .map_err(Error::kube("writing the target Secret"))?;
     Ok(())
+}
+
+/// Writes the status of a credential whose Secret holds a fresh, current token.
+async fn write_fresh_status(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    record: &TokenRecord,
+    next_refresh: Timestamp,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let token = CurrentToken {
+        record,
+        current: true,
+    };
+    let new = status::token_status(
+        cr.status.as_ref(),
+        cr.meta().generation,
+        &cr.target_secret_name(),
+        Some(token),
+        None,
+        next_refresh,
+        now,
+    );
+    write_status(cr, ctx, new).await
 }
 
 /// Writes the status when it differs from the stored one; says whether it did.

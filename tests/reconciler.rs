@@ -206,14 +206,36 @@ fn stored_credential(api: &FakeApi, base: &RunaiCredential) -> RunaiCredential {
     cr
 }
 
-#[tokio::test]
-async fn a_new_credential_gets_its_secret_and_status() {
-    let endpoint = token_endpoint(3600).await;
+/// A mocked API server holding a RunaiCredential pointed at `endpoint`, with
+/// its credentials Secret when `with_credentials`, and a controller context.
+fn setup(
+    endpoint: &MockServer,
+    with_credentials: bool,
+) -> (Arc<FakeApi>, RunaiCredential, Arc<Context>) {
     let api = Arc::new(FakeApi::default());
-    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    if with_credentials {
+        api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    }
     let cr = credential(&endpoint.uri());
     api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
     let ctx = context(mocked_client(api.clone()));
+    (api, cr, ctx)
+}
+
+/// Reconciles once to a Ready credential, then forgets the writes it made.
+async fn setup_ready(endpoint: &MockServer) -> (Arc<FakeApi>, RunaiCredential, Arc<Context>) {
+    let (api, cr, ctx) = setup(endpoint, true);
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+    api.clear_writes();
+    (api, cr, ctx)
+}
+
+#[tokio::test]
+async fn a_new_credential_gets_its_secret_and_status() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
 
     let action = reconciler::reconcile(Arc::new(cr.clone()), ctx)
         .await
@@ -273,15 +295,7 @@ async fn a_new_credential_gets_its_secret_and_status() {
 #[tokio::test]
 async fn a_steady_state_resync_writes_nothing() {
     let endpoint = token_endpoint(3600).await;
-    let api = Arc::new(FakeApi::default());
-    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
-    let cr = credential(&endpoint.uri());
-    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
-    let ctx = context(mocked_client(api.clone()));
-    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
-        .await
-        .unwrap();
-    api.clear_writes();
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
 
     // The same controller, then a restarted one (a new context, same hash key).
     let current = stored_credential(&api, &cr);
@@ -306,15 +320,7 @@ async fn a_steady_state_resync_writes_nothing() {
 #[tokio::test]
 async fn a_tampered_secret_is_repaired_without_a_new_token() {
     let endpoint = token_endpoint(3600).await;
-    let api = Arc::new(FakeApi::default());
-    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
-    let cr = credential(&endpoint.uri());
-    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
-    let ctx = context(mocked_client(api.clone()));
-    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
-        .await
-        .unwrap();
-    api.clear_writes();
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
 
     let path = format!("{SECRETS}/trainer");
     let mut secret = api.get(&path).unwrap();
@@ -336,15 +342,11 @@ async fn a_tampered_secret_is_repaired_without_a_new_token() {
 #[tokio::test]
 async fn a_foreign_secret_is_a_conflict_and_left_alone() {
     let endpoint = token_endpoint(3600).await;
-    let api = Arc::new(FakeApi::default());
-    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
+    let (api, cr, ctx) = setup(&endpoint, true);
     api.put(
         &format!("{SECRETS}/trainer"),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "trainer", "namespace": NS}, "data": {"mine": b64("x")}}),
     );
-    let cr = credential(&endpoint.uri());
-    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
-    let ctx = context(mocked_client(api.clone()));
 
     reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
 
@@ -368,10 +370,7 @@ async fn a_foreign_secret_is_a_conflict_and_left_alone() {
 #[tokio::test]
 async fn missing_credentials_are_reported_without_a_token_request() {
     let endpoint = token_endpoint(3600).await;
-    let api = Arc::new(FakeApi::default());
-    let cr = credential(&endpoint.uri());
-    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
-    let ctx = context(mocked_client(api.clone()));
+    let (api, cr, ctx) = setup(&endpoint, false);
 
     reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
         .await
@@ -418,15 +417,7 @@ async fn an_outage_keeps_the_token_and_degrades() {
         .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "90"))
         .mount(&endpoint)
         .await;
-    let api = Arc::new(FakeApi::default());
-    api.put(&format!("{SECRETS}/runai-client"), credentials_secret());
-    let cr = credential(&endpoint.uri());
-    api.put(CREDENTIAL, serde_json::to_value(&cr).unwrap());
-    let ctx = context(mocked_client(api.clone()));
-    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
-        .await
-        .unwrap();
-    api.clear_writes();
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
 
     // A refresh request forces a refresh, which fails.
     let mut requested = stored_credential(&api, &cr);
