@@ -1,0 +1,384 @@
+//! A local stand-in for Run:ai's token endpoints, for tests and the demo.
+//!
+//! It serves the three generations of the token API over HTTPS, with a
+//! certificate from a CA it generates at start:
+//!
+//! - `POST /api/v1/token`, JSON, `grantType` `client_credentials`
+//!   (`clientId`/`clientSecret`) or `app_token` (`AppId`/`AppSecret`); answer
+//!   `{"accessToken", "expiresIn"?}`, errors `{"code","message"}`.
+//! - `POST /api/v2/token`, form-encoded OAuth2 client credentials; answer
+//!   `{"access_token","token_type","expires_in"}`, errors
+//!   `{"error","error_description"}`.
+//!
+//! Tokens are JWT-shaped (`RS256` header, `sub`, `iat`, `exp` claims, a
+//! random signature). Clients, their secrets and token lifetimes are set per
+//! test; faults can be injected; requests are counted per client.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+/// A client the stand-in accepts.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub secret: String,
+    /// Lifetime of the tokens issued to this client.
+    pub lifetime: Duration,
+    /// Whether V1 answers carry `expiresIn` (older Run:ai releases do not; the
+    /// expiry is then only in the JWT's `exp`).
+    pub send_expires_in: bool,
+}
+
+/// A failure to inject into every token answer until cleared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status (with `Retry-After` seconds, if given).
+    Status { code: u16, retry_after: Option<u64> },
+    /// Wait this long before answering normally.
+    Delay(Duration),
+    /// A 200 answer that is not JSON.
+    Malformed,
+    /// A 200 answer of 2 MiB.
+    Oversized,
+    /// A 200 answer with an empty token.
+    EmptyToken,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<String, Client>,
+    fault: Option<Fault>,
+    requests: HashMap<String, u64>,
+}
+
+/// A running stand-in. Dropping it stops the server.
+pub struct StandIn {
+    addr: SocketAddr,
+    ca_pem: String,
+    state: Arc<Mutex<State>>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl StandIn {
+    /// Starts on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<StandIn> {
+        StandIn::start_on("127.0.0.1:0".parse().expect("a valid address")).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<StandIn> {
+        let (ca_pem, tls) = tls_config();
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (shutdown, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let served = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(conn) => conn,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => return,
+                };
+                let acceptor = acceptor.clone();
+                let state = served.clone();
+                tokio::spawn(async move {
+                    // A client that fails the handshake (untrusted CA) just goes away.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(StandIn {
+            addr,
+            ca_pem,
+            state,
+            _shutdown: shutdown,
+        })
+    }
+
+    /// The base URL to put in `spec.url`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// The PEM of the CA that signed the server certificate, for `spec.caBundle`.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Accepts (or re-keys: the old secret is revoked at once) a client.
+    pub fn set_client(&self, id: &str, secret: &str, lifetime: Duration) {
+        self.set_client_with(
+            id,
+            Client {
+                secret: secret.to_owned(),
+                lifetime,
+                send_expires_in: true,
+            },
+        );
+    }
+
+    /// Accepts a client with every setting given.
+    pub fn set_client_with(&self, id: &str, client: Client) {
+        self.lock().clients.insert(id.to_owned(), client);
+    }
+
+    /// Revokes a client: its requests are refused from now on.
+    pub fn remove_client(&self, id: &str) {
+        self.lock().clients.remove(id);
+    }
+
+    /// Injects a fault into every answer, or clears it with `None`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.lock().fault = fault;
+    }
+
+    /// Token requests received for a client ID, answered well or not.
+    pub fn requests(&self, id: &str) -> u64 {
+        self.lock().requests.get(id).copied().unwrap_or(0)
+    }
+
+    /// Token requests received in all.
+    pub fn total_requests(&self) -> u64 {
+        self.lock().requests.values().sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Which API generation a request is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Generation {
+    V1,
+    V2,
+}
+
+async fn answer(
+    state: &Mutex<State>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let generation = match (req.method().as_str(), req.uri().path()) {
+        ("POST", "/api/v1/token") => Generation::V1,
+        ("POST", "/api/v2/token") => Generation::V2,
+        _ => {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"code": 404, "message": "not found"}),
+                None,
+            );
+        }
+    };
+    let body = match req.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return bad_request(generation, "unreadable body"),
+    };
+    let Some((client_id, client_secret)) = credentials_of(generation, &body) else {
+        return bad_request(generation, "grant type or credentials missing");
+    };
+
+    let (client, fault) = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        *state.requests.entry(client_id.clone()).or_default() += 1;
+        (state.clients.get(&client_id).cloned(), state.fault.clone())
+    };
+    match fault {
+        Some(Fault::Status { code, retry_after }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = match generation {
+                Generation::V1 => {
+                    json!({"code": code, "message": "Please try again in few minutes."})
+                }
+                Generation::V2 => {
+                    json!({"error": "temporarily_unavailable", "error_description": "Please try again in few minutes."})
+                }
+            };
+            return json_response(status, &body, retry_after);
+        }
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(Fault::Malformed) => {
+            return text_response(StatusCode::OK, "<html>maintenance</html>".to_owned());
+        }
+        Some(Fault::Oversized) => {
+            return text_response(
+                StatusCode::OK,
+                format!(r#"{{"accessToken":"{}"}}"#, "a".repeat(2 << 20)),
+            );
+        }
+        Some(Fault::EmptyToken) => {
+            return json_response(
+                StatusCode::OK,
+                &json!({"accessToken": "", "access_token": ""}),
+                None,
+            );
+        }
+        None => {}
+    }
+
+    let Some(client) = client.filter(|c| c.secret == client_secret) else {
+        return match generation {
+            Generation::V1 => json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"code": 401, "message": "Issuer is not familiar."}),
+                None,
+            ),
+            Generation::V2 => json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "invalid_client", "error_description": "Invalid client credentials"}),
+                None,
+            ),
+        };
+    };
+    let token = jwt(&client_id, client.lifetime);
+    let lifetime = client.lifetime.as_secs();
+    let body = match generation {
+        Generation::V1 if client.send_expires_in => {
+            json!({"accessToken": token, "expiresIn": lifetime, "idToken": "", "refreshToken": ""})
+        }
+        Generation::V1 => json!({"accessToken": token}),
+        Generation::V2 => {
+            json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": "openid"})
+        }
+    };
+    json_response(StatusCode::OK, &body, None)
+}
+
+/// Client ID and secret from a request body of either generation; `None`
+/// when the grant is not one the stand-in knows.
+fn credentials_of(generation: Generation, body: &[u8]) -> Option<(String, String)> {
+    match generation {
+        Generation::V1 => {
+            let value: Value = serde_json::from_slice(body).ok()?;
+            let text = |keys: &[&str]| {
+                keys.iter()
+                    .find_map(|k| value.get(*k)?.as_str().map(str::to_owned))
+            };
+            match value.get("grantType")?.as_str()? {
+                // The docs write clientId, the OpenAPI spec clientID.
+                "client_credentials" => {
+                    Some((text(&["clientId", "clientID"])?, text(&["clientSecret"])?))
+                }
+                "app_token" => Some((
+                    text(&["AppId", "appID"])?,
+                    text(&["AppSecret", "appSecret"])?,
+                )),
+                _ => None,
+            }
+        }
+        Generation::V2 => {
+            let fields: HashMap<String, String> =
+                url::form_urlencoded::parse(body).into_owned().collect();
+            if fields.get("grant_type").map(String::as_str) != Some("client_credentials") {
+                return None;
+            }
+            Some((
+                fields.get("client_id")?.clone(),
+                fields.get("client_secret")?.clone(),
+            ))
+        }
+    }
+}
+
+fn bad_request(generation: Generation, message: &str) -> Response<Full<Bytes>> {
+    let body = match generation {
+        Generation::V1 => json!({"code": 400, "message": message}),
+        Generation::V2 => json!({"error": "invalid_request", "error_description": message}),
+    };
+    json_response(StatusCode::BAD_REQUEST, &body, None)
+}
+
+fn json_response(
+    status: StatusCode,
+    body: &Value,
+    retry_after: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    if let Some(secs) = retry_after {
+        builder = builder.header("retry-after", secs.to_string());
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/html")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+/// A JWT-shaped token: real header and claims, a random signature.
+fn jwt(subject: &str, lifetime: Duration) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = enc.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string());
+    let claims = enc.encode(
+        json!({
+            "sub": subject,
+            "email": format!("{subject}@stand-in.local"),
+            "iat": now,
+            "exp": now + lifetime.as_secs(),
+            "jti": rand::random::<u64>().to_string(),
+        })
+        .to_string(),
+    );
+    let signature = enc.encode(rand::random::<[u8; 32]>());
+    format!("{header}.{claims}.{signature}")
+}
+
+/// A fresh CA and a server certificate for 127.0.0.1 and localhost.
+fn tls_config() -> (String, rustls::ServerConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("valid CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "runai-standin CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key"))
+        .expect("a self-signed CA");
+    let key = KeyPair::generate().expect("a key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("valid server parameters")
+        .signed_by(&key, &ca)
+        .expect("a signed server certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key"),
+        )
+        .expect("a valid certificate and key");
+    (ca.pem(), config)
+}
