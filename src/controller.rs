@@ -1,9 +1,10 @@
 //! Wiring: the watches that trigger reconciliations, start-up checks, and the
 //! key for the hashes kept on target Secrets.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use kube_lease_manager::LeaseManagerBuilder;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -20,7 +21,9 @@ use tracing::{info, warn};
 
 use crate::{
     error::Error,
+    metrics::{CredentialLabels, Metrics},
     reconciler::{self, Context, FIELD_MANAGER},
+    server::{self, Health},
     resource::RunaiCredential,
     target_secret::{CREDENTIAL_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
     token_client::TokenClients,
@@ -33,16 +36,32 @@ const HASH_KEY_DATA_KEY: &str = "key";
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Watch only this namespace; all namespaces when `None`.
-    pub namespace: Option<String>,
-    /// The controller's own namespace, where the hash key Secret lives.
+    /// Watch only these namespaces; all namespaces when empty.
+    pub namespaces: Vec<String>,
+    /// The controller's own namespace: hash key Secret and leader Lease.
     pub controller_namespace: String,
     /// Accept `http://` URLs (local testing only).
     pub allow_insecure_http: bool,
     /// Timeout of each token request.
     pub request_timeout: Duration,
-    /// Reconciliations running at once, which bounds concurrent token requests.
+    /// Reconciliations running at once (per watched namespace), which bounds
+    /// concurrent token requests.
     pub concurrency: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: SocketAddr,
+    /// Leader election; `None` runs as the only replica.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Leader election on a `coordination.k8s.io` Lease.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the Pod name in a cluster).
+    pub identity: String,
+    /// How long a lease is valid after its last renewal: a killed leader's
+    /// successor takes over within this time.
+    pub lease_duration: Duration,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -162,7 +181,17 @@ pub fn credentials_for_secret(
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
-    preflight(&client, settings.namespace.as_deref()).await?;
+    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    for namespace in &namespaces {
+        preflight(&client, namespace.as_deref()).await?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    server::serve(settings.metrics_address, metrics.clone(), health.clone()).await?;
     let hash_key = load_or_create_hash_key(&client, &settings.controller_namespace).await?;
     let reporter = Reporter {
         controller: "runai-token-sync".to_owned(),
@@ -173,39 +202,180 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         Recorder::new(client.clone(), reporter),
         TokenClients::new(settings.request_timeout),
         hash_key,
+        metrics.clone(),
         settings.allow_insecure_http,
     ));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested; finishing the reconciliations under way");
+        let _ = stop.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
 
-    let namespace = settings.namespace.as_deref();
-    let credentials: Api<RunaiCredential> = scoped(&client, namespace);
-    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, namespace);
-    let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency));
-    let store = controller.store();
-    // Metadata only: a change of any Secret's data bumps its resourceVersion,
-    // which is all a trigger needs, and no Secret's data is ever held.
-    let secret_changes =
-        watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
-
-    info!(
-        namespace = namespace.unwrap_or("<all>"),
-        "starting the RunaiCredential controller"
-    );
-    controller
-        .watches_stream(secret_changes, move |secret| {
-            credentials_for_secret(&store, &secret)
-        })
-        .shutdown_on_signal()
-        .run(reconciler::reconcile, reconciler::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                match err {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "controller event"),
+    let result = match &settings.leader_election {
+        None => {
+            health.set_leading(true);
+            metrics.set_leader(true);
+            run_controllers(&client, &namespaces, &settings, ctx, &health, stopped(stopping)).await;
+            Ok(())
+        }
+        Some(election) => {
+            let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+                .with_namespace(&settings.controller_namespace)
+                .with_identity(&election.identity)
+                .with_duration(election.lease_duration.as_secs().max(5))
+                // Renew at a third of the duration before expiry.
+                .with_grace((election.lease_duration.as_secs() / 3).max(2))
+                .with_field_manager(FIELD_MANAGER)
+                .build()
+                .await
+                .map_err(|e| Error::Startup(format!("cannot set up leader election: {e}")))?;
+            let (mut leading, lease_task) = manager.watch().await;
+            // A follower is ready: it must not block a rolling update.
+            health.set_ready(true);
+            metrics.set_leader(false);
+            info!(lease = %election.lease_name, identity = %election.identity, "waiting to become the leader");
+            let mut stop_wait = stopping.clone();
+            let became_leader = tokio::select! {
+                changed = leading.wait_for(|lead| *lead) => changed.is_ok(),
+                _ = stop_wait.wait_for(|stop| *stop) => false,
+            };
+            let result = if became_leader {
+                info!("became the leader");
+                health.set_leading(true);
+                metrics.set_leader(true);
+                let mut lost = leading.clone();
+                let stop_or_lost = {
+                    let stopping = stopping.clone();
+                    async move {
+                        tokio::select! {
+                            _ = stopped(stopping) => {}
+                            _ = lost.wait_for(|lead| !*lead) => {}
+                        }
+                    }
+                };
+                run_controllers(&client, &namespaces, &settings, ctx, &health, stop_or_lost).await;
+                metrics.set_leader(false);
+                health.set_leading(false);
+                if *stopping.borrow() {
+                    Ok(())
+                } else {
+                    // Kubernetes restarts the Pod, which then rejoins the election.
+                    Err(Error::Startup("lost the leader lease; exiting".to_owned()))
                 }
+            } else {
+                Ok(())
+            };
+            // Closing the channel releases the lease, so that a successor
+            // takes over at once rather than after the lease expires.
+            drop(leading);
+            match lease_task.await {
+                Ok(Ok(_)) => info!("released the leader lease"),
+                Ok(Err(e)) => warn!(error = %e, "could not release the leader lease"),
+                Err(e) => warn!(error = %e, "the leader election task failed"),
             }
-        })
-        .await;
+            result
+        }
+    };
+    health.set_stopped();
     info!("controller stopped");
-    Ok(())
+    result
+}
+
+/// One controller per watched namespace (or one for all), sharing a context,
+/// until `stop` resolves.
+async fn run_controllers(
+    client: &Client,
+    namespaces: &[Option<String>],
+    settings: &Settings,
+    ctx: Arc<Context>,
+    health: &Arc<Health>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.shared();
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for namespace in namespaces {
+        let namespace = namespace.as_deref();
+        let credentials: Api<RunaiCredential> = scoped(client, namespace);
+        let secrets: Api<PartialObjectMeta<Secret>> = scoped(client, namespace);
+        let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
+            .with_config(ControllerConfig::default().concurrency(settings.concurrency));
+        let store = controller.store();
+        stores.push(store.clone());
+        // Metadata only: a change of any Secret's data bumps its resourceVersion,
+        // which is all a trigger needs, and no Secret's data is ever held.
+        let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+        info!(namespace = namespace.unwrap_or("<all>"), "starting the RunaiCredential controller");
+        controllers.push(
+            controller
+                .watches_stream(secret_changes, move |secret| credentials_for_secret(&store, &secret))
+                .graceful_shutdown_on(stop.clone())
+                .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    match result {
+                        Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                        Err(other) => warn!(error = %other, "controller event"),
+                    }
+                }),
+        );
+    }
+
+    // Ready once every watch has listed what exists.
+    let sync_stores = stores.clone();
+    let sync_health = health.clone();
+    let readiness = tokio::spawn(async move {
+        for store in &sync_stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        info!("watches synced");
+        sync_health.set_ready(true);
+    });
+    // Gauges of deleted RunaiCredentials go away within a minute.
+    let metrics = ctx.metrics.clone();
+    let pruning = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let live: HashSet<CredentialLabels> = stores
+                .iter()
+                .flat_map(|store| store.state())
+                .map(|cr| CredentialLabels {
+                    namespace: cr.namespace().unwrap_or_default(),
+                    name: cr.name_any(),
+                })
+                .collect();
+            metrics.retain_credentials(&live);
+        }
+    });
+    futures::future::join_all(controllers).await;
+    readiness.abort();
+    pruning.abort();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }

@@ -6,9 +6,11 @@
 
 pub mod controller;
 pub mod error;
+pub mod metrics;
 pub mod reconciler;
 pub mod resource;
 pub mod schedule;
+pub mod server;
 pub mod status;
 pub mod target_secret;
 pub mod telemetry;

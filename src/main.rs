@@ -1,11 +1,11 @@
 //! The `runai-token-sync` binary: flags and wiring only.
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use runai_token_sync::{
     Error,
-    controller::{self, Settings},
+    controller::{self, LeaderElection, Settings},
     resource::crd_yaml,
     telemetry::{LogFormat, init_logging},
 };
@@ -30,9 +30,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all namespaces).
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
 
     /// The controller's own namespace, where it keeps its hash key Secret.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -54,6 +54,27 @@ struct RunArgs {
     /// RunaiCredentials reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+
+    /// Address of the /metrics, /healthz and /readyz listener.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
+    metrics_address: SocketAddr,
+
+    /// Run for high availability: only the replica holding the Lease reconciles.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+
+    /// Name of the leader Lease, in the controller's namespace.
+    #[arg(long, env = "LEASE_NAME", default_value = "runai-token-sync")]
+    lease_name: String,
+
+    /// How long the lease lasts without renewal: a killed leader's successor
+    /// takes over within this time.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[tokio::main]
@@ -66,12 +87,22 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_logging(args.log_format);
+            let identity = args.identity.unwrap_or_else(|| {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "runai-token-sync".to_owned());
+                format!("{host}-{:08x}", rand::random::<u32>())
+            });
             let settings = Settings {
-                namespace: args.namespace.filter(|ns| !ns.is_empty()),
+                namespaces: args.namespaces.into_iter().filter(|ns| !ns.is_empty()).collect(),
                 controller_namespace: args.controller_namespace,
                 allow_insecure_http: args.allow_insecure_http,
                 request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
                 concurrency: args.concurrency.max(1),
+                metrics_address: args.metrics_address,
+                leader_election: args.leader_elect.then(|| LeaderElection {
+                    lease_name: args.lease_name,
+                    identity,
+                    lease_duration: Duration::from_secs(args.lease_duration_seconds),
+                }),
             };
             let result = match kube::Config::infer().await {
                 Ok(config) => {

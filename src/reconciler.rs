@@ -25,6 +25,7 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     error::Error,
+    metrics::{CredentialLabels, Metrics},
     resource::{RunaiCredential, RunaiCredentialStatus},
     schedule::{self, Backoff, Desired, Plan, TokenRecord},
     status::{self, CurrentToken, Failure},
@@ -41,6 +42,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub token_clients: TokenClients,
     pub hash_key: HashKey,
+    pub metrics: Arc<Metrics>,
     /// Accept `http://` URLs (local testing only).
     pub allow_insecure_http: bool,
     /// Failed refreshes being backed off, by RunaiCredential uid. Kept in
@@ -56,6 +58,7 @@ impl Context {
         recorder: Recorder,
         token_clients: TokenClients,
         hash_key: HashKey,
+        metrics: Arc<Metrics>,
         allow_insecure_http: bool,
     ) -> Self {
         Context {
@@ -63,6 +66,7 @@ impl Context {
             recorder,
             token_clients,
             hash_key,
+            metrics,
             allow_insecure_http,
             backoffs: Mutex::default(),
             api_errors: Mutex::default(),
@@ -169,8 +173,10 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
 /// Reconciles one RunaiCredential.
 #[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any()))]
 pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let now = Timestamp::now();
-    let action = reconcile_at(&cr, &ctx, now).await?;
+    let started = std::time::Instant::now();
+    let result = reconcile_at(&cr, &ctx, Timestamp::now()).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    let action = result?;
     lock(&ctx.api_errors).remove(&uid_of(&cr));
     Ok(action)
 }
@@ -530,6 +536,17 @@ async fn write_status(
     ctx: &Context,
     new: RunaiCredentialStatus,
 ) -> Result<bool, Error> {
+    let expires_at = new
+        .expiration_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|t| t.as_second());
+    let credential = CredentialLabels {
+        namespace: cr.namespace().unwrap_or_default(),
+        name: cr.name_any(),
+    };
+    ctx.metrics
+        .observe_credential(credential, expires_at, new.failed_attempts);
     if cr
         .status
         .as_ref()

@@ -144,6 +144,7 @@ fn context(client: Client) -> Arc<Context> {
         recorder,
         TokenClients::new(Duration::from_secs(2)),
         HashKey::new(vec![7; 32]),
+        Arc::new(runai_token_sync::metrics::Metrics::new()),
         true,
     ))
 }

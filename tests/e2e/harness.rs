@@ -360,6 +360,17 @@ impl Controller {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The base URL of the metrics and health listener, from the log.
+    pub async fn probe_url(&self) -> String {
+        eventually(Duration::from_secs(10), "the metrics listener", || async {
+            let logs = self.logs();
+            let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
+            let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+            Some(format!("http://{}", address.trim_matches('"')))
+        })
+        .await
+    }
+
     /// Asserts that none of `secrets` appears in the logs.
     pub fn assert_logs_hold_none_of(&self, secrets: &[&str]) {
         let logs = self.logs();

@@ -1,0 +1,253 @@
+//! Prometheus metrics, all prefixed `runai_token_sync_`.
+//!
+//! Labels hold only fixed strings (results, token API names, error classes)
+//! and, for the per-credential gauges, the RunaiCredential's namespace and
+//! name, as cert-manager does for certificates. Never a URL, a secret or a token.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, atomic::AtomicU64},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::resource::TokenApi;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenRequestLabels {
+    token_api: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenApiLabels {
+    token_api: &'static str,
+}
+
+/// Identifies one RunaiCredential in the per-credential gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 5 ms … ~41 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// The controller's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    reconciliations: Family<ResultLabels, Counter>,
+    reconcile_duration: HistogramFamily<ResultLabels>,
+    token_requests: Family<TokenRequestLabels, Counter>,
+    token_request_duration: HistogramFamily<TokenApiLabels>,
+    token_expiration: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
+    consecutive_failures: Family<CredentialLabels, Gauge>,
+    leader: Gauge,
+    /// The credentials with per-credential series, to drop them once deleted.
+    observed: Mutex<HashSet<CredentialLabels>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("runai_token_sync");
+        let reconciliations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciliations",
+            "RunaiCredential reconciliations, by result (success or error)",
+            reconciliations.clone(),
+        );
+        let reconcile_duration: HistogramFamily<ResultLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of RunaiCredential reconciliations, token requests included",
+            reconcile_duration.clone(),
+        );
+        let token_requests = Family::<TokenRequestLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Token requests to Run:ai, by token API and result (success or the failure class)",
+            token_requests.clone(),
+        );
+        let token_request_duration: HistogramFamily<TokenApiLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "token_request_duration_seconds",
+            "Latency of the Run:ai token endpoint",
+            token_request_duration.clone(),
+        );
+        let token_expiration = Family::<CredentialLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "token_expiration_timestamp_seconds",
+            "When the token in a RunaiCredential's Secret expires (Unix time), when known",
+            token_expiration.clone(),
+        );
+        let consecutive_failures = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "consecutive_failures",
+            "Failed refresh attempts of a RunaiCredential since its last success",
+            consecutive_failures.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease (or runs without leader election), else 0",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciliations,
+            reconcile_duration,
+            token_requests,
+            token_request_duration,
+            token_expiration,
+            consecutive_failures,
+            leader,
+            observed: Mutex::default(),
+        }
+    }
+
+    /// Records one reconciliation.
+    pub fn reconciled(&self, success: bool, duration: Duration) {
+        let labels = ResultLabels {
+            result: if success { "success" } else { "error" },
+        };
+        self.reconciliations.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Records one token request; `result` is `"success"` or an error class.
+    pub fn token_requested(&self, api: TokenApi, result: &'static str, duration: Duration) {
+        let token_api = api.as_str();
+        self.token_requests
+            .get_or_create(&TokenRequestLabels { token_api, result })
+            .inc();
+        self.token_request_duration
+            .get_or_create(&TokenApiLabels { token_api })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Sets the per-credential gauges from what its status shows.
+    pub fn observe_credential(&self, credential: CredentialLabels, expires_at: Option<i64>, failures: u32) {
+        match expires_at {
+            Some(at) => {
+                self.token_expiration
+                    .get_or_create(&credential)
+                    .set(at as f64);
+            }
+            None => {
+                self.token_expiration.remove(&credential);
+            }
+        }
+        self.consecutive_failures
+            .get_or_create(&credential)
+            .set(i64::from(failures));
+        self.observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(credential);
+    }
+
+    /// Drops the gauges of RunaiCredentials that no longer exist.
+    pub fn retain_credentials(&self, live: &HashSet<CredentialLabels>) {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        observed.retain(|credential| {
+            let keep = live.contains(credential);
+            if !keep {
+                self.token_expiration.remove(credential);
+                self.consecutive_failures.remove(credential);
+            }
+            keep
+        });
+    }
+
+    /// Sets whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential(name: &str) -> CredentialLabels {
+        CredentialLabels {
+            namespace: "ml".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.reconciled(true, Duration::from_millis(12));
+        m.token_requested(TokenApi::V2, "rate_limited", Duration::from_millis(80));
+        m.observe_credential(credential("a"), Some(1_800_000_000), 2);
+        m.set_leader(true);
+        let text = m.encode();
+        for line in [
+            "runai_token_sync_reconciliations_total{result=\"success\"} 1",
+            "runai_token_sync_token_requests_total{token_api=\"V2\",result=\"rate_limited\"} 1",
+            "runai_token_sync_token_expiration_timestamp_seconds{namespace=\"ml\",name=\"a\"} 1800000000",
+            "runai_token_sync_consecutive_failures{namespace=\"ml\",name=\"a\"} 2",
+            "runai_token_sync_leader 1",
+            "runai_token_sync_reconcile_duration_seconds_count{result=\"success\"} 1",
+            "runai_token_sync_token_request_duration_seconds_count{token_api=\"V2\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn deleted_credentials_lose_their_series() {
+        let m = Metrics::new();
+        m.observe_credential(credential("kept"), Some(1), 0);
+        m.observe_credential(credential("gone"), Some(2), 1);
+        m.retain_credentials(&[credential("kept")].into());
+        let text = m.encode();
+        assert!(text.contains("name=\"kept\""), "{text}");
+        assert!(!text.contains("name=\"gone\""), "{text}");
+    }
+
+    #[test]
+    fn unknown_expiry_removes_the_gauge() {
+        let m = Metrics::new();
+        m.observe_credential(credential("a"), Some(5), 0);
+        m.observe_credential(credential("a"), None, 1);
+        assert!(!m.encode().contains("token_expiration_timestamp_seconds{"));
+    }
+}

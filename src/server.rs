@@ -1,0 +1,162 @@
+//! The metrics and health listener: `/metrics`, `/healthz`, `/readyz`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tracing::{info, warn};
+
+use crate::{error::Error, metrics::Metrics};
+
+/// What the probes report.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The controller's watches have synced (or this replica is a follower,
+    /// which must not block a rolling update).
+    ready: AtomicBool,
+    /// This replica holds the leader lease.
+    leading: AtomicBool,
+    /// The controller loop has ended: the process is about to exit or is stuck.
+    stopped: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
+    }
+
+    pub fn set_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Binds the listener and serves it in the background; returns the bound
+/// address (useful with port 0).
+pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::Startup(format!("cannot listen on {address} for metrics and health: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(format!("cannot read the metrics listener's address: {e}")))?;
+    info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            };
+            let metrics = metrics.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let response = respond(&req, &metrics, &health);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned());
+    }
+    match req.uri().path() {
+        "/metrics" => Response::builder()
+            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Full::new(Bytes::from(metrics.encode())))
+            .expect("a valid response"),
+        "/healthz" if health.stopped.load(Ordering::Acquire) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "controller stopped\n".to_owned())
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => {
+            let role = if health.leading.load(Ordering::Acquire) {
+                "leader"
+            } else {
+                "follower"
+            };
+            if health.is_ready() {
+                text(StatusCode::OK, format!("ready ({role})\n"))
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: watches not synced ({role})\n"))
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, metrics: &Metrics, health: &Health) -> (StatusCode, String) {
+        let req = Request::get(path).body(()).unwrap();
+        let resp = respond(&req, metrics, health);
+        let status = resp.status();
+        let body = futures::executor::block_on(http_body_util::BodyExt::collect(resp.into_body()))
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn readiness_follows_the_sync_and_shows_the_role() {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        assert_eq!(get("/readyz", &metrics, &health).0, StatusCode::SERVICE_UNAVAILABLE);
+        health.set_ready(true);
+        assert_eq!(get("/readyz", &metrics, &health), (StatusCode::OK, "ready (follower)\n".into()));
+        health.set_leading(true);
+        assert_eq!(get("/readyz", &metrics, &health), (StatusCode::OK, "ready (leader)\n".into()));
+    }
+
+    #[test]
+    fn liveness_fails_once_the_controller_stopped() {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        assert_eq!(get("/healthz", &metrics, &health).0, StatusCode::OK);
+        health.set_stopped();
+        assert_eq!(get("/healthz", &metrics, &health).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn metrics_are_served_as_text() {
+        let metrics = Metrics::new();
+        let (status, body) = get("/metrics", &metrics, &Health::default());
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("# TYPE runai_token_sync_leader gauge"), "{body}");
+        assert_eq!(get("/other", &metrics, &Health::default()).0, StatusCode::NOT_FOUND);
+    }
+}
