@@ -4,7 +4,6 @@
 use std::{collections::HashSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -17,14 +16,15 @@ use kube::{
         watcher,
     },
 };
+use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
 use crate::{
     error::Error,
     metrics::{CredentialLabels, Metrics},
     reconciler::{self, Context, FIELD_MANAGER},
-    server::{self, Health},
     resource::RunaiCredential,
+    server::{self, Health},
     target_secret::{CREDENTIAL_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
     token_client::TokenClients,
 };
@@ -219,7 +219,15 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         None => {
             health.set_leading(true);
             metrics.set_leader(true);
-            run_controllers(&client, &namespaces, &settings, ctx, &health, stopped(stopping)).await;
+            run_controllers(
+                &client,
+                &namespaces,
+                &settings,
+                ctx,
+                &health,
+                stopped(stopping),
+            )
+            .await;
             Ok(())
         }
         Some(election) => {
@@ -308,11 +316,17 @@ async fn run_controllers(
         stores.push(store.clone());
         // Metadata only: a change of any Secret's data bumps its resourceVersion,
         // which is all a trigger needs, and no Secret's data is ever held.
-        let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
-        info!(namespace = namespace.unwrap_or("<all>"), "starting the RunaiCredential controller");
+        let secret_changes =
+            watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+        info!(
+            namespace = namespace.unwrap_or("<all>"),
+            "starting the RunaiCredential controller"
+        );
         controllers.push(
             controller
-                .watches_stream(secret_changes, move |secret| credentials_for_secret(&store, &secret))
+                .watches_stream(secret_changes, move |secret| {
+                    credentials_for_secret(&store, &secret)
+                })
                 .graceful_shutdown_on(stop.clone())
                 .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
                 .for_each(|result| async move {
@@ -363,14 +377,15 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

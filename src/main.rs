@@ -88,11 +88,16 @@ async fn main() -> ExitCode {
         Command::Run(args) => {
             init_logging(args.log_format);
             let identity = args.identity.unwrap_or_else(|| {
-                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "runai-token-sync".to_owned());
+                let host =
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "runai-token-sync".to_owned());
                 format!("{host}-{:08x}", rand::random::<u32>())
             });
             let settings = Settings {
-                namespaces: args.namespaces.into_iter().filter(|ns| !ns.is_empty()).collect(),
+                namespaces: args
+                    .namespaces
+                    .into_iter()
+                    .filter(|ns| !ns.is_empty())
+                    .collect(),
                 controller_namespace: args.controller_namespace,
                 allow_insecure_http: args.allow_insecure_http,
                 request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),

@@ -82,7 +82,8 @@ impl Metrics {
             "RunaiCredential reconciliations, by result (success or error)",
             reconciliations.clone(),
         );
-        let reconcile_duration: HistogramFamily<ResultLabels> = Family::new_with_constructor(latency_histogram);
+        let reconcile_duration: HistogramFamily<ResultLabels> =
+            Family::new_with_constructor(latency_histogram);
         registry.register(
             "reconcile_duration_seconds",
             "Duration of RunaiCredential reconciliations, token requests included",
@@ -94,7 +95,8 @@ impl Metrics {
             "Token requests to Run:ai, by token API and result (success or the failure class)",
             token_requests.clone(),
         );
-        let token_request_duration: HistogramFamily<TokenApiLabels> = Family::new_with_constructor(latency_histogram);
+        let token_request_duration: HistogramFamily<TokenApiLabels> =
+            Family::new_with_constructor(latency_histogram);
         registry.register(
             "token_request_duration_seconds",
             "Latency of the Run:ai token endpoint",
@@ -154,7 +156,12 @@ impl Metrics {
     }
 
     /// Sets the per-credential gauges from what its status shows.
-    pub fn observe_credential(&self, credential: CredentialLabels, expires_at: Option<i64>, failures: u32) {
+    pub fn observe_credential(
+        &self,
+        credential: CredentialLabels,
+        expires_at: Option<i64>,
+        failures: u32,
+    ) {
         match expires_at {
             Some(at) => {
                 self.token_expiration

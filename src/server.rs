@@ -47,10 +47,16 @@ impl Health {
 
 /// Binds the listener and serves it in the background; returns the bound
 /// address (useful with port 0).
-pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<SocketAddr, Error> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| Error::Startup(format!("cannot listen on {address} for metrics and health: {e}")))?;
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        Error::Startup(format!(
+            "cannot listen on {address} for metrics and health: {e}"
+        ))
+    })?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Startup(format!("cannot read the metrics listener's address: {e}")))?;
@@ -86,12 +92,16 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
     }
     match req.uri().path() {
         "/metrics" => Response::builder()
-            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
             .body(Full::new(Bytes::from(metrics.encode())))
             .expect("a valid response"),
-        "/healthz" if health.stopped.load(Ordering::Acquire) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "controller stopped\n".to_owned())
-        }
+        "/healthz" if health.stopped.load(Ordering::Acquire) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller stopped\n".to_owned(),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => {
             let role = if health.leading.load(Ordering::Acquire) {
@@ -102,7 +112,10 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
             if health.is_ready() {
                 text(StatusCode::OK, format!("ready ({role})\n"))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: watches not synced ({role})\n"))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: watches not synced ({role})\n"),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
@@ -135,11 +148,20 @@ mod tests {
     fn readiness_follows_the_sync_and_shows_the_role() {
         let metrics = Metrics::new();
         let health = Health::default();
-        assert_eq!(get("/readyz", &metrics, &health).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get("/readyz", &metrics, &health).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         health.set_ready(true);
-        assert_eq!(get("/readyz", &metrics, &health), (StatusCode::OK, "ready (follower)\n".into()));
+        assert_eq!(
+            get("/readyz", &metrics, &health),
+            (StatusCode::OK, "ready (follower)\n".into())
+        );
         health.set_leading(true);
-        assert_eq!(get("/readyz", &metrics, &health), (StatusCode::OK, "ready (leader)\n".into()));
+        assert_eq!(
+            get("/readyz", &metrics, &health),
+            (StatusCode::OK, "ready (leader)\n".into())
+        );
     }
 
     #[test]
@@ -148,7 +170,10 @@ mod tests {
         let health = Health::default();
         assert_eq!(get("/healthz", &metrics, &health).0, StatusCode::OK);
         health.set_stopped();
-        assert_eq!(get("/healthz", &metrics, &health).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get("/healthz", &metrics, &health).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]
@@ -156,7 +181,13 @@ mod tests {
         let metrics = Metrics::new();
         let (status, body) = get("/metrics", &metrics, &Health::default());
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("# TYPE runai_token_sync_leader gauge"), "{body}");
-        assert_eq!(get("/other", &metrics, &Health::default()).0, StatusCode::NOT_FOUND);
+        assert!(
+            body.contains("# TYPE runai_token_sync_leader gauge"),
+            "{body}"
+        );
+        assert_eq!(
+            get("/other", &metrics, &Health::default()).0,
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -334,14 +334,19 @@ impl Controller {
             rand::random::<u32>()
         ));
         let out = File::create(&log).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_runai-token-sync"))
-            .args([
-                "run",
-                "--namespace",
-                namespace,
-                "--controller-namespace",
-                namespace,
-            ])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runai-token-sync"));
+        command.args([
+            "run",
+            "--namespace",
+            namespace,
+            "--controller-namespace",
+            namespace,
+        ]);
+        if !extra_args.contains(&"--metrics-address") {
+            // Many controllers run at once: each gets a port of its own.
+            command.args(["--metrics-address", "127.0.0.1:0"]);
+        }
+        let child = command
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,runai_token_sync=debug")
