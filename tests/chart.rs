@@ -1,0 +1,252 @@
+//! The Helm chart, the plain manifests and the Dockerfile.
+//!
+//! Tests that run `helm` or `hadolint` are ignored for a plain `cargo test`;
+//! `hack/test.sh` installs both and runs them.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = "deploy/helm/runai-token-sync";
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Runs a tool from PATH in the repository root and returns its stdout.
+fn run(tool: &str, args: &[&str]) -> String {
+    let output = Command::new(tool)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}); hack/test.sh installs it (hack/tools.sh)")
+        });
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Every object of a multi-document YAML stream.
+fn objects(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| {
+            let value: Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            (!value.is_null()).then_some(value)
+        })
+        .collect()
+}
+
+fn template(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", "rts", CHART, "--namespace", "rts-system"];
+    args.extend_from_slice(extra);
+    objects(&run("helm", &args))
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn grants_secrets_listing(role: &Value) -> bool {
+    role["rules"].as_array().into_iter().flatten().any(|rule| {
+        let on_secrets = rule["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == "secrets"));
+        let listing = rule["verbs"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v == "list" || v == "watch"));
+        on_secrets && listing
+    })
+}
+
+#[test]
+fn the_chart_carries_the_generated_crd() {
+    assert!(
+        read("crds/runaicredentials.tokensync.dev.yaml")
+            == read(&format!("{CHART}/crds/runaicredentials.tokensync.dev.yaml")),
+        "{CHART}/crds/ differs from crds/; copy crds/runaicredentials.tokensync.dev.yaml there"
+    );
+}
+
+#[test]
+#[ignore = "needs helm: run hack/test.sh"]
+fn helm_lint_is_clean() {
+    for extra in [&[][..], &["--set", "watchNamespaces={team-a,team-b}"][..]] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = run("helm", &args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+#[ignore = "needs helm: run hack/test.sh"]
+fn the_default_install_is_hardened_and_highly_available() {
+    let objects = template(&[]);
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 2);
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env("LEADER_ELECT"), Some(Value::from("true")));
+    assert_eq!(env("WATCH_NAMESPACE"), Some(Value::from("")));
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][kind][resource].is_string(),
+                "resources.{kind}.{resource}"
+            );
+        }
+    }
+    assert_eq!(of_kind(&objects, "ServiceAccount").len(), 1);
+    assert_eq!(of_kind(&objects, "Service").len(), 1, "the metrics Service");
+    let cluster_roles = of_kind(&objects, "ClusterRole");
+    assert_eq!(cluster_roles.len(), 1);
+    assert!(grants_secrets_listing(cluster_roles[0]));
+    // The spec of a RunaiCredential is the user's: only its status may be written.
+    for rule in cluster_roles[0]["rules"].as_array().unwrap() {
+        if rule["resources"][0] == "runaicredentials" {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(verbs, ["get", "list", "watch"]);
+        }
+    }
+    for optional in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            of_kind(&objects, optional).is_empty(),
+            "{optional} is off by default"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs helm: run hack/test.sh"]
+fn watch_namespaces_grant_nothing_cluster_wide() {
+    let objects = template(&["--set", "watchNamespaces={team-a,team-b}"]);
+    assert!(of_kind(&objects, "ClusterRole").is_empty());
+    assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
+    let roles = of_kind(&objects, "Role");
+    let in_namespace = |ns: &str| {
+        roles
+            .iter()
+            .filter(|r| r["metadata"]["namespace"] == ns)
+            .count()
+    };
+    assert_eq!(in_namespace("team-a"), 1);
+    assert_eq!(in_namespace("team-b"), 1);
+    for role in roles {
+        let namespace = role["metadata"]["namespace"].as_str().unwrap();
+        assert_eq!(
+            grants_secrets_listing(role),
+            namespace != "rts-system",
+            "Secrets can be listed only in the watched namespaces ({namespace})"
+        );
+    }
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let watch = env.iter().find(|e| e["name"] == "WATCH_NAMESPACE").unwrap();
+    assert_eq!(watch["value"], "team-a,team-b");
+}
+
+#[test]
+#[ignore = "needs helm: run hack/test.sh"]
+fn optional_objects_render_when_enabled() {
+    let objects = template(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.runai.cidrs={203.0.113.10/32}",
+    ]);
+    for kind in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
+        assert_eq!(of_kind(&objects, kind).len(), 1, "{kind}");
+    }
+    let rules = &of_kind(&objects, "PrometheusRule")[0]["spec"]["groups"][0]["rules"];
+    let alerts: Vec<&str> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert!(
+        alerts.contains(&"RunaiTokenExpiringSoon") && alerts.contains(&"RunaiTokenRefreshFailing"),
+        "{alerts:?}"
+    );
+    let policy = of_kind(&objects, "NetworkPolicy")[0];
+    assert!(policy.to_string().contains("203.0.113.10/32"));
+}
+
+#[test]
+#[ignore = "needs helm: run hack/test.sh"]
+fn the_plain_manifests_are_rendered_from_the_chart() {
+    let rendered = run(
+        "helm",
+        &[
+            "template",
+            "runai-token-sync",
+            CHART,
+            "--namespace",
+            "runai-token-sync",
+            "--include-crds",
+        ],
+    );
+    let committed = read("deploy/runai-token-sync.yaml");
+    let body: String = committed
+        .lines()
+        .skip_while(|l| l.starts_with("# Rendered") || l.starts_with("# Install"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        body == rendered,
+        "deploy/runai-token-sync.yaml is stale; run hack/render-manifests.sh"
+    );
+}
+
+#[test]
+#[ignore = "needs hadolint: run hack/test.sh"]
+fn the_dockerfile_passes_hadolint() {
+    run("hadolint", &["Dockerfile"]);
+}
