@@ -16,7 +16,7 @@ use kube::{
         watcher,
     },
 };
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::{info, warn};
 
 use crate::{
@@ -186,12 +186,13 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    for namespace in &namespaces {
-        preflight(&client, namespace.as_deref()).await?;
-    }
+    // Probes answer from the start: live, and not ready until the watches sync.
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     server::serve(settings.metrics_address, metrics.clone(), health.clone()).await?;
+    for namespace in &namespaces {
+        preflight(&client, namespace.as_deref()).await?;
+    }
     let hash_key = load_or_create_hash_key(&client, &settings.controller_namespace).await?;
     let reporter = Reporter {
         controller: "runai-token-sync".to_owned(),
@@ -241,7 +242,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
                 .build()
                 .await
                 .map_err(|e| Error::Startup(format!("cannot set up leader election: {e}")))?;
-            let (mut leading, lease_task) = manager.watch().await;
+            let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+            let (release, release_rx) = tokio::sync::watch::channel(false);
+            let lease_task = tokio::spawn(hold_lease(manager, leading_tx, release_rx));
             // A follower is ready: it must not block a rolling update.
             health.set_ready(true);
             metrics.set_leader(false);
@@ -277,13 +280,10 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             } else {
                 Ok(())
             };
-            // Closing the channel releases the lease, so that a successor
-            // takes over at once rather than after the lease expires.
-            drop(leading);
-            match lease_task.await {
-                Ok(Ok(_)) => info!("released the leader lease"),
-                Ok(Err(e)) => warn!(error = %e, "could not release the leader lease"),
-                Err(e) => warn!(error = %e, "the leader election task failed"),
+            // Released only now that the reconciliations under way are done.
+            let _ = release.send(true);
+            if let Err(e) = lease_task.await {
+                warn!(error = %e, "the leader election task failed");
             }
             result
         }
@@ -291,6 +291,54 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     health.set_stopped();
     info!("controller stopped");
     result
+}
+
+/// How often a follower looks whether the lease was released. The lease
+/// manager alone would wait until the lease expires, which would make a
+/// graceful handover as slow as a crash.
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+
+/// Holds (or waits for) the lease, publishing whether this replica leads,
+/// until `release` turns true; then releases the lease so that a successor
+/// takes over at once.
+async fn hold_lease(
+    manager: LeaseManager,
+    leading: tokio::sync::watch::Sender<bool>,
+    mut release: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let is_leader = *leading.borrow();
+        tokio::select! {
+            changed = manager.changed() => match changed {
+                Ok(lead) => {
+                    leading.send_replace(lead);
+                }
+                Err(e) => {
+                    warn!(error = %e, "leader election failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            // A follower's `changed` re-reads the lease only once its cached
+            // copy expired. `release` re-reads it at once, and leaves a lease
+            // held by another replica as it is.
+            _ = tokio::time::sleep(FOLLOWER_POLL), if !is_leader => {
+                if let Err(e) = manager.release().await {
+                    warn!(error = %e, "cannot read the leader lease");
+                }
+            }
+            _ = wait_until_true(&mut release) => break,
+        }
+    }
+    match manager.release().await {
+        Ok(()) => info!("released the leader lease"),
+        Err(e) => warn!(error = %e, "could not release the leader lease"),
+    }
+}
+
+/// Resolves once the channel holds `true` (or its sender is gone).
+async fn wait_until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = rx.wait_for(|value| *value).await.map(|_| ());
 }
 
 /// One controller per watched namespace (or one for all), sharing a context,
@@ -343,8 +391,16 @@ async fn run_controllers(
     let sync_health = health.clone();
     let readiness = tokio::spawn(async move {
         for store in &sync_stores {
-            if store.wait_until_ready().await.is_err() {
-                return;
+            // `wait_until_ready` wakes only the last task that polled it, and
+            // the controller polls it too: look again every 200 ms.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_elapsed) => continue,
+                }
             }
         }
         info!("watches synced");

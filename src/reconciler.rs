@@ -376,9 +376,13 @@ async fn refresh(
 
     let issued = match credentials {
         Ok(creds) => {
-            token_client
+            let started = std::time::Instant::now();
+            let issued = token_client
                 .request_token(&spec.url, api, &creds, now)
-                .await
+                .await;
+            let result = issued.as_ref().map_or_else(Error::class, |_| "success");
+            ctx.metrics.token_requested(api, result, started.elapsed());
+            issued
         }
         Err(err) => Err(err),
     };

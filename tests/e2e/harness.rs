@@ -119,6 +119,18 @@ impl Cluster {
             .expect("the RunaiCredential is patched");
     }
 
+    /// `status.expirationTime` of a RunaiCredential.
+    pub async fn credential_status_expiry(&self, name: &str) -> String {
+        let cr = self
+            .credentials()
+            .get(name)
+            .await
+            .expect("the RunaiCredential exists");
+        cr.status
+            .and_then(|s| s.expiration_time)
+            .expect("an expiration time")
+    }
+
     pub async fn secret(&self, name: &str) -> Option<Secret> {
         self.secrets()
             .get_opt(name)
@@ -328,26 +340,34 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// Starts `runai-token-sync run` watching `namespace` (which is also its
+    /// own namespace), with `extra_args`.
     pub fn start(kubeconfig: &std::path::Path, namespace: &str, extra_args: &[&str]) -> Controller {
-        let log = std::env::temp_dir().join(format!(
-            "runai-token-sync-e2e-{namespace}-{}.log",
-            rand::random::<u32>()
-        ));
-        let out = File::create(&log).expect("a log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_runai-token-sync"));
-        command.args([
-            "run",
+        let mut args = vec![
             "--namespace",
             namespace,
             "--controller-namespace",
             namespace,
-        ]);
-        if !extra_args.contains(&"--metrics-address") {
+        ];
+        args.extend_from_slice(extra_args);
+        Controller::start_raw(kubeconfig, &args)
+    }
+
+    /// Starts `runai-token-sync run` with exactly `args` (plus a free metrics
+    /// port unless one is given).
+    pub fn start_raw(kubeconfig: &std::path::Path, args: &[&str]) -> Controller {
+        let log = std::env::temp_dir().join(format!(
+            "runai-token-sync-e2e-{}.log",
+            rand::random::<u64>()
+        ));
+        let out = File::create(&log).expect("a log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runai-token-sync"));
+        command.arg("run").args(args);
+        if !args.contains(&"--metrics-address") {
             // Many controllers run at once: each gets a port of its own.
             command.args(["--metrics-address", "127.0.0.1:0"]);
         }
         let child = command
-            .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,runai_token_sync=debug")
             .stdout(out.try_clone().expect("a log file handle"))
@@ -360,20 +380,41 @@ impl Controller {
         }
     }
 
+    /// Kills the process at once (SIGKILL), as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Everything the controller has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The base URL of the metrics and health listener, from the log.
+    /// The base URL of the metrics and health listener, from the log (text or JSON).
     pub async fn probe_url(&self) -> String {
         eventually(Duration::from_secs(10), "the metrics listener", || async {
             let logs = self.logs();
             let line = logs.lines().find(|l| l.contains("serving /metrics"))?;
-            let address = line.split("address=").nth(1)?.split_whitespace().next()?;
-            Some(format!("http://{}", address.trim_matches('"')))
+            let rest = &line[line.find("127.0.0.1:")?..];
+            let end = rest[10..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len(), |i| i + 10);
+            Some(format!("http://{}", &rest[..end]))
         })
         .await
+    }
+
+    /// GETs a path of the probe listener: status code and body.
+    pub async fn probe(&self, path: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.probe_url().await);
+        let response = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
     }
 
     /// Asserts that none of `secrets` appears in the logs.

@@ -7,6 +7,7 @@
 //! own controller process, and polls for conditions rather than sleeping.
 
 mod harness;
+mod ops;
 
 use std::time::Duration;
 

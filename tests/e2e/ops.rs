@@ -1,0 +1,594 @@
+//! Operating the controller: the Helm chart's rights, leader election,
+//! metrics, probes and JSON logs, against the real API server.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Secret, ServiceAccount},
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use runai_token_sync::RunaiCredential;
+use serde_json::json;
+
+use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A Helm release of the chart, uninstalled when dropped (its ClusterRole
+/// would outlive the test namespace otherwise).
+struct Release {
+    name: String,
+    namespace: String,
+    kubeconfig: PathBuf,
+}
+
+impl Release {
+    fn install(cluster: &Cluster, extra: &[&str]) -> Release {
+        let name = format!("rts{:04x}", rand::random::<u16>());
+        let status = Command::new("helm")
+            .args([
+                "install",
+                &name,
+                concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/runai-token-sync"),
+            ])
+            .args(["--namespace", &cluster.namespace])
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stdout(Stdio::null())
+            .status()
+            .expect("helm runs (hack/test.sh installs it)");
+        assert!(status.success(), "helm install failed");
+        Release {
+            name,
+            namespace: cluster.namespace.clone(),
+            kubeconfig: cluster.kubeconfig.clone(),
+        }
+    }
+
+    /// The chart's full name: the ServiceAccount, roles and Lease are named so.
+    fn fullname(&self) -> String {
+        format!("{}-runai-token-sync", self.name)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = Command::new("helm")
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A kubeconfig like the cluster's, authenticated as a ServiceAccount through
+/// a TokenRequest: exactly the rights RBAC grants that ServiceAccount.
+async fn service_account_kubeconfig(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> (PathBuf, Client) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("a ServiceAccount token");
+    let token = issued.status.expect("a token").token;
+    let dir = std::env::temp_dir().join(format!("rts-e2e-sa-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).expect("the cluster's kubeconfig");
+    for user in &mut config.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token_file: Some(token_file.display().to_string()),
+            ..Default::default()
+        });
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    (path.clone(), client_for(&path).await)
+}
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server and helm: run hack/test.sh"]
+async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
+    let cluster = Cluster::new("rbac").await;
+    let workload = cluster.extra_namespace("work").await;
+    let release = Release::install(&cluster, &[]);
+    let (kubeconfig, as_controller) =
+        service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
+
+    let standin = standin_with("app-rbac", "s3cr3t-rbac", HOUR).await;
+    crate::harness::put_credentials_in(
+        &cluster.client,
+        &workload,
+        "runai-client",
+        "app-rbac",
+        "s3cr3t-rbac",
+    )
+    .await;
+    let lease = release.fullname();
+    let _controller = Controller::start_raw(
+        &kubeconfig,
+        &[
+            "--namespace",
+            &workload,
+            "--controller-namespace",
+            &cluster.namespace,
+            "--leader-elect",
+            "--lease-name",
+            &lease,
+        ],
+    );
+    let credentials: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &workload);
+    let cr: RunaiCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+        "metadata": {"name": "trainer", "namespace": workload},
+        "spec": spec_for(&standin, "runai-client"),
+    }))
+    .unwrap();
+    credentials
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "Ready with the chart's rights",
+        || async {
+            let cr = credentials.get("trainer").await.ok()?;
+            (cr.condition("Ready")?.status == "True").then_some(())
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &workload);
+    assert!(secrets.get_opt("trainer").await.unwrap().is_some());
+
+    // The spec is the user's: the controller's account cannot change it.
+    let as_sa: Api<RunaiCredential> = Api::namespaced(as_controller, &workload);
+    let edit = json!({"spec": {"url": "https://elsewhere.example"}});
+    assert!(
+        is_forbidden(
+            as_sa
+                .patch("trainer", &PatchParams::default(), &Patch::Merge(&edit))
+                .await
+        ),
+        "the ServiceAccount could change a RunaiCredential's spec"
+    );
+    assert!(is_forbidden(
+        as_sa.delete("trainer", &Default::default()).await
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server and helm: run hack/test.sh"]
+async fn watch_namespaces_confine_the_controller() {
+    let cluster = Cluster::new("rbacns").await;
+    let watched = cluster.extra_namespace("in").await;
+    let outside = cluster.extra_namespace("out").await;
+    let release = Release::install(
+        &cluster,
+        &["--set", &format!("watchNamespaces={{{watched}}}")],
+    );
+    let (kubeconfig, as_controller) =
+        service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
+
+    let standin = standin_with("app-ns", "s3cr3t-ns", HOUR).await;
+    crate::harness::put_credentials_in(
+        &cluster.client,
+        &watched,
+        "runai-client",
+        "app-ns",
+        "s3cr3t-ns",
+    )
+    .await;
+    crate::harness::put_credentials_in(
+        &cluster.client,
+        &outside,
+        "runai-client",
+        "app-ns",
+        "s3cr3t-ns",
+    )
+    .await;
+    let lease = release.fullname();
+    let _controller = Controller::start_raw(
+        &kubeconfig,
+        &[
+            "--namespace",
+            &watched,
+            "--controller-namespace",
+            &cluster.namespace,
+            "--leader-elect",
+            "--lease-name",
+            &lease,
+        ],
+    );
+    let credentials: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &watched);
+    let cr: RunaiCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+        "metadata": {"name": "inside", "namespace": watched},
+        "spec": spec_for(&standin, "runai-client"),
+    }))
+    .unwrap();
+    credentials
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "Ready inside the watched namespace",
+        || async {
+            let cr = credentials.get("inside").await.ok()?;
+            (cr.condition("Ready")?.status == "True").then_some(())
+        },
+    )
+    .await;
+
+    // Outside: no Secret can be read, in that namespace or cluster-wide.
+    let outside_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), &outside);
+    assert!(
+        is_forbidden(outside_secrets.get("runai-client").await),
+        "read a Secret outside its namespaces"
+    );
+    assert!(is_forbidden(
+        outside_secrets.list(&Default::default()).await
+    ));
+    let all_secrets: Api<Secret> = Api::all(as_controller.clone());
+    assert!(is_forbidden(all_secrets.list(&Default::default()).await));
+    // Nor can a controller be pointed there.
+    let mut stray = Controller::start_raw(
+        &kubeconfig,
+        &[
+            "--namespace",
+            &outside,
+            "--controller-namespace",
+            &cluster.namespace,
+        ],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the misdirected controller gives up",
+        || async {
+            stray
+                .logs()
+                .contains("cannot list RunaiCredentials")
+                .then_some(())
+        },
+    )
+    .await;
+    stray.kill();
+}
+
+/// The leader gauge of a controller, from its /metrics.
+async fn leads(controller: &Controller) -> bool {
+    controller
+        .probe("/metrics")
+        .await
+        .1
+        .lines()
+        .any(|l| l == "runai_token_sync_leader 1")
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn one_leader_writes_and_a_successor_takes_over() {
+    let cluster = Cluster::new("ha").await;
+    let standin = standin_with("app-ha", "s3cr3t-ha", HOUR).await;
+    cluster
+        .put_credentials("runai-client", "app-ha", "s3cr3t-ha")
+        .await;
+    let args = ["--leader-elect", "--lease-duration-seconds", "15"];
+    let mut first = Controller::start(&cluster.kubeconfig, &cluster.namespace, &args);
+    let mut second = Controller::start(&cluster.kubeconfig, &cluster.namespace, &args);
+    eventually(Duration::from_secs(20), "exactly one leader", || async {
+        (leads(&first).await != leads(&second).await).then_some(())
+    })
+    .await;
+    let (leader, follower) = if leads(&first).await {
+        (&mut first, &mut second)
+    } else {
+        (&mut second, &mut first)
+    };
+    // The follower answers ready and says it follows.
+    let (status, body) = follower.probe("/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready (follower)"));
+
+    for name in ["one", "two"] {
+        cluster
+            .create_credential(name, spec_for(&standin, "runai-client"))
+            .await;
+    }
+    cluster.wait_ready("one").await;
+    cluster.wait_ready("two").await;
+    assert_eq!(standin.requests("app-ha"), 2);
+    assert!(
+        leader.logs().contains("token written"),
+        "the leader wrote the tokens"
+    );
+    assert!(
+        !follower.logs().contains("requesting a token"),
+        "the follower must not reconcile"
+    );
+
+    // kill -9: the follower takes over within the lease duration.
+    leader.kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(25), "the follower leads", || async {
+        leads(follower).await.then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover <= Duration::from_secs(20),
+        "takeover took {takeover:?}"
+    );
+    eprintln!("takeover after kill -9: {takeover:?}");
+    // The new leader does its first pass: a new credential becomes Ready.
+    cluster
+        .create_credential("three", spec_for(&standin, "runai-client"))
+        .await;
+    cluster.wait_ready("three").await;
+    stays(
+        Duration::from_secs(2),
+        "no token requested twice around the handover",
+        || async { standin.requests("app-ha") == 3 },
+    )
+    .await;
+
+    // A graceful shutdown releases the lease: a third replica leads at once.
+    let third = Controller::start(&cluster.kubeconfig, &cluster.namespace, &args);
+    eventually(
+        Duration::from_secs(10),
+        "the third replica is up",
+        || async { (third.probe("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    assert!(follower.stop(), "the leader exits cleanly on SIGTERM");
+    let stopped = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the third replica leads",
+        || async { leads(&third).await.then_some(()) },
+    )
+    .await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover < Duration::from_secs(5),
+        "handover after SIGTERM took {handover:?}"
+    );
+    eprintln!("handover after SIGTERM: {handover:?}");
+    assert_eq!(standin.requests("app-ha"), 3);
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn metrics_and_json_logs_show_what_happens() {
+    let cluster = Cluster::new("metrics").await;
+    let standin = standin_with("app-metrics", "s3cr3t-metrics", HOUR).await;
+    cluster
+        .put_credentials("good-client", "app-metrics", "s3cr3t-metrics")
+        .await;
+    cluster
+        .put_credentials("bad-client", "app-metrics", "wrong-s3cr3t")
+        .await;
+    let controller = Controller::start(
+        &cluster.kubeconfig,
+        &cluster.namespace,
+        &["--log-format", "json"],
+    );
+    cluster
+        .create_credential("good", spec_for(&standin, "good-client"))
+        .await;
+    cluster
+        .create_credential("bad", spec_for(&standin, "bad-client"))
+        .await;
+    cluster.wait_ready("good").await;
+    cluster.wait_not_ready("bad", "InvalidCredentials").await;
+
+    let metrics = eventually(
+        Duration::from_secs(10),
+        "the failure in the metrics",
+        || async {
+            let text = controller.probe("/metrics").await.1;
+            text.contains("result=\"invalid_credentials\"")
+                .then_some(text)
+        },
+    )
+    .await;
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let ns = &cluster.namespace;
+    assert!(value("runai_token_sync_reconciliations_total{result=\"success\"}") >= 2.0);
+    assert!(value("runai_token_sync_reconcile_duration_seconds_count{result=\"success\"}") >= 2.0);
+    assert_eq!(
+        value("runai_token_sync_token_requests_total{token_api=\"V1\",result=\"success\"}"),
+        1.0
+    );
+    assert!(
+        value(
+            "runai_token_sync_token_requests_total{token_api=\"V1\",result=\"invalid_credentials\"}"
+        ) >= 1.0
+    );
+    assert!(
+        value("runai_token_sync_token_request_duration_seconds_count{token_api=\"V1\"}") >= 2.0
+    );
+    let expires: jiff::Timestamp = cluster
+        .credential_status_expiry("good")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(
+        value(&format!(
+            "runai_token_sync_token_expiration_timestamp_seconds{{namespace=\"{ns}\",name=\"good\"}}"
+        )),
+        expires.as_second() as f64
+    );
+    assert_eq!(
+        value(&format!(
+            "runai_token_sync_consecutive_failures{{namespace=\"{ns}\",name=\"good\"}}"
+        )),
+        0.0
+    );
+    assert!(
+        value(&format!(
+            "runai_token_sync_consecutive_failures{{namespace=\"{ns}\",name=\"bad\"}}"
+        )) >= 1.0
+    );
+    assert_eq!(value("runai_token_sync_leader"), 1.0);
+    let token = cluster.token("good", "accessToken").await.unwrap();
+    for leak in [
+        standin.url().as_str(),
+        "s3cr3t-metrics",
+        "wrong-s3cr3t",
+        token.as_str(),
+    ] {
+        assert!(!metrics.contains(leak), "the metrics hold {leak:?}");
+    }
+    assert_eq!(controller.probe("/healthz").await.0, 200);
+    assert_eq!(
+        controller.probe("/readyz").await,
+        (200, "ready (leader)\n".to_owned())
+    );
+
+    // JSON logs: one object per line, the credential named in fields.
+    let logs = controller.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let written = lines
+        .iter()
+        .find(|l| l["message"] == "token written to the Secret")
+        .expect("a log line for the written token");
+    assert_eq!(written["namespace"], ns.as_str());
+    assert_eq!(written["name"], "good");
+    controller.assert_logs_hold_none_of(&[&token, "s3cr3t-metrics", "wrong-s3cr3t"]);
+}
+
+/// A TCP relay to the API server whose traffic can be held back.
+struct Relay {
+    address: SocketAddr,
+    paused: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let paused = Arc::new(AtomicBool::new(true));
+        let gate = paused.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    // Held connections simply wait: TLS is relayed untouched.
+                    while gate.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { address, paused }
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn not_ready_until_the_api_server_answers() {
+    let cluster = Cluster::new("readyz").await;
+    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let server = config.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    let upstream: SocketAddr = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the e2e cluster's server is an IP:port URL");
+    let relay = Relay::start(upstream).await;
+    for named in &mut config.clusters {
+        if let Some(c) = named.cluster.as_mut() {
+            c.server = Some(format!("https://{}", relay.address));
+        }
+    }
+    let relayed = std::env::temp_dir().join(format!(
+        "rts-e2e-relay-{}.kubeconfig",
+        rand::random::<u64>()
+    ));
+    std::fs::write(&relayed, serde_yaml::to_string(&config).unwrap()).unwrap();
+
+    let controller = Controller::start(&relayed, &cluster.namespace, &[]);
+    let (status, body) = controller.probe("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        controller.probe("/healthz").await.0,
+        200,
+        "alive while waiting"
+    );
+    stays(
+        Duration::from_secs(2),
+        "not ready while the API server is held back",
+        || async { controller.probe("/readyz").await.0 == 503 },
+    )
+    .await;
+    relay.resume();
+    eventually(
+        Duration::from_secs(20),
+        "ready once the watches synced",
+        || async { (controller.probe("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    assert!(controller.logs().contains("watches synced"));
+}
