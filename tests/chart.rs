@@ -69,7 +69,7 @@ fn the_chart_carries_the_generated_crd() {
     assert!(
         read("crds/runaicredentials.tokensync.dev.yaml")
             == read(&format!("{CHART}/crds/runaicredentials.tokensync.dev.yaml")),
-        "{CHART}/crds/ differs from crds/; copy crds/runaicredentials.tokensync.dev.yaml there"
+        "{CHART}/crds/ differs from crds/; run hack/generate.sh"
     );
 }
 

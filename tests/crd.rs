@@ -10,7 +10,7 @@ fn committed_crd_matches_the_types() {
     let generated = runai_token_sync::resource::crd_yaml();
     assert!(
         committed == generated,
-        "crds/runaicredentials.tokensync.dev.yaml differs from the types; regenerate it with\n  cargo run -- crd > crds/runaicredentials.tokensync.dev.yaml"
+        "crds/runaicredentials.tokensync.dev.yaml differs from the types; regenerate it with hack/generate.sh"
     );
 }
 

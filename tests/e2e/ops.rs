@@ -146,7 +146,7 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
     )
     .await;
     let lease = release.fullname();
-    let _controller = Controller::start_raw(
+    let controller = Controller::start_raw(
         &kubeconfig,
         &[
             "--namespace",
@@ -180,6 +180,13 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
     .await;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &workload);
     assert!(secrets.get_opt("trainer").await.unwrap().is_some());
+    // Events, the status, the Lease and the hash key all went through.
+    let logs = controller.logs();
+    assert!(logs.contains("became the leader"), "{logs}");
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("could not publish"),
+        "{logs}"
+    );
 
     // The spec is the user's: the controller's account cannot change it.
     let as_sa: Api<RunaiCredential> = Api::namespaced(as_controller, &workload);
