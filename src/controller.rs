@@ -212,84 +212,96 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         info!("shutdown requested; finishing the reconciliations under way");
         let _ = stop.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
 
     let result = match &settings.leader_election {
         None => {
             health.set_leading(true);
             metrics.set_leader(true);
-            run_controllers(
-                &client,
-                &namespaces,
-                &settings,
-                ctx,
-                &health,
-                stopped(stopping),
-            )
-            .await;
+            let mut stopping = stopping;
+            let stop = async move { wait_until_true(&mut stopping).await };
+            run_controllers(&client, &namespaces, &settings, ctx, &health, stop).await;
             Ok(())
         }
         Some(election) => {
-            let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
-                .with_namespace(&settings.controller_namespace)
-                .with_identity(&election.identity)
-                .with_duration(election.lease_duration.as_secs().max(5))
-                // Renew at a third of the duration before expiry.
-                .with_grace((election.lease_duration.as_secs() / 3).max(2))
-                .with_field_manager(FIELD_MANAGER)
-                .build()
-                .await
-                .map_err(|e| Error::Startup(format!("cannot set up leader election: {e}")))?;
-            let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
-            let (release, release_rx) = tokio::sync::watch::channel(false);
-            let lease_task = tokio::spawn(hold_lease(manager, leading_tx, release_rx));
-            // A follower is ready: it must not block a rolling update.
-            health.set_ready(true);
-            metrics.set_leader(false);
-            info!(lease = %election.lease_name, identity = %election.identity, "waiting to become the leader");
-            let mut stop_wait = stopping.clone();
-            let became_leader = tokio::select! {
-                changed = leading.wait_for(|lead| *lead) => changed.is_ok(),
-                _ = stop_wait.wait_for(|stop| *stop) => false,
-            };
-            let result = if became_leader {
-                info!("became the leader");
-                health.set_leading(true);
-                metrics.set_leader(true);
-                let mut lost = leading.clone();
-                let stop_or_lost = {
-                    let stopping = stopping.clone();
-                    async move {
-                        tokio::select! {
-                            _ = stopped(stopping) => {}
-                            _ = lost.wait_for(|lead| !*lead) => {}
-                        }
-                    }
-                };
-                run_controllers(&client, &namespaces, &settings, ctx, &health, stop_or_lost).await;
-                metrics.set_leader(false);
-                health.set_leading(false);
-                if *stopping.borrow() {
-                    Ok(())
-                } else {
-                    // Kubernetes restarts the Pod, which then rejoins the election.
-                    Err(Error::Startup("lost the leader lease; exiting".to_owned()))
-                }
-            } else {
-                Ok(())
-            };
-            // Released only now that the reconciliations under way are done.
-            let _ = release.send(true);
-            if let Err(e) = lease_task.await {
-                warn!(error = %e, "the leader election task failed");
-            }
-            result
+            run_elected(
+                &client,
+                &namespaces,
+                &settings,
+                election,
+                ctx,
+                &health,
+                stopping,
+            )
+            .await
         }
     };
     health.set_stopped();
     info!("controller stopped");
+    result
+}
+
+/// Waits for the leader lease, runs the controllers while holding it, and
+/// releases it once they have stopped.
+async fn run_elected(
+    client: &Client,
+    namespaces: &[Option<String>],
+    settings: &Settings,
+    election: &LeaderElection,
+    ctx: Arc<Context>,
+    health: &Arc<Health>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+        .with_namespace(&settings.controller_namespace)
+        .with_identity(&election.identity)
+        .with_duration(election.lease_duration.as_secs().max(5))
+        // Renew at a third of the duration before expiry.
+        .with_grace((election.lease_duration.as_secs() / 3).max(2))
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| Error::Startup(format!("cannot set up leader election: {e}")))?;
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    let lease_task = tokio::spawn(hold_lease(manager, leading_tx, release_rx));
+    // A follower is ready: it must not block a rolling update.
+    health.set_ready(true);
+    ctx.metrics.set_leader(false);
+    info!(lease = %election.lease_name, identity = %election.identity, "waiting to become the leader");
+
+    let became_leader = tokio::select! {
+        changed = leading.wait_for(|lead| *lead) => changed.is_ok(),
+        _ = wait_until_true(&mut stopping) => false,
+    };
+    let result = if became_leader {
+        info!("became the leader");
+        health.set_leading(true);
+        ctx.metrics.set_leader(true);
+        let metrics = ctx.metrics.clone();
+        let mut stop = stopping.clone();
+        let stop_or_lost = async move {
+            tokio::select! {
+                _ = wait_until_true(&mut stop) => {}
+                _ = leading.wait_for(|lead| !*lead) => {}
+            }
+        };
+        run_controllers(client, namespaces, settings, ctx, health, stop_or_lost).await;
+        metrics.set_leader(false);
+        health.set_leading(false);
+        if *stopping.borrow() {
+            Ok(())
+        } else {
+            // Kubernetes restarts the Pod, which then rejoins the election.
+            Err(Error::Startup("lost the leader lease; exiting".to_owned()))
+        }
+    } else {
+        Ok(())
+    };
+    // Released only now that the reconciliations under way are done.
+    let _ = release.send(true);
+    if let Err(e) = lease_task.await {
+        warn!(error = %e, "the leader election task failed");
+    }
     result
 }
 
