@@ -127,30 +127,29 @@ fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
 }
 
-#[tokio::test]
-#[ignore = "needs a Kubernetes API server and helm: run hack/test.sh"]
-async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
-    let cluster = Cluster::new("rbac").await;
-    let workload = cluster.extra_namespace("work").await;
-    let release = Release::install(&cluster, &[]);
-    let (kubeconfig, as_controller) =
-        service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
-
-    let standin = standin_with("app-rbac", "s3cr3t-rbac", HOUR).await;
+/// Runs the controller as the chart's ServiceAccount (`kubeconfig`), watching
+/// `workload`, and waits until a RunaiCredential there is Ready.
+async fn ready_with_chart_rights(
+    cluster: &Cluster,
+    release: &Release,
+    kubeconfig: &Path,
+    workload: &str,
+) -> (Controller, runai_standin::StandIn) {
+    let standin = standin_with("app-chart", "s3cr3t-chart", HOUR).await;
     crate::harness::put_credentials_in(
         &cluster.client,
-        &workload,
+        workload,
         "runai-client",
-        "app-rbac",
-        "s3cr3t-rbac",
+        "app-chart",
+        "s3cr3t-chart",
     )
     .await;
     let lease = release.fullname();
     let controller = Controller::start_raw(
-        &kubeconfig,
+        kubeconfig,
         &[
             "--namespace",
-            &workload,
+            workload,
             "--controller-namespace",
             &cluster.namespace,
             "--leader-elect",
@@ -158,10 +157,10 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
             &lease,
         ],
     );
-    let credentials: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &workload);
+    let credentials: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), workload);
     let cr: RunaiCredential = serde_json::from_value(json!({
         "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
-        "metadata": {"name": "trainer", "namespace": workload},
+        "metadata": {"name": "with-chart-rights", "namespace": workload},
         "spec": spec_for(&standin, "runai-client"),
     }))
     .unwrap();
@@ -173,13 +172,33 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
         Duration::from_secs(30),
         "Ready with the chart's rights",
         || async {
-            let cr = credentials.get("trainer").await.ok()?;
+            let cr = credentials.get("with-chart-rights").await.ok()?;
             (cr.condition("Ready")?.status == "True").then_some(())
         },
     )
     .await;
+    (controller, standin)
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server and helm: run hack/test.sh"]
+async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
+    let cluster = Cluster::new("rbac").await;
+    let workload = cluster.extra_namespace("work").await;
+    let release = Release::install(&cluster, &[]);
+    let (kubeconfig, as_controller) =
+        service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
+
+    let (controller, _standin) =
+        ready_with_chart_rights(&cluster, &release, &kubeconfig, &workload).await;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &workload);
-    assert!(secrets.get_opt("trainer").await.unwrap().is_some());
+    assert!(
+        secrets
+            .get_opt("with-chart-rights")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // Events, the status, the Lease and the hash key all went through.
     let logs = controller.logs();
     assert!(logs.contains("became the leader"), "{logs}");
@@ -194,13 +213,17 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
     assert!(
         is_forbidden(
             as_sa
-                .patch("trainer", &PatchParams::default(), &Patch::Merge(&edit))
+                .patch(
+                    "with-chart-rights",
+                    &PatchParams::default(),
+                    &Patch::Merge(&edit)
+                )
                 .await
         ),
         "the ServiceAccount could change a RunaiCredential's spec"
     );
     assert!(is_forbidden(
-        as_sa.delete("trainer", &Default::default()).await
+        as_sa.delete("with-chart-rights", &Default::default()).await
     ));
 }
 
@@ -217,57 +240,8 @@ async fn watch_namespaces_confine_the_controller() {
     let (kubeconfig, as_controller) =
         service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
 
-    let standin = standin_with("app-ns", "s3cr3t-ns", HOUR).await;
-    crate::harness::put_credentials_in(
-        &cluster.client,
-        &watched,
-        "runai-client",
-        "app-ns",
-        "s3cr3t-ns",
-    )
-    .await;
-    crate::harness::put_credentials_in(
-        &cluster.client,
-        &outside,
-        "runai-client",
-        "app-ns",
-        "s3cr3t-ns",
-    )
-    .await;
-    let lease = release.fullname();
-    let _controller = Controller::start_raw(
-        &kubeconfig,
-        &[
-            "--namespace",
-            &watched,
-            "--controller-namespace",
-            &cluster.namespace,
-            "--leader-elect",
-            "--lease-name",
-            &lease,
-        ],
-    );
-    let credentials: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &watched);
-    let cr: RunaiCredential = serde_json::from_value(json!({
-        "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
-        "metadata": {"name": "inside", "namespace": watched},
-        "spec": spec_for(&standin, "runai-client"),
-    }))
-    .unwrap();
-    credentials
-        .create(&PostParams::default(), &cr)
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "Ready inside the watched namespace",
-        || async {
-            let cr = credentials.get("inside").await.ok()?;
-            (cr.condition("Ready")?.status == "True").then_some(())
-        },
-    )
-    .await;
-
+    let (_controller, _standin) =
+        ready_with_chart_rights(&cluster, &release, &kubeconfig, &watched).await;
     // Outside: no Secret can be read, in that namespace or cluster-wide.
     let outside_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), &outside);
     assert!(
