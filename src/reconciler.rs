@@ -372,10 +372,10 @@ async fn refresh(
     let previous = cr.status.as_ref();
     let generation = cr.meta().generation;
     let api = cr.spec.token_api;
-    info!(reason = why, token_api = api.as_str(), "requesting a token");
 
     let issued = match credentials {
         Ok(creds) => {
+            info!(reason = why, token_api = api.as_str(), "requesting a token");
             let started = std::time::Instant::now();
             let issued = token_client
                 .request_token(&spec.url, api, &creds, now)
