@@ -326,7 +326,14 @@ async fn hold_lease(
                     leading.send_replace(lead);
                 }
                 Err(e) => {
-                    warn!(error = %e, "leader election failed; retrying");
+                    // A leader that cannot renew may have lost the lease
+                    // already: step down rather than risk two leaders.
+                    if *leading.borrow() {
+                        warn!(error = %e, "cannot renew the leader lease; stepping down");
+                        leading.send_replace(false);
+                    } else {
+                        warn!(error = %e, "leader election failed; retrying");
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },

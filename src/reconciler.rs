@@ -157,6 +157,37 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
             ),
         ));
     }
+    // Checked here too, not only by the schema: a Secret write that the API
+    // server refuses would otherwise cost a token request on every retry.
+    let target = &cr.spec.target;
+    if let Some(name) = &target.name
+        && !is_dns_subdomain(name)
+    {
+        return Err(invalid(
+            "spec.target.name",
+            format!(
+                "{name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.')"
+            ),
+        ));
+    }
+    if let Some((key, value)) = target
+        .labels
+        .iter()
+        .find(|(k, v)| !is_qualified_name(k) || !is_label_value(v))
+    {
+        return Err(invalid(
+            "spec.target.labels",
+            format!(
+                "{key:?}: {value:?} is not a valid label (keys like example.com/name, values of at most 63 letters, digits, '-', '_', '.')"
+            ),
+        ));
+    }
+    if let Some(key) = target.annotations.keys().find(|k| !is_qualified_name(k)) {
+        return Err(invalid(
+            "spec.target.annotations",
+            format!("{key:?} is not a valid annotation key (like example.com/name)"),
+        ));
+    }
     // The name is a label value on the target Secret, which is limited to 63.
     if cr.name_any().len() > 63 {
         return Err(invalid(
@@ -168,6 +199,41 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
         url,
         refresh_interval,
     })
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes object names are.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A label value: empty, or up to 63 alphanumerics, '-', '_', '.', starting
+/// and ending with an alphanumeric.
+fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and '/', then
+/// a name of the label-value shape.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
 /// Reconciles one RunaiCredential.
@@ -217,24 +283,28 @@ async fn reconcile_at(
     let secret_name = cr.target_secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    let spec = match validate_spec(cr, ctx.allow_insecure_http).and_then(|spec| {
-        ctx.token_clients
-            .get(cr.spec.ca_bundle.as_deref())
-            .map(|c| (spec, c))
-    }) {
-        Ok(valid) => valid,
+    let spec = match validate_spec(cr, ctx.allow_insecure_http) {
+        Ok(spec) => spec,
         Err(err) => {
             ctx.set_backoff(&uid, None);
             return block(cr, ctx, &secret_name, &err, now).await;
         }
     };
-    let (spec, token_client) = spec;
+    let token_client = match ctx.token_clients.get(cr.spec.ca_bundle.as_deref()) {
+        Ok(client) => client,
+        Err(err @ Error::InvalidSpec { .. }) => {
+            ctx.set_backoff(&uid, None);
+            return block(cr, ctx, &secret_name, &err, now).await;
+        }
+        // Not the user's doing: retried by `error_policy`.
+        Err(err) => return Err(err),
+    };
 
     let existing = secrets
         .get_opt(&secret_name)
         .await
         .map_err(Error::kube("reading the target Secret"))?;
-    let managed = match TargetSecret::classify(existing, &cr.name_any()) {
+    let managed = match TargetSecret::classify(existing, cr) {
         TargetSecret::Foreign => {
             ctx.set_backoff(&uid, None);
             let err = Error::SecretConflict {
@@ -278,7 +348,9 @@ async fn reconcile_at(
 
     match (plan, stored) {
         (Plan::WaitUntil(due), Some(stored)) => {
-            // Fresh and current: only put right what someone changed.
+            // Fresh and current: a past failure no longer counts, and only
+            // what someone changed is put right.
+            ctx.set_backoff(&uid, None);
             let desired_secret = target_secret::desired_secret(
                 cr,
                 &stored.access_token,
@@ -331,7 +403,10 @@ async fn reconcile_at(
     }
 }
 
-/// The stored token with whether it was obtained with the current credentials.
+/// The stored token with whether it was obtained with the current
+/// credentials. Credentials that cannot be read do not make a still-valid
+/// token stale: `Ready` stays True until it expires, and `Degraded` says why
+/// refreshing fails.
 fn current_token<'a>(
     stored: Option<&'a StoredToken>,
     desired: &Desired,
@@ -339,7 +414,10 @@ fn current_token<'a>(
     stored.map(|s| CurrentToken {
         record: &s.record,
         current: s.intact
-            && desired.credentials_hash.as_deref() == Some(s.record.credentials_hash.as_str()),
+            && desired
+                .credentials_hash
+                .as_deref()
+                .is_none_or(|hash| hash == s.record.credentials_hash),
     })
 }
 
@@ -646,6 +724,34 @@ mod tests {
         let mut bad_key = cr("https://acme.run.ai");
         bad_key.spec.target.key = "expiresAt".into();
         assert_eq!(field_of(validate_spec(&bad_key, false)), "spec.target.key");
+        let mut bad_name = cr("https://acme.run.ai");
+        bad_name.spec.target.name = Some("Not_A_Name".into());
+        assert_eq!(
+            field_of(validate_spec(&bad_name, false)),
+            "spec.target.name"
+        );
+        let mut bad_label = cr("https://acme.run.ai");
+        bad_label.spec.target.labels = [("team".to_owned(), "has space".to_owned())].into();
+        assert_eq!(
+            field_of(validate_spec(&bad_label, false)),
+            "spec.target.labels"
+        );
+        let mut bad_annotation = cr("https://acme.run.ai");
+        bad_annotation.spec.target.annotations = [("/oops".to_owned(), "x".to_owned())].into();
+        assert_eq!(
+            field_of(validate_spec(&bad_annotation, false)),
+            "spec.target.annotations"
+        );
+        let mut fine = cr("https://acme.run.ai");
+        fine.spec.target.name = Some("trainer-token.v1".into());
+        fine.spec.target.labels = [
+            ("example.com/team".to_owned(), "ml_1".to_owned()),
+            ("empty".to_owned(), String::new()),
+        ]
+        .into();
+        fine.spec.target.annotations =
+            [("example.com/owner".to_owned(), "any text at all".to_owned())].into();
+        assert!(validate_spec(&fine, false).is_ok());
         let mut long = cr("https://acme.run.ai");
         long.metadata.name = Some("x".repeat(64));
         assert_eq!(field_of(validate_spec(&long, false)), "metadata.name");

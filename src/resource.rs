@@ -10,6 +10,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// What a Secret's name must look like (a DNS subdomain).
+pub const SECRET_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
 /// API group of the custom resource.
 pub const GROUP: &str = "tokensync.dev";
 
@@ -143,7 +147,7 @@ impl TokenApi {
 pub struct ClientCredentialsSecretRef {
     /// Name of the Secret. It is always read from the RunaiCredential's own
     /// namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_NAME_PATTERN))]
     pub name: String,
 
     /// Key of the client ID (application ID) in the Secret's data.
@@ -173,7 +177,7 @@ pub struct Target {
     /// that name that exists and is not managed by this RunaiCredential is never
     /// modified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_NAME_PATTERN))]
     pub name: Option<String>,
 
     /// Key under which the raw access token (without a `Bearer ` prefix) is

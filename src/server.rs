@@ -66,7 +66,9 @@ pub async fn serve(
             let tcp = match listener.accept().await {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
+                    // Out of file descriptors, say: do not spin.
                     warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     continue;
                 }
             };

@@ -70,9 +70,20 @@ impl HashKey {
         ])
     }
 
-    /// Hash of a token, to notice when someone changed it in the Secret.
-    pub fn token_hash(&self, token: &str) -> String {
-        self.digest(&["token/v1", token])
+    /// Hash of a token and of everything recorded about it, to notice when
+    /// someone changed either in the Secret (a forged expiry would otherwise
+    /// postpone refreshes).
+    pub fn token_hash(&self, token: &str, record: &TokenRecord) -> String {
+        let expires_at = record.expires_at.map(rfc3339).unwrap_or_default();
+        self.digest(&[
+            "token/v2",
+            token,
+            &rfc3339(record.issued_at),
+            &expires_at,
+            &record.credentials_hash,
+            &record.generation.to_string(),
+            record.refresh_request.as_deref().unwrap_or_default(),
+        ])
     }
 }
 
@@ -92,10 +103,10 @@ pub enum TargetSecret {
 }
 
 impl TargetSecret {
-    pub fn classify(existing: Option<Secret>, credential_name: &str) -> Self {
+    pub fn classify(existing: Option<Secret>, credential: &RunaiCredential) -> Self {
         match existing {
             None => TargetSecret::Missing,
-            Some(secret) if is_managed_by(&secret, credential_name) => {
+            Some(secret) if is_managed_by(&secret, credential) => {
                 TargetSecret::Managed(Box::new(secret))
             }
             Some(_) => TargetSecret::Foreign,
@@ -103,10 +114,19 @@ impl TargetSecret {
     }
 }
 
-fn is_managed_by(secret: &Secret, credential_name: &str) -> bool {
+/// Managed: labelled for this RunaiCredential, or owned by it (so that a
+/// Secret whose labels someone removed is still put right).
+fn is_managed_by(secret: &Secret, credential: &RunaiCredential) -> bool {
     let labels = secret.labels();
-    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(CREDENTIAL_LABEL).map(String::as_str) == Some(credential_name)
+    let labelled = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(CREDENTIAL_LABEL) == Some(&credential.name_any());
+    let owned = credential.uid().is_some_and(|uid| {
+        secret
+            .owner_references()
+            .iter()
+            .any(|owner| owner.uid == uid && owner.controller == Some(true))
+    });
+    labelled || owned
 }
 
 /// The token held by a managed Secret, with its record. `Debug` hides the token.
@@ -145,7 +165,8 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         refresh_request: annotations.get(REFRESH_REQUEST_ANNOTATION).cloned(),
     };
     let intact = !access_token.is_empty()
-        && annotations.get(TOKEN_HASH_ANNOTATION) == Some(&hash_key.token_hash(&access_token));
+        && annotations.get(TOKEN_HASH_ANNOTATION)
+            == Some(&hash_key.token_hash(&access_token, &record));
     Some(StoredToken {
         access_token,
         record,
@@ -172,7 +193,10 @@ pub fn desired_secret(
         CREDENTIALS_HASH_ANNOTATION.to_owned(),
         record.credentials_hash.clone(),
     );
-    annotations.insert(TOKEN_HASH_ANNOTATION.to_owned(), hash_key.token_hash(token));
+    annotations.insert(
+        TOKEN_HASH_ANNOTATION.to_owned(),
+        hash_key.token_hash(token, record),
+    );
     annotations.insert(
         GENERATION_ANNOTATION.to_owned(),
         record.generation.to_string(),
@@ -377,6 +401,18 @@ mod tests {
         let other = desired_secret(&cr, "tok", &record(), &HashKey::new(b"other".to_vec()));
         assert!(!stored_token(&other, "accessToken", &key()).unwrap().intact);
         assert!(stored_token(&secret, "otherKey", &key()).is_none());
+
+        // A forged expiry (which would postpone refreshes) is noticed too.
+        let mut postponed = desired_secret(&cr, "tok", &record(), &key());
+        postponed.data.as_mut().unwrap().insert(
+            EXPIRES_AT_KEY.into(),
+            ByteString(b"2099-01-01T00:00:00Z".to_vec()),
+        );
+        assert!(
+            !stored_token(&postponed, "accessToken", &key())
+                .unwrap()
+                .intact
+        );
     }
 
     #[test]
@@ -415,21 +451,31 @@ mod tests {
     #[test]
     fn ownership() {
         let cr = credential(DeletionPolicy::Delete);
+        let mut other = credential(DeletionPolicy::Delete);
+        other.metadata.name = Some("other".into());
+        other.metadata.uid = Some("uid-2".into());
         let ours = desired_secret(&cr, "tok", &record(), &key());
         assert!(matches!(
-            TargetSecret::classify(Some(ours.clone()), "trainer"),
+            TargetSecret::classify(Some(ours.clone()), &cr),
+            TargetSecret::Managed(_)
+        ));
+        // Still ours by its owner reference when someone removed the labels.
+        let mut unlabelled = ours.clone();
+        unlabelled.metadata.labels = None;
+        assert!(matches!(
+            TargetSecret::classify(Some(unlabelled), &cr),
             TargetSecret::Managed(_)
         ));
         assert!(matches!(
-            TargetSecret::classify(Some(ours), "other"),
+            TargetSecret::classify(Some(ours), &other),
             TargetSecret::Foreign
         ));
         assert!(matches!(
-            TargetSecret::classify(Some(Secret::default()), "trainer"),
+            TargetSecret::classify(Some(Secret::default()), &cr),
             TargetSecret::Foreign
         ));
         assert!(matches!(
-            TargetSecret::classify(None, "trainer"),
+            TargetSecret::classify(None, &cr),
             TargetSecret::Missing
         ));
     }

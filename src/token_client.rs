@@ -81,9 +81,12 @@ impl TokenClient {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder.build().map_err(|e| Error::InvalidSpec {
-            field: "spec.caBundle",
-            message: format!("cannot be used as trusted CAs: {e}"),
+        let http = builder.build().map_err(|e| match ca_bundle {
+            Some(_) => Error::InvalidSpec {
+                field: "spec.caBundle",
+                message: format!("cannot be used as trusted CAs: {e}"),
+            },
+            None => Error::Startup(format!("cannot build an HTTP client: {e}")),
         })?;
         Ok(TokenClient { http, timeout })
     }
@@ -410,13 +413,13 @@ impl TokenClients {
     /// The client for a CA bundle, built on first use.
     pub fn get(&self, ca_bundle: Option<&str>) -> Result<TokenClient, Error> {
         let key = ca_bundle.map(str::to_owned);
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&key) {
+        let lock = || self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = lock().get(&key) {
             return Ok(client.clone());
         }
+        // Built outside the lock: loading the system roots takes a while.
         let client = TokenClient::new(ca_bundle, self.timeout)?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        Ok(lock().entry(key).or_insert(client).clone())
     }
 }
 
