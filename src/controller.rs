@@ -51,6 +51,8 @@ pub struct Settings {
     pub metrics_address: SocketAddr,
     /// Leader election; `None` runs as the only replica.
     pub leader_election: Option<LeaderElection>,
+    /// The API server's URL, for error messages.
+    pub api_server: String,
 }
 
 /// Leader election on a `coordination.k8s.io` Lease.
@@ -76,18 +78,25 @@ where
 
 /// Checks, with one clear line per failure, that the API server answers and
 /// the CRD is installed.
-pub async fn preflight(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
-    client
-        .apiserver_version()
-        .await
-        .map_err(|e| Error::Startup(format!("cannot reach the Kubernetes API server: {e}")))?;
+pub async fn preflight(
+    client: &Client,
+    namespace: Option<&str>,
+    api_server: &str,
+) -> Result<(), Error> {
+    client.apiserver_version().await.map_err(|e| {
+        Error::Startup(format!(
+            "cannot reach the Kubernetes API server at {api_server}: {e}"
+        ))
+    })?;
     let api: Api<RunaiCredential> = scoped(client, namespace);
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::Startup(
-            "the RunaiCredential CRD (runaicredentials.tokensync.dev) is not installed; install it with `runai-token-sync crd | kubectl apply -f -`".to_owned(),
-        )),
-        Err(e) => Err(Error::Startup(format!("cannot list RunaiCredentials: {e}"))),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::Startup(format!(
+            "the RunaiCredential CRD (runaicredentials.tokensync.dev) is not installed in the cluster at {api_server}; install it with `runai-token-sync crd | kubectl apply -f -`"
+        ))),
+        Err(e) => Err(Error::Startup(format!(
+            "cannot list RunaiCredentials at {api_server}: {e}"
+        ))),
     }
 }
 
@@ -191,7 +200,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let health = Arc::new(Health::default());
     server::serve(settings.metrics_address, metrics.clone(), health.clone()).await?;
     for namespace in &namespaces {
-        preflight(&client, namespace.as_deref()).await?;
+        preflight(&client, namespace.as_deref(), &settings.api_server).await?;
     }
     let hash_key = load_or_create_hash_key(&client, &settings.controller_namespace).await?;
     let reporter = Reporter {
@@ -425,21 +434,25 @@ async fn run_controllers(
         info!("watches synced");
         sync_health.set_ready(true);
     });
-    // Gauges of deleted RunaiCredentials go away within a minute.
-    let metrics = ctx.metrics.clone();
+    // What is kept about deleted RunaiCredentials (gauges, backoffs) goes
+    // away within a minute.
+    let pruned = ctx.clone();
     let pruning = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let period = Duration::from_secs(60);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tick.tick().await;
-            let live: HashSet<CredentialLabels> = stores
+            let live: Vec<Arc<RunaiCredential>> =
+                stores.iter().flat_map(|store| store.state()).collect();
+            let labels: HashSet<CredentialLabels> = live
                 .iter()
-                .flat_map(|store| store.state())
                 .map(|cr| CredentialLabels {
                     namespace: cr.namespace().unwrap_or_default(),
                     name: cr.name_any(),
                 })
                 .collect();
-            metrics.retain_credentials(&live);
+            pruned.metrics.retain_credentials(&labels);
+            pruned.retain_credentials(&live.iter().filter_map(|cr| cr.uid()).collect());
         }
     });
     futures::future::join_all(controllers).await;

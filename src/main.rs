@@ -92,7 +92,7 @@ async fn main() -> ExitCode {
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "runai-token-sync".to_owned());
                 format!("{host}-{:08x}", rand::random::<u32>())
             });
-            let settings = Settings {
+            let mut settings = Settings {
                 namespaces: args
                     .namespaces
                     .into_iter()
@@ -108,23 +108,16 @@ async fn main() -> ExitCode {
                     identity,
                     lease_duration: Duration::from_secs(args.lease_duration_seconds),
                 }),
+                api_server: String::new(),
             };
             let result = match kube::Config::infer().await {
                 Ok(config) => {
-                    let server = config.cluster_url.to_string();
+                    settings.api_server = config.cluster_url.to_string();
                     match kube::Client::try_from(config) {
-                        Ok(client) => {
-                            controller::run(client, settings)
-                                .await
-                                .map_err(|e| match e {
-                                    Error::Startup(message) => {
-                                        Error::Startup(format!("{message} (API server {server})"))
-                                    }
-                                    other => other,
-                                })
-                        }
+                        Ok(client) => controller::run(client, settings).await,
                         Err(e) => Err(Error::Startup(format!(
-                            "cannot build a Kubernetes client for {server}: {e}"
+                            "cannot build a Kubernetes client for {}: {e}",
+                            settings.api_server
                         ))),
                     }
                 }

@@ -73,6 +73,12 @@ impl Context {
         }
     }
 
+    /// Forgets the in-memory state of RunaiCredentials that no longer exist.
+    pub fn retain_credentials(&self, live_uids: &std::collections::HashSet<String>) {
+        lock(&self.backoffs).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
+    }
+
     fn backoff(&self, uid: &str) -> Option<(Backoff, Failure)> {
         lock(&self.backoffs).get(uid).cloned()
     }
@@ -351,23 +357,15 @@ async fn reconcile_at(
             // Fresh and current: a past failure no longer counts, and only
             // what someone changed is put right.
             ctx.set_backoff(&uid, None);
-            let desired_secret = target_secret::desired_secret(
-                cr,
-                &stored.access_token,
-                &stored.record,
-                &ctx.hash_key,
-            );
-            if managed
-                .as_deref()
-                .is_none_or(|s| target_secret::needs_repair(s, &desired_secret))
-            {
-                info!(secret = %secret_name, "repairing the target Secret");
-                apply_secret(&secrets, &desired_secret).await?;
-            }
+            repair_secret(cr, ctx, &secrets, managed.as_deref(), &stored).await?;
             write_fresh_status(cr, ctx, &stored.record, due, now).await?;
             Ok(requeue_at(now, due))
         }
         (Plan::RetryAt(retry_at), stored) => {
+            // An outage is no reason to leave an edited Secret broken.
+            if let Some(stored) = stored.as_ref().filter(|s| s.intact) {
+                repair_secret(cr, ctx, &secrets, managed.as_deref(), stored).await?;
+            }
             let failure = backoff.map(|(_, f)| f);
             let token = current_token(stored.as_ref(), &desired);
             let new = status::token_status(
@@ -401,6 +399,24 @@ async fn reconcile_at(
             .await
         }
     }
+}
+
+/// Rewrites a managed Secret whose intact token is still the right one when
+/// someone changed (or deleted) what the controller sets on it.
+async fn repair_secret(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    stored: &StoredToken,
+) -> Result<(), Error> {
+    let desired =
+        target_secret::desired_secret(cr, &stored.access_token, &stored.record, &ctx.hash_key);
+    if existing.is_none_or(|s| target_secret::needs_repair(s, &desired)) {
+        info!(secret = %cr.target_secret_name(), "repairing the target Secret");
+        apply_secret(secrets, &desired).await?;
+    }
+    Ok(())
 }
 
 /// The stored token with whether it was obtained with the current

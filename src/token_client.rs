@@ -265,6 +265,12 @@ pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<IssuedToken, 
         Some(secs) if secs > 0 => now.checked_add(jiff::SignedDuration::from_secs(secs)).ok(),
         _ => jwt_expiry(&token),
     };
+    // Writing it would only trigger another request at once, again and again.
+    if let Some(at) = expires_at.filter(|at| *at <= now) {
+        return Err(Error::MalformedResponse(format!(
+            "the token had already expired when it arrived (exp {at}); check the clocks of this node and of Run:ai"
+        )));
+    }
     Ok(IssuedToken {
         access_token: token,
         expires_at,
@@ -471,6 +477,14 @@ mod tests {
             issued.expires_at,
             Some(Timestamp::from_second(1767232800).unwrap())
         );
+    }
+
+    #[test]
+    fn a_token_expired_on_arrival_is_refused() {
+        let token = jwt(r#"{"exp": 1767225000}"#);
+        let body = format!(r#"{{"accessToken":"{token}"}}"#);
+        let err = parse_token_response(body.as_bytes(), now()).unwrap_err();
+        assert!(err.to_string().contains("already expired"), "{err}");
     }
 
     #[test]
