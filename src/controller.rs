@@ -22,10 +22,13 @@ use tracing::{info, warn};
 use crate::{
     error::Error,
     metrics::{CredentialLabels, Metrics},
-    reconciler::{self, Context, FIELD_MANAGER},
+    reconciler::{self, Context, FIELD_MANAGER, Policy},
     resource::RunaiCredential,
     server::{self, Health},
-    target_secret::{CREDENTIAL_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
+    target_secret::{
+        CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL,
+        credential_label_value,
+    },
     token_client::TokenClients,
 };
 
@@ -40,8 +43,9 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// The controller's own namespace: hash key Secret and leader Lease.
     pub controller_namespace: String,
-    /// Accept `http://` URLs (local testing only).
-    pub allow_insecure_http: bool,
+    /// What RunaiCredentials may ask for: insecure HTTP, allowed URLs, the
+    /// credentials label.
+    pub policy: Policy,
     /// Timeout of each token request.
     pub request_timeout: Duration,
     /// Reconciliations running at once (per watched namespace), which bounds
@@ -171,15 +175,19 @@ pub fn credentials_for_secret(
     let name = secret.name_any();
     let labels = secret.labels();
     let mut refs: Vec<ObjectRef<RunaiCredential>> = Vec::new();
-    if labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && let Some(owner) = labels.get(CREDENTIAL_LABEL)
-    {
+    let owner = labels
+        .get(MANAGED_BY_LABEL)
+        .filter(|v| v.as_str() == MANAGED_BY)
+        .and(labels.get(CREDENTIAL_LABEL));
+    if let Some(owner) = owner {
         refs.push(ObjectRef::new(owner).within(&namespace));
     }
     for cr in store.state() {
         if cr.namespace().as_deref() == Some(namespace.as_str())
             && (cr.spec.client_credentials_secret_ref.name == name
-                || cr.target_secret_name() == name)
+                || cr.target_secret_name() == name
+                // A name longer than a label value is labelled with its hash.
+                || owner.is_some_and(|o| *o == credential_label_value(&cr.name_any())))
         {
             refs.push(ObjectRef::from(cr.as_ref()));
         }
@@ -213,7 +221,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         TokenClients::new(settings.request_timeout),
         hash_key,
         metrics.clone(),
-        settings.allow_insecure_http,
+        settings.policy.clone(),
     ));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -392,8 +400,27 @@ async fn run_controllers(
         stores.push(store.clone());
         // Metadata only: a change of any Secret's data bumps its resourceVersion,
         // which is all a trigger needs, and no Secret's data is ever held.
-        let secret_changes =
-            watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+        let secret_changes = if settings.policy.credentials_label_required {
+            // Only labelled credentials and the controller's own Secrets
+            // concern it. A foreign Secret blocking a target name is then
+            // looked at again by the periodic requeue of SecretConflict.
+            let labelled = |selector: String| {
+                watcher(
+                    secrets.clone(),
+                    watcher::Config::default().labels(&selector).any_semantic(),
+                )
+                .touched_objects()
+            };
+            futures::stream::select(
+                labelled(format!("{CREDENTIALS_LABEL}=true")),
+                labelled(format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            )
+            .boxed()
+        } else {
+            watcher(secrets, watcher::Config::default().any_semantic())
+                .touched_objects()
+                .boxed()
+        };
         info!(
             namespace = namespace.unwrap_or("<all>"),
             "starting the RunaiCredential controller"

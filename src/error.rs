@@ -28,7 +28,10 @@ pub enum Error {
     )]
     SecretConflict { secret: String },
 
-    /// The token endpoint refused the client credentials.
+    /// The token endpoint refused the client credentials: HTTP 401 or 403, an
+    /// RFC 6749 `invalid_client`/`unauthorized_client` error, or the same
+    /// inside a 200 answer. `detail` never repeats the body of a 400/401/403
+    /// answer, which is where endpoints echo what they were sent.
     #[error(
         "the token endpoint rejected the client credentials (HTTP {status}{detail}); check the client ID and secret in the credentials Secret and that the application is enabled"
     )]
@@ -48,11 +51,23 @@ pub enum Error {
         detail: String,
     },
 
-    /// Any other 4xx (or an unexpected redirect): the request is not accepted.
+    /// Any other 4xx: the request is not accepted.
     #[error(
         "the token endpoint refused the request (HTTP {status}{detail}); check spec.url and spec.tokenApi"
     )]
     RequestRejected { status: u16, detail: String },
+
+    /// A 3xx answer. Redirects are never followed: the client secret would
+    /// be sent again to wherever it points (an SSO gateway, typically).
+    #[error(
+        "the token endpoint answered HTTP {status}, a redirect to {location}, which is not followed because it would send the client secret there; set spec.url to the Run:ai control plane itself"
+    )]
+    Redirected {
+        status: u16,
+        /// The host the redirect points to (`host` or `host:port`), or a
+        /// phrase saying that the answer named none.
+        location: String,
+    },
 
     /// A 5xx other than 503.
     #[error("the token endpoint failed (HTTP {status}{detail})")]
@@ -80,9 +95,10 @@ pub enum Error {
     #[error("the token endpoint sent an answer larger than {limit} bytes; it was not read")]
     ResponseTooLarge { limit: usize },
 
-    /// The answer parsed but carried no usable token.
-    #[error("the token endpoint answered without an access token")]
-    EmptyToken,
+    /// A successful answer without a usable token: none, `null`, empty, or
+    /// an error object (`detail` then carries its sanitised message).
+    #[error("the token endpoint answered without an access token{detail}")]
+    NoToken { detail: String },
 
     /// A call to the Kubernetes API failed.
     #[error("{action} failed: {source}")]
@@ -115,13 +131,14 @@ impl Error {
             Error::RateLimited { .. }
             | Error::Unavailable { .. }
             | Error::RequestRejected { .. }
+            | Error::Redirected { .. }
             | Error::ServerError { .. }
             | Error::Timeout { .. }
             | Error::Tls { .. }
             | Error::Connect { .. }
             | Error::MalformedResponse(_)
             | Error::ResponseTooLarge { .. }
-            | Error::EmptyToken => "TokenEndpointError",
+            | Error::NoToken { .. } => "TokenEndpointError",
             Error::Kube { .. } => "KubernetesAPIError",
             Error::Startup(_) => "StartupError",
         }
@@ -137,13 +154,14 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "unavailable",
             Error::RequestRejected { .. } => "client_error",
+            Error::Redirected { .. } => "redirect",
             Error::ServerError { .. } => "server_error",
             Error::Timeout { .. } => "timeout",
             Error::Tls { .. } => "tls",
             Error::Connect { .. } => "connect",
             Error::MalformedResponse(_) => "malformed_response",
             Error::ResponseTooLarge { .. } => "response_too_large",
-            Error::EmptyToken => "empty_token",
+            Error::NoToken { .. } => "empty_token",
             Error::Kube { .. } => "kubernetes_api",
             Error::Startup(_) => "startup",
         }
@@ -177,19 +195,46 @@ impl Error {
     }
 }
 
-/// Longest piece of endpoint-provided text that is repeated in a message.
+/// Longest piece of endpoint-provided text that is repeated in a message, in characters.
 const MAX_DETAIL_CHARS: usize = 200;
 
-/// Turns text from the token endpoint into a safe message detail: the given
-/// secrets are masked (a misbehaving server could echo them), control
-/// characters dropped, and the length bounded. Returns `""` or `": <text>"`.
+/// Shortest run of base64/hex-like characters that is masked as a likely
+/// credential or token even when it matches no known secret.
+const MIN_OPAQUE_RUN: usize = 32;
+
+/// Turns text from the token endpoint into a safe message detail. Status,
+/// Events and logs are read by far more people than Secrets, and an endpoint
+/// may echo what it was sent, so each of `secrets` is masked in every form it
+/// could come back in (raw, URL-encoded, JSON-escaped, base64), as is any long
+/// opaque run of characters (a token, a key); control characters are dropped
+/// and the length is bounded. Returns `""` or `": <text>"`.
 pub fn sanitize_detail(text: &str, secrets: &[&str]) -> String {
     let mut clean: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        clean = clean.replace(secret, "[redacted]");
+    let mut forms: Vec<String> = secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| encoded_forms(s))
+        .collect();
+    // Longest first, so that a form containing another is masked whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    for form in forms.iter().filter(|f| !f.is_empty()) {
+        clean = clean.replace(form.as_str(), "[redacted]");
+    }
+    let clean = mask_opaque_runs(&clean);
+    // Any other encoding that still decodes to a secret (over-encoded
+    // characters, mixed case): withhold the text altogether.
+    let decoded = percent_encoding::percent_decode_str(&clean.replace('+', " "))
+        .decode_utf8_lossy()
+        .replace("\\", "");
+    if secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .any(|s| decoded.contains(*s) || decoded.contains(&s.replace('+', " ")))
+    {
+        return ": [the endpoint's message is withheld: it repeats the client secret]".to_owned();
     }
     let clean = clean.trim();
     if clean.is_empty() {
@@ -202,6 +247,83 @@ pub fn sanitize_detail(text: &str, secrets: &[&str]) -> String {
     format!(": {out}")
 }
 
+/// The forms in which a secret may be echoed back.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut forms = vec![secret.to_owned()];
+    // application/x-www-form-urlencoded (what V2 sends), and RFC 3986
+    // percent-encoding with upper- and lower-case hex digits.
+    forms.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+    let percent: String = secret
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    forms.push(percent.to_lowercase_hex());
+    forms.push(percent);
+    // JSON string escaping (what V1 sends), without the quotes.
+    if let Ok(json) = serde_json::to_string(secret) {
+        forms.push(json.trim_matches('"').to_owned());
+    }
+    for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(secret));
+    }
+    forms
+}
+
+trait LowercaseHex {
+    fn to_lowercase_hex(&self) -> String;
+}
+
+impl LowercaseHex for String {
+    /// The same percent-encoding with lower-case hex digits.
+    fn to_lowercase_hex(&self) -> String {
+        let mut out = String::with_capacity(self.len());
+        let mut chars = self.chars();
+        while let Some(c) = chars.next() {
+            out.push(c);
+            if c == '%' {
+                out.extend(chars.by_ref().take(2).map(|h| h.to_ascii_lowercase()));
+            }
+        }
+        out
+    }
+}
+
+/// Masks runs of at least [`MIN_OPAQUE_RUN`] base64/hex characters that mix
+/// letters and digits: tokens and keys, never words or paths a user needs.
+fn mask_opaque_runs(text: &str) -> String {
+    let is_opaque = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let mixed =
+            run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
+        if run.chars().count() >= MIN_OPAQUE_RUN && mixed {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_opaque(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +333,49 @@ mod tests {
         let detail = sanitize_detail("bad secret s3cr3t\n\tgiven", &["s3cr3t"]);
         assert_eq!(detail, ": bad secret [redacted]  given");
         assert_eq!(sanitize_detail("   ", &["x"]), "");
+    }
+
+    #[test]
+    fn detail_masks_every_encoding_of_a_secret() {
+        use base64::Engine as _;
+        let secret = "p@ss w/rd\"+1";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let json = serde_json::to_string(secret).unwrap();
+        let echoed = format!(
+            "raw {secret} form {form} pct p%40ss%20w%2Frd%22%2B1 lower p%40ss%20w%2frd%22%2b1 json {json} b64 {b64} b64url {b64url}"
+        );
+        let detail = sanitize_detail(&echoed, &[secret]);
+        for form in [
+            secret,
+            &form,
+            "p%40ss",
+            "p%40ss%20w%2frd",
+            &json[1..json.len() - 1],
+            &b64,
+            &b64url,
+        ] {
+            assert!(!detail.contains(form), "{form:?} survives in {detail}");
+        }
+        assert_eq!(detail.matches("[redacted]").count(), 7, "{detail}");
+        assert!(
+            detail.starts_with(": raw [redacted] form [redacted]"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn detail_masks_opaque_runs_but_keeps_words_and_paths() {
+        let jwt =
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4IiwiZXhwIjoxfQ.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl";
+        let detail = sanitize_detail(&format!("token {jwt} refused"), &[]);
+        assert!(
+            !detail.contains("c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"),
+            "{detail}"
+        );
+        let words = "Issuer is not familiar. See /auth/realms/runai/protocol/openid-connect/token";
+        assert_eq!(sanitize_detail(words, &[]), format!(": {words}"));
     }
 
     #[test]

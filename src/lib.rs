@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod error;
 pub mod metrics;
+pub mod proxy;
 pub mod reconciler;
 pub mod resource;
 pub mod schedule;
@@ -15,6 +16,7 @@ pub mod status;
 pub mod target_secret;
 pub mod telemetry;
 pub mod token_client;
+pub mod trust;
 
 pub use error::Error;
 pub use resource::{RunaiCredential, RunaiCredentialSpec, RunaiCredentialStatus};

@@ -6,8 +6,11 @@ use clap::{Parser, Subcommand};
 use runai_token_sync::{
     Error,
     controller::{self, LeaderElection, Settings},
+    proxy,
+    reconciler::Policy,
     resource::crd_yaml,
     telemetry::{LogFormat, init_logging},
+    trust::AllowedUrls,
 };
 
 #[derive(Parser)]
@@ -46,6 +49,20 @@ struct RunArgs {
     /// text: for local testing only.
     #[arg(long, env = "ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
+
+    /// Only these Run:ai URLs may be used, comma-separated patterns where `*`
+    /// stands for one DNS label (`https://*.run.ai`) and a path is a prefix
+    /// (`https://runai.example.com/runai/`). A RunaiCredential with another
+    /// URL is refused before its credentials Secret is read. Default: any
+    /// https:// URL.
+    #[arg(long, env = "ALLOWED_URLS", value_delimiter = ',')]
+    allowed_urls: Vec<String>,
+
+    /// Use a Secret as client credentials only when it carries the label
+    /// `tokensync.dev/credentials: "true"`; only such Secrets (and the
+    /// controller's own) are then watched.
+    #[arg(long, env = "CREDENTIALS_SECRET_LABEL_REQUIRED")]
+    credentials_secret_label_required: bool,
 
     /// Timeout of each token request, in seconds.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 15)]
@@ -92,6 +109,13 @@ async fn main() -> ExitCode {
                     std::env::var("HOSTNAME").unwrap_or_else(|_| "runai-token-sync".to_owned());
                 format!("{host}-{:08x}", rand::random::<u32>())
             });
+            let allowed_urls = match AllowedUrls::parse(&args.allowed_urls) {
+                Ok(list) => list,
+                Err(e) => {
+                    eprintln!("runai-token-sync: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let mut settings = Settings {
                 namespaces: args
                     .namespaces
@@ -99,7 +123,11 @@ async fn main() -> ExitCode {
                     .filter(|ns| !ns.is_empty())
                     .collect(),
                 controller_namespace: args.controller_namespace,
-                allow_insecure_http: args.allow_insecure_http,
+                policy: Policy {
+                    allow_insecure_http: args.allow_insecure_http,
+                    allowed_urls,
+                    credentials_label_required: args.credentials_secret_label_required,
+                },
                 request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
                 concurrency: args.concurrency.max(1),
                 metrics_address: args.metrics_address,
@@ -111,8 +139,10 @@ async fn main() -> ExitCode {
                 api_server: String::new(),
             };
             let result = match kube::Config::infer().await {
-                Ok(config) => {
+                Ok(mut config) => {
                     settings.api_server = config.cluster_url.to_string();
+                    config.proxy_url =
+                        proxy::api_server_proxy(&config.cluster_url, config.proxy_url);
                     match kube::Client::try_from(config) {
                         Ok(client) => controller::run(client, settings).await,
                         Err(e) => Err(Error::Startup(format!(

@@ -31,6 +31,7 @@ use crate::{
     status::{self, CurrentToken, Failure},
     target_secret::{self, HashKey, StoredToken, TargetSecret},
     token_client::TokenClients,
+    trust::AllowedUrls,
 };
 
 /// The one field manager for every write of the controller.
@@ -43,8 +44,8 @@ pub struct Context {
     pub token_clients: TokenClients,
     pub hash_key: HashKey,
     pub metrics: Arc<Metrics>,
-    /// Accept `http://` URLs (local testing only).
-    pub allow_insecure_http: bool,
+    /// What RunaiCredentials may ask for.
+    pub policy: Policy,
     /// Failed refreshes being backed off, by RunaiCredential uid. Kept in
     /// memory: after a restart, a failing credential is retried once at once.
     backoffs: Mutex<HashMap<String, (Backoff, Failure)>>,
@@ -59,7 +60,7 @@ impl Context {
         token_clients: TokenClients,
         hash_key: HashKey,
         metrics: Arc<Metrics>,
-        allow_insecure_http: bool,
+        policy: Policy,
     ) -> Self {
         Context {
             client,
@@ -67,7 +68,7 @@ impl Context {
             token_clients,
             hash_key,
             metrics,
-            allow_insecure_http,
+            policy,
             backoffs: Mutex::default(),
             api_errors: Mutex::default(),
         }
@@ -90,6 +91,17 @@ impl Context {
             None => backoffs.remove(uid),
         };
     }
+}
+
+/// What the platform team allows RunaiCredentials to do (the trust model).
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Accept `http://` URLs (local testing only).
+    pub allow_insecure_http: bool,
+    /// URLs credentials may be sent to; empty allows any `https://` URL.
+    pub allowed_urls: AllowedUrls,
+    /// Credentials Secrets must carry [`target_secret::CREDENTIALS_LABEL`]`: "true"`.
+    pub credentials_label_required: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -194,13 +206,6 @@ pub fn validate_spec(cr: &RunaiCredential, allow_insecure_http: bool) -> Result<
             format!("{key:?} is not a valid annotation key (like example.com/name)"),
         ));
     }
-    // The name is a label value on the target Secret, which is limited to 63.
-    if cr.name_any().len() > 63 {
-        return Err(invalid(
-            "metadata.name",
-            "is longer than 63 characters, the limit of a label value".to_owned(),
-        ));
-    }
     Ok(ValidSpec {
         url,
         refresh_interval,
@@ -264,7 +269,7 @@ pub fn error_policy(cr: Arc<RunaiCredential>, err: &Error, ctx: Arc<Context>) ->
     };
     warn!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), error = %err, attempts, "reconciliation failed");
     let now = Timestamp::now();
-    let at = schedule::retry_at(now, attempts, None, rand::random());
+    let at = schedule::retry_at(now, attempts, None, None, rand::random());
     Action::requeue(schedule::delay_until(now, at))
 }
 
@@ -289,7 +294,11 @@ async fn reconcile_at(
     let secret_name = cr.target_secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    let spec = match validate_spec(cr, ctx.allow_insecure_http) {
+    // The allowed URLs are checked before the credentials Secret is read.
+    let spec = match validate_spec(cr, ctx.policy.allow_insecure_http).and_then(|spec| {
+        ctx.policy.allowed_urls.check(&spec.url)?;
+        Ok(spec)
+    }) {
         Ok(spec) => spec,
         Err(err) => {
             ctx.set_backoff(&uid, None);
@@ -330,7 +339,12 @@ async fn reconcile_at(
         .get_opt(&reference.name)
         .await
         .map_err(Error::kube("reading the credentials Secret"))?;
-    let credentials = target_secret::read_credentials(credentials_secret.as_ref(), reference);
+    let credentials = if ctx.policy.credentials_label_required {
+        target_secret::require_credentials_label(credentials_secret.as_ref(), reference)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| target_secret::read_credentials(credentials_secret.as_ref(), reference));
     let desired = Desired {
         credentials_hash: credentials.as_ref().ok().map(|c| {
             ctx.hash_key
@@ -359,7 +373,10 @@ async fn reconcile_at(
             ctx.set_backoff(&uid, None);
             repair_secret(cr, ctx, &secrets, managed.as_deref(), &stored).await?;
             write_fresh_status(cr, ctx, &stored.record, due, now).await?;
-            Ok(requeue_at(now, due))
+            Ok(requeue_at(
+                now,
+                schedule::wake_at(due, stored.record.expires_at, now),
+            ))
         }
         (Plan::RetryAt(retry_at), stored) => {
             // An outage is no reason to leave an edited Secret broken.
@@ -378,7 +395,10 @@ async fn reconcile_at(
                 now,
             );
             write_status(cr, ctx, new).await?;
-            Ok(requeue_at(now, wake_time(retry_at, token, now)))
+            Ok(requeue_at(
+                now,
+                schedule::wake_at(retry_at, valid_until(token), now),
+            ))
         }
         (plan, stored) => {
             let reason = match plan {
@@ -437,16 +457,11 @@ fn current_token<'a>(
     })
 }
 
-/// When to look again during a backoff: at the retry, or earlier when the
-/// current token expires first, so that `Ready` turns False on time.
-fn wake_time(retry_at: Timestamp, token: Option<CurrentToken<'_>>, now: Timestamp) -> Timestamp {
-    match token
+/// The expiry of a token that is current, the one a retry must come before.
+fn valid_until(token: Option<CurrentToken<'_>>) -> Option<Timestamp> {
+    token
         .filter(|t| t.current)
         .and_then(|t| t.record.expires_at)
-    {
-        Some(expiry) if expiry > now && expiry < retry_at => expiry,
-        _ => retry_at,
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -504,6 +519,7 @@ async fn refresh(
                 jitter_for(&uid, &record),
             );
             write_fresh_status(cr, ctx, &record, due, now).await?;
+            let wake = schedule::wake_at(due, record.expires_at, now);
             info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
             // Kept free of times: the recorder folds repeats of an Event into
             // a series that keeps the first note.
@@ -515,7 +531,7 @@ async fn refresh(
                 format!("Wrote a new token to Secret {secret_name}"),
             )
             .await;
-            Ok(requeue_at(now, due))
+            Ok(requeue_at(now, wake))
         }
         Err(err) if err.is_refresh_failure() => {
             let attempts = ctx
@@ -524,7 +540,14 @@ async fn refresh(
                 .or_else(|| previous.map(|s| s.failed_attempts))
                 .unwrap_or(0)
                 .saturating_add(1);
-            let retry_at = schedule::retry_at(now, attempts, err.retry_after(), rand::random());
+            let token = current_token(stored.as_ref(), &desired);
+            let retry_at = schedule::retry_at(
+                now,
+                attempts,
+                err.retry_after(),
+                valid_until(token),
+                rand::random(),
+            );
             let failure = Failure {
                 reason: err.reason(),
                 message: err.to_string(),
@@ -541,7 +564,6 @@ async fn refresh(
                 )),
             );
             warn!(reason = failure.reason, class = err.class(), attempts, retry_at = %target_secret::rfc3339(retry_at), error = %err, "token refresh failed");
-            let token = current_token(stored.as_ref(), &desired);
             let new = status::token_status(
                 previous,
                 generation,
@@ -561,11 +583,17 @@ async fn refresh(
                 failure.message.clone(),
             )
             .await;
-            Ok(requeue_at(now, wake_time(retry_at, token, now)))
+            Ok(requeue_at(
+                now,
+                schedule::wake_at(retry_at, valid_until(token), now),
+            ))
         }
         Err(err) => Err(err),
     }
 }
+
+/// How often a target name held by someone else's Secret is looked at again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(300);
 
 /// Reports a state only the user can fix and waits for a change.
 async fn block(
@@ -588,7 +616,12 @@ async fn block(
         warn!(reason = err.reason(), error = %err, "cannot proceed until the spec or the cluster changes");
         publish(ctx, cr, EventType::Warning, err.reason(), err.to_string()).await;
     }
-    Ok(Action::await_change())
+    Ok(match err {
+        // Someone else's Secret may go away without an event reaching a
+        // controller that watches only labelled Secrets.
+        Error::SecretConflict { .. } => Action::requeue(CONFLICT_RECHECK),
+        _ => Action::await_change(),
+    })
 }
 
 async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
@@ -769,7 +802,25 @@ mod tests {
             [("example.com/owner".to_owned(), "any text at all".to_owned())].into();
         assert!(validate_spec(&fine, false).is_ok());
         let mut long = cr("https://acme.run.ai");
-        long.metadata.name = Some("x".repeat(64));
-        assert_eq!(field_of(validate_spec(&long, false)), "metadata.name");
+        long.metadata.name = Some("x".repeat(70));
+        assert!(validate_spec(&long, false).is_ok(), "long names work");
+        for url in [
+            "https://host/runai",
+            "https://host/runai/",
+            "https://host:8443/a/b/",
+        ] {
+            assert!(validate_spec(&cr(url), false).is_ok(), "{url}");
+        }
+        for url in [
+            "https://host/runai?x=1",
+            "https://host/runai#top",
+            "https://host/?",
+        ] {
+            assert_eq!(
+                field_of(validate_spec(&cr(url), false)),
+                "spec.url",
+                "{url}"
+            );
+        }
     }
 }

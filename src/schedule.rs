@@ -9,7 +9,16 @@ use jiff::{SignedDuration, Timestamp};
 pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Never plan a refresh sooner than this after the last one, whatever the
 /// token claims, so that a token with a broken expiry cannot cause a hot loop.
+/// Also the shortest delay before a retry: the minimum spacing of requests.
 pub const MIN_REFRESH_AFTER: Duration = Duration::from_secs(5);
+/// The next refresh is never later than this after the last one, whatever the
+/// token or `refreshInterval` says (api.md, Edge cases).
+pub const MAX_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Longest wait a `Retry-After` can impose (api.md, Edge cases).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// A retry is due at least this long before the current token expires, even
+/// when `Retry-After` or the backoff asks for longer (api.md, Edge cases).
+pub const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
 /// Largest share of the planned period that jitter may take off.
 const JITTER_SHARE: f64 = 0.10;
 /// Largest jitter, however long the token lives.
@@ -143,8 +152,12 @@ pub fn plan(
 
 /// When a token issued at `issued_at` is due for refresh: at 2/3 of its
 /// lifetime or `refresh_interval` after issue, whichever comes first (30 min
-/// when neither is known), moved earlier by `jitter` (in `[0, 1)`) times a
-/// small share of that period, so many credentials do not refresh together.
+/// when neither is known, never more than [`MAX_REFRESH_AFTER`], never less
+/// than [`MIN_REFRESH_AFTER`]), moved earlier by `jitter` (in `[0, 1)`) times
+/// a small share of that period, so many credentials do not refresh together.
+///
+/// A token that lives less than [`MIN_REFRESH_AFTER`] expires before this
+/// deadline; the caller must look at it again at its expiry (see [`wake_at`]).
 pub fn refresh_due_at(
     issued_at: Timestamp,
     expires_at: Option<Timestamp>,
@@ -159,7 +172,9 @@ pub fn refresh_due_at(
         (None, Some(b)) => b,
         (None, None) => signed(DEFAULT_REFRESH_AFTER),
     };
-    let period = period.max(signed(MIN_REFRESH_AFTER));
+    let period = period
+        .max(signed(MIN_REFRESH_AFTER))
+        .min(signed(MAX_REFRESH_AFTER));
     let max_jitter = (period.as_secs_f64() * JITTER_SHARE).min(MAX_JITTER.as_secs_f64());
     let jitter = SignedDuration::from_secs_f64(max_jitter * jitter.clamp(0.0, 1.0));
     let period = (period - jitter).max(signed(MIN_REFRESH_AFTER));
@@ -168,20 +183,43 @@ pub fn refresh_due_at(
 
 /// When to retry after the `attempts`-th consecutive failure: exponential from
 /// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], shortened by up to a quarter by
-/// `jitter` (in `[0, 1)`), and never before the `retry_after` the endpoint asked for.
+/// `jitter` (in `[0, 1)`), and not before the `retry_after` the endpoint asked
+/// for (itself capped at [`MAX_RETRY_AFTER`]). While a token is still valid
+/// (`valid_until` in the future), the retry is moved to
+/// [`RETRY_BEFORE_EXPIRY`] before its expiry when it would be later, but never
+/// sooner than [`MIN_REFRESH_AFTER`] from `now`.
 pub fn retry_at(
     now: Timestamp,
     attempts: u32,
     retry_after: Option<Duration>,
+    valid_until: Option<Timestamp>,
     jitter: f64,
 ) -> Timestamp {
     let exponent = attempts.saturating_sub(1).min(16);
-    let delay = BACKOFF_BASE
+    let backoff = BACKOFF_BASE
         .saturating_mul(1u32 << exponent)
         .min(BACKOFF_CAP)
         .mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0));
-    let delay = delay.max(retry_after.unwrap_or(Duration::ZERO));
-    now.saturating_add(signed(delay)).unwrap_or(Timestamp::MAX)
+    let asked = retry_after.unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER);
+    let mut delay = backoff.max(asked);
+    if let Some(expiry) = valid_until.filter(|at| *at > now) {
+        let before_expiry = expiry
+            .saturating_sub(signed(RETRY_BEFORE_EXPIRY))
+            .unwrap_or(expiry);
+        delay = delay.min(delay_until(now, before_expiry).max(MIN_REFRESH_AFTER));
+    }
+    now.saturating_add(signed(delay.max(MIN_REFRESH_AFTER)))
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// When to look at a credential again: at `next` (a refresh or a retry), or
+/// earlier at the expiry of a token that is still valid, so that `Ready`
+/// never says True for an expired token.
+pub fn wake_at(next: Timestamp, valid_until: Option<Timestamp>, now: Timestamp) -> Timestamp {
+    match valid_until {
+        Some(expiry) if expiry > now && expiry < next => expiry,
+        _ => next,
+    }
 }
 
 /// A stable jitter in `[0, 1)` derived from `seed`, so that a refresh
@@ -418,7 +456,7 @@ mod tests {
     fn backoff_grows_caps_and_honours_retry_after() {
         let now = t("2026-01-01T00:00:00Z");
         let delay = |attempts, retry_after, jitter| {
-            delay_until(now, retry_at(now, attempts, retry_after, jitter))
+            delay_until(now, retry_at(now, attempts, retry_after, None, jitter))
         };
         assert_eq!(delay(1, None, 0.0), Duration::from_secs(5));
         assert_eq!(delay(2, None, 0.0), Duration::from_secs(10));
@@ -432,6 +470,61 @@ mod tests {
             Duration::from_secs(120)
         );
         assert_eq!(delay(20, Some(Duration::from_secs(1)), 0.0), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_an_hour_and_by_the_token() {
+        let now = t("2026-01-01T00:00:00Z");
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(
+            delay_until(now, retry_at(now, 1, Some(year), None, 0.0)),
+            MAX_RETRY_AFTER
+        );
+        // A 90 s token refreshed at 60 s: the retry is not after its expiry.
+        let expiry = t("2026-01-01T00:00:30Z");
+        assert_eq!(
+            delay_until(now, retry_at(now, 1, Some(year), Some(expiry), 0.0)),
+            MIN_REFRESH_AFTER
+        );
+        // With ten minutes left, a minute before the expiry.
+        let expiry = t("2026-01-01T00:10:00Z");
+        assert_eq!(
+            retry_at(now, 1, Some(year), Some(expiry), 0.0),
+            t("2026-01-01T00:09:00Z")
+        );
+        // An expired token does not shorten anything.
+        assert_eq!(
+            delay_until(
+                now,
+                retry_at(now, 1, Some(year), Some(t("2025-12-31T00:00:00Z")), 0.0)
+            ),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn no_refresh_later_than_a_day() {
+        let issued = t("2026-01-01T00:00:00Z");
+        let year_token = Some(t("2027-01-01T00:00:00Z"));
+        assert_eq!(
+            refresh_due_at(issued, year_token, None, 0.0),
+            t("2026-01-02T00:00:00Z")
+        );
+        assert_eq!(
+            refresh_due_at(issued, None, Some(Duration::from_secs(7 * 24 * 3600)), 0.0),
+            t("2026-01-02T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_token_shorter_than_the_spacing_is_looked_at_on_expiry() {
+        let issued = t("2026-01-01T00:00:00Z");
+        let expiry = t("2026-01-01T00:00:03Z");
+        let due = refresh_due_at(issued, Some(expiry), None, 0.0);
+        assert_eq!(due, t("2026-01-01T00:00:05Z"));
+        assert_eq!(wake_at(due, Some(expiry), issued), expiry);
+        assert_eq!(wake_at(due, Some(expiry), expiry), due);
+        assert_eq!(wake_at(due, None, issued), due);
     }
 
     #[test]

@@ -75,12 +75,28 @@ pub fn token_status(
             ),
             None => condition(CONDITION_READY, false, f.reason, f.message.clone()),
         },
-        (None, None) => condition(
-            CONDITION_READY,
-            false,
-            REASON_PENDING,
-            "no token has been requested yet".to_owned(),
-        ),
+        (None, None) => match token
+            .filter(|t| t.current)
+            .and_then(|t| t.record.expires_at)
+        {
+            // A token that lives less than the spacing between requests.
+            Some(expired_at) => condition(
+                CONDITION_READY,
+                false,
+                REASON_TOKEN_EXPIRED,
+                format!(
+                    "the token in Secret {secret_name} expired at {}; the next one is requested at {}",
+                    rfc3339(expired_at),
+                    rfc3339(next_refresh)
+                ),
+            ),
+            None => condition(
+                CONDITION_READY,
+                false,
+                REASON_PENDING,
+                "no token has been requested yet".to_owned(),
+            ),
+        },
     };
     let degraded = match failure {
         Some(f) => condition(

@@ -27,6 +27,26 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "runai-token-sync";
 /// Label naming the RunaiCredential a Secret belongs to.
 pub const CREDENTIAL_LABEL: &str = "tokensync.dev/credential";
+/// Longest label value (Kubernetes label syntax).
+const MAX_LABEL_VALUE: usize = 63;
+/// Characters of a long name kept before the hash in its label value.
+const LABEL_NAME_PREFIX: usize = 54;
+
+/// The value of [`CREDENTIAL_LABEL`] for a RunaiCredential name: the name
+/// itself when it fits a label value (63 characters at most, a Kubernetes
+/// limit), else its first 54 characters, `-` and 8 hex digits of the
+/// SHA-256 of the whole name, so that long names still work and stay apart.
+pub fn credential_label_value(name: &str) -> String {
+    if name.len() <= MAX_LABEL_VALUE {
+        return name.to_owned();
+    }
+    use sha2::Digest as _;
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    // Object names are ASCII, so byte and character counts agree.
+    format!("{}-{hash}", &name[..LABEL_NAME_PREFIX])
+}
+
 /// Data key of the token's expiry (RFC 3339), when known.
 pub const EXPIRES_AT_KEY: &str = "expiresAt";
 
@@ -119,7 +139,7 @@ impl TargetSecret {
 fn is_managed_by(secret: &Secret, credential: &RunaiCredential) -> bool {
     let labels = secret.labels();
     let labelled = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(CREDENTIAL_LABEL) == Some(&credential.name_any());
+        && labels.get(CREDENTIAL_LABEL) == Some(&credential_label_value(&credential.name_any()));
     let owned = credential.uid().is_some_and(|uid| {
         secret
             .owner_references()
@@ -185,7 +205,10 @@ pub fn desired_secret(
     let target = &credential.spec.target;
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
-    labels.insert(CREDENTIAL_LABEL.to_owned(), credential.name_any());
+    labels.insert(
+        CREDENTIAL_LABEL.to_owned(),
+        credential_label_value(&credential.name_any()),
+    );
 
     let mut annotations = target.annotations.clone();
     annotations.insert(ISSUED_AT_ANNOTATION.to_owned(), rfc3339(record.issued_at));
@@ -273,6 +296,34 @@ pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
         && subset(desired.data.as_ref(), existing.data.as_ref()))
 }
 
+/// Label a credentials Secret must carry, with the value `"true"`, when the
+/// controller runs with `--credentials-secret-label-required`.
+pub const CREDENTIALS_LABEL: &str = "tokensync.dev/credentials";
+
+/// Checks that the credentials Secret carries [`CREDENTIALS_LABEL`]`: "true"`.
+///
+/// # Errors
+///
+/// [`Error::CredentialsNotFound`] saying that the label is required, when it
+/// is missing or has another value; a missing Secret is left to
+/// [`read_credentials`].
+pub fn require_credentials_label(
+    secret: Option<&Secret>,
+    reference: &ClientCredentialsSecretRef,
+) -> Result<(), Error> {
+    match secret {
+        Some(secret)
+            if secret.labels().get(CREDENTIALS_LABEL).map(String::as_str) != Some("true") =>
+        {
+            Err(Error::CredentialsNotFound(format!(
+                "the credentials Secret {} lacks the label {CREDENTIALS_LABEL}: \"true\", which this controller requires before it uses a Secret as client credentials (--credentials-secret-label-required)",
+                reference.name
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads the client credentials from the credentials Secret.
 pub fn read_credentials(
     secret: Option<&Secret>,
@@ -285,23 +336,28 @@ pub fn read_credentials(
         )));
     };
     let value = |key: &str| -> Result<String, Error> {
+        let missing = || {
+            Error::CredentialsNotFound(format!(
+                "the credentials Secret {name} has no non-empty key {key:?}"
+            ))
+        };
         let bytes = secret
             .data
             .as_ref()
             .and_then(|d| d.get(key))
-            .filter(|b| !b.0.is_empty())
-            .ok_or_else(|| {
-                Error::CredentialsNotFound(format!(
-                    "the credentials Secret {name} has no non-empty key {key:?}"
-                ))
-            })?;
+            .ok_or_else(missing)?;
         let text = std::str::from_utf8(&bytes.0).map_err(|_| {
             Error::CredentialsNotFound(format!(
                 "the value of key {key:?} in the credentials Secret {name} is not UTF-8 text"
             ))
         })?;
-        // A trailing newline is the most common accident of `kubectl create secret --from-file`.
-        Ok(text.trim().to_owned())
+        // A trailing newline is the most common accident of `kubectl create
+        // secret --from-file`, and Run:ai IDs and secrets hold no whitespace.
+        let text = text.trim_matches([' ', '\t', '\r', '\n']);
+        if text.is_empty() {
+            return Err(missing());
+        }
+        Ok(text.to_owned())
     };
     Ok(ClientCredentials {
         client_id: value(&reference.client_id_key)?,
@@ -497,6 +553,21 @@ mod tests {
         let creds = read_credentials(Some(&secret), &reference).unwrap();
         assert_eq!(creds.client_id, "id");
         assert_eq!(creds.client_secret, "s3cr3t");
+        let mut padded = secret.clone();
+        padded.data.as_mut().unwrap().insert(
+            "clientSecret".to_owned(),
+            ByteString(b" \t s3cr3t\r\n".to_vec()),
+        );
+        let creds = read_credentials(Some(&padded), &reference).unwrap();
+        assert_eq!(creds.client_secret, "s3cr3t");
+        let mut blank = secret.clone();
+        blank
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("clientSecret".to_owned(), ByteString(b"\n".to_vec()));
+        let err = read_credentials(Some(&blank), &reference).unwrap_err();
+        assert_eq!(err.reason(), "CredentialsNotFound");
 
         let missing = read_credentials(None, &reference).unwrap_err();
         assert_eq!(missing.reason(), "CredentialsNotFound");
@@ -504,6 +575,26 @@ mod tests {
         partial.data.as_mut().unwrap().remove("clientSecret");
         let err = read_credentials(Some(&partial), &reference).unwrap_err();
         assert!(err.to_string().contains("clientSecret"), "{err}");
+    }
+
+    #[test]
+    fn long_names_get_a_hashed_label_value() {
+        assert_eq!(credential_label_value("trainer"), "trainer");
+        let exact = "a".repeat(63);
+        assert_eq!(credential_label_value(&exact), exact);
+        let long = format!("{}-x", "b".repeat(68));
+        let value = credential_label_value(&long);
+        assert_eq!(value.len(), 63);
+        assert!(value.starts_with(&"b".repeat(54)));
+        assert_eq!(value.as_bytes()[54], b'-');
+        assert!(value[55..].bytes().all(|b| b.is_ascii_hexdigit()));
+        let other = format!("{}-y", "b".repeat(68));
+        assert_ne!(
+            value,
+            credential_label_value(&other),
+            "names differing at the end stay apart"
+        );
+        assert_eq!(value, credential_label_value(&long), "stable");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, fmt, sync::Mutex, time::Duration};
 
 use base64::Engine as _;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::{
@@ -20,9 +20,7 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default timeout of one token request, connection included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Longest `Retry-After` that is honoured; a larger one is capped so that a
-/// broken header cannot stall refreshes for days.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+use crate::schedule::MAX_RETRY_AFTER;
 
 /// Client ID and client secret of a Run:ai application. `Debug` never shows the
 /// secret.
@@ -91,7 +89,16 @@ impl TokenClient {
         Ok(TokenClient { http, timeout })
     }
 
-    /// Requests one token. `now` dates a relative `expiresIn`.
+    /// Requests one token from `{base_url}/api/v1/token` or `/api/v2/token`
+    /// (a path prefix in `base_url` is kept). `now` is when the request is
+    /// made; the answer's lifetime is counted from when it arrives. A pooled
+    /// connection that the endpoint closed before answering is retried once on
+    /// a new one; redirects are never followed.
+    ///
+    /// # Errors
+    ///
+    /// Every failure is one of the token-endpoint variants of [`Error`]
+    /// (see [`classify_http_failure`] and [`parse_token_response`]).
     pub async fn request_token(
         &self,
         base_url: &url::Url,
@@ -101,46 +108,61 @@ impl TokenClient {
     ) -> Result<IssuedToken, Error> {
         let endpoint = token_endpoint(base_url, api);
         let shown_url = endpoint.as_str().to_owned();
-        let request = match api {
-            TokenApi::V1 => self.http.post(endpoint).json(&serde_json::json!({
-                "grantType": "client_credentials",
-                "clientId": credentials.client_id,
-                "clientSecret": credentials.client_secret,
-            })),
-            TokenApi::AppToken => self.http.post(endpoint).json(&serde_json::json!({
-                "grantType": "app_token",
-                "AppId": credentials.client_id,
-                "AppSecret": credentials.client_secret,
-            })),
-            TokenApi::V2 => self.http.post(endpoint).form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", credentials.client_id.as_str()),
-                ("client_secret", credentials.client_secret.as_str()),
-            ]),
+        let request = || {
+            let request = match api {
+                TokenApi::V1 => self.http.post(endpoint.clone()).json(&serde_json::json!({
+                    "grantType": "client_credentials",
+                    "clientId": credentials.client_id,
+                    "clientSecret": credentials.client_secret,
+                })),
+                TokenApi::AppToken => self.http.post(endpoint.clone()).json(&serde_json::json!({
+                    "grantType": "app_token",
+                    "AppId": credentials.client_id,
+                    "AppSecret": credentials.client_secret,
+                })),
+                TokenApi::V2 => self.http.post(endpoint.clone()).form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", credentials.client_id.as_str()),
+                    ("client_secret", credentials.client_secret.as_str()),
+                ]),
+            };
+            request.header(reqwest::header::ACCEPT, "application/json")
         };
-        let request = request.header(reqwest::header::ACCEPT, "application/json");
 
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&shown_url, &e))?;
+        let response = match request().send().await {
+            Err(e) if closed_before_answer(&e) => {
+                tracing::debug!(url = %shown_url, "the pooled connection was closed before an answer; retrying once on a new connection");
+                request().send().await
+            }
+            other => other,
+        }
+        .map_err(|e| self.transport_error(&shown_url, &e))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
+        let location = header(reqwest::header::LOCATION);
         let body = self.read_capped(&shown_url, response).await?;
-        let secrets = [credentials.client_secret.as_str()];
+        // Also "id:secret", which an endpoint may echo as HTTP Basic credentials.
+        let basic = format!("{}:{}", credentials.client_id, credentials.client_secret);
+        let secrets = [credentials.client_secret.as_str(), basic.as_str()];
         if !status.is_success() {
             return Err(classify_http_failure(
                 status.as_u16(),
                 retry_after,
+                location.as_deref(),
+                &endpoint,
                 &body,
                 &secrets,
             ));
         }
-        parse_token_response(&body, now)
+        parse_token_response_masking(&body, now, &secrets)
     }
 
     async fn read_capped(
@@ -204,32 +226,93 @@ pub fn token_endpoint(base_url: &url::Url, api: TokenApi) -> url::Url {
     base.join(path).expect("a fixed relative path always joins")
 }
 
-/// Parses a PEM bundle; it must hold at least one certificate.
+/// Parses a `caBundle`: every `CERTIFICATE` PEM block in it, whatever the
+/// line endings (CRLF), indentation, blank lines or text around the blocks,
+/// each checked to be a usable X.509 trust anchor.
+///
+/// # Errors
+///
+/// [`Error::InvalidSpec`] on `spec.caBundle` when it holds no certificate (a
+/// private key, base64 of a PEM, garbage) or a block that is not a valid
+/// certificate.
 pub fn parse_ca_bundle(pem: &str) -> Result<Vec<reqwest::Certificate>, Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
     let invalid = |message: String| Error::InvalidSpec {
         field: "spec.caBundle",
         message,
     };
-    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-        .map_err(|e| invalid(format!("is not a valid PEM bundle: {e}")))?;
+    // Indented or CRLF-terminated lines, as pasted from elsewhere.
+    let normalized: String = pem.lines().map(|l| format!("{}\n", l.trim())).collect();
+    let mut certs = Vec::new();
+    for (index, item) in CertificateDer::pem_slice_iter(normalized.as_bytes()).enumerate() {
+        let der =
+            item.map_err(|e| invalid(format!("certificate {} is not valid PEM: {e}", index + 1)))?;
+        // The same check the TLS client makes later, so that a bad block is
+        // reported here, on the field, and not as a failed client build.
+        rustls::RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|e| {
+                invalid(format!(
+                    "certificate {} cannot be trusted as a CA: {e}",
+                    index + 1
+                ))
+            })?;
+        certs.push(
+            reqwest::Certificate::from_der(der.as_ref())
+                .map_err(|e| invalid(format!("certificate {} cannot be used: {e}", index + 1)))?,
+        );
+    }
     if certs.is_empty() {
         return Err(invalid(
-            "holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks)".to_owned(),
+            "holds no PEM certificate (expected one or more -----BEGIN CERTIFICATE----- blocks; a private key or base64 of a PEM file is not one)".to_owned(),
         ));
     }
     Ok(certs)
 }
 
-/// Reads a successful answer of any API generation. Unknown fields are
-/// ignored; `accessToken` and `access_token` are both accepted.
+/// A UTF-8 byte-order mark, which some endpoints put before their JSON.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Reads a successful (2xx) answer of any API generation, as it arrived at
+/// `now`. Unknown fields are ignored; `accessToken` and `access_token` are both
+/// accepted; a byte-order mark and surrounding whitespace are skipped.
+///
+/// The expiry is the earlier of the answer's lifetime (`expiresIn` /
+/// `expires_in`, see [`lifetime_seconds`]) and the JWT's (see [`jwt_expiry`]),
+/// or unknown when neither is given.
+///
+/// # Errors
+///
+/// A 200 answer without a usable token is a failed refresh:
+/// [`Error::InvalidCredentials`] when it carries an error object that says
+/// so (`code` 401/403, `error` `invalid_client`/`unauthorized_client`),
+/// [`Error::NoToken`] for another error object or a missing, `null` or empty
+/// token, [`Error::MalformedResponse`] for a body that is not a JSON object
+/// (an HTML page), a token that cannot be sent in an HTTP header, or a token
+/// already expired on arrival.
 pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<IssuedToken, Error> {
+    parse_token_response_masking(body, now, &[])
+}
+
+/// [`parse_token_response`], masking `secrets` in any text it repeats.
+fn parse_token_response_masking(
+    body: &[u8],
+    now: Timestamp,
+    secrets: &[&str],
+) -> Result<IssuedToken, Error> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        Error::MalformedResponse(format!(
-            "not JSON ({}), at line {} column {}",
-            e.classify_name(),
-            e.line(),
-            e.column()
-        ))
+        let looks_like_html = body.trim_ascii_start().starts_with(b"<");
+        Error::MalformedResponse(if looks_like_html {
+            "an HTML or XML page instead of JSON (a login page or a proxy's error page in front of Run:ai?)".to_owned()
+        } else {
+            format!(
+                "not JSON ({}), at line {} column {}",
+                e.classify_name(),
+                e.line(),
+                e.column()
+            )
+        })
     })?;
     let Value::Object(fields) = value else {
         return Err(Error::MalformedResponse(
@@ -240,30 +323,30 @@ pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<IssuedToken, 
         .get("accessToken")
         .or_else(|| fields.get("access_token"))
     {
-        None | Some(Value::Null) => return Err(Error::EmptyToken),
-        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(error_in_success(&fields, secrets));
+        }
         Some(_) => {
             return Err(Error::MalformedResponse(
                 "the access token is not a string".to_owned(),
             ));
         }
     };
-    if token.is_empty() {
-        return Err(Error::EmptyToken);
-    }
     // The token ends up in an HTTP header; anything else would be unusable.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::MalformedResponse(
             "the access token holds characters that cannot be sent in an HTTP header".to_owned(),
         ));
     }
-    let lifetime = fields
+    let by_lifetime = fields
         .get("expiresIn")
         .or_else(|| fields.get("expires_in"))
-        .and_then(seconds_of);
-    let expires_at = match lifetime {
-        Some(secs) if secs > 0 => now.checked_add(jiff::SignedDuration::from_secs(secs)).ok(),
-        _ => jwt_expiry(&token),
+        .and_then(lifetime_seconds)
+        .and_then(|secs| now.checked_add(SignedDuration::from_secs(secs)).ok());
+    let expires_at = match (by_lifetime, jwt_expiry(&token, now)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
     // Writing it would only trigger another request at once, again and again.
     if let Some(at) = expires_at.filter(|at| *at <= now) {
@@ -275,6 +358,26 @@ pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<IssuedToken, 
         access_token: token,
         expires_at,
     })
+}
+
+/// What a 2xx answer without a token says instead.
+fn error_in_success(fields: &serde_json::Map<String, Value>, secrets: &[&str]) -> Error {
+    let (code, text) = error_fields(fields);
+    let numeric_code = fields.get("code").and_then(lifetime_seconds);
+    let detail = sanitize_detail(&text, secrets);
+    let says_unauthorized = matches!(numeric_code, Some(401 | 403))
+        || matches!(
+            code.as_deref(),
+            Some("invalid_client" | "unauthorized_client")
+        );
+    if says_unauthorized {
+        Error::InvalidCredentials {
+            status: 200,
+            detail,
+        }
+    } else {
+        Error::NoToken { detail }
+    }
 }
 
 trait ClassifyName {
@@ -292,18 +395,52 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-/// A lifetime in seconds, sent as a number or a numeric string.
-fn seconds_of(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+/// A token lifetime in seconds, as `expiresIn`/`expires_in` may send it: a
+/// JSON integer, a numeric string (`"3600"`) or a whole-number float
+/// (`3600.0`). Anything else (null, `true`, `"1h"`, a fraction, zero, a
+/// negative number) is `None`, as if absent.
+pub fn lifetime_seconds(value: &Value) -> Option<i64> {
+    let secs = match value {
+        Value::Number(n) => n.as_i64().or_else(|| whole(n.as_f64()?))?,
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| whole(s.parse::<f64>().ok()?))?
+        }
+        _ => return None,
+    };
+    (secs > 0).then_some(secs)
 }
 
-/// The `exp` claim of a JWT, decoded without verifying the signature: the
-/// controller is not the token's audience, it only plans the refresh.
-pub fn jwt_expiry(token: &str) -> Option<Timestamp> {
+/// A float that is a whole number within `i64`, as one.
+fn whole(f: f64) -> Option<i64> {
+    // Beyond 2^53 a float has no fraction left to check; such lifetimes are
+    // nonsense anyway and are capped by the 24-hour refresh bound.
+    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+}
+
+/// A JWT time claim (`exp`, `iat`: seconds since the epoch): a number, whose
+/// fraction is truncated (RFC 7519 NumericDate may have one). Non-numeric or
+/// negative values are `None`.
+pub fn numeric_date(value: &Value) -> Option<i64> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    let secs = match n.as_i64() {
+        Some(i) => i,
+        None => {
+            let f = n.as_f64()?;
+            (f.is_finite() && f.abs() < 9.0e15).then_some(f.trunc() as i64)?
+        }
+    };
+    (secs >= 0).then_some(secs)
+}
+
+/// The `exp` and `iat` claims of a JWT, decoded without verifying the
+/// signature: the controller is not the token's audience, it only plans the
+/// refresh. `None` when the token is not a JWT or its claims are unreadable.
+pub fn jwt_claims(token: &str) -> Option<(Option<i64>, Option<i64>)> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -313,48 +450,118 @@ pub fn jwt_expiry(token: &str) -> Option<Timestamp> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = seconds_of(claims.get("exp")?)?;
-    Timestamp::from_second(exp).ok()
+    let exp = claims.get("exp").and_then(numeric_date);
+    let iat = claims.get("iat").and_then(numeric_date);
+    Some((exp, iat))
 }
 
-/// Classifies a non-2xx answer. `secrets` are masked in any echoed text.
+/// When a JWT that arrived at `now` expires. With both `iat` and `exp`, the
+/// lifetime `exp − iat` is counted from `now`, so that an issuer whose clock
+/// runs ahead or behind this node's causes neither a stale token nor a
+/// request loop; with `exp` alone, `exp` itself. `None` without `exp`.
+pub fn jwt_expiry(token: &str, now: Timestamp) -> Option<Timestamp> {
+    let (exp, iat) = jwt_claims(token)?;
+    let exp = exp?;
+    match iat {
+        Some(iat) => {
+            // A lifetime of zero or less makes the token expired on arrival.
+            let lifetime = exp.saturating_sub(iat).max(0);
+            now.checked_add(SignedDuration::from_secs(lifetime)).ok()
+        }
+        None => Timestamp::from_second(exp).ok(),
+    }
+}
+
+/// Classifies a non-2xx answer. `location` is the `Location` header of a
+/// redirect, `endpoint` the URL that was called; `secrets` are masked in any
+/// echoed text. The body of a 400, 401 or 403 answer is never repeated:
+/// that is where endpoints echo what they were sent.
 pub fn classify_http_failure(
     status: u16,
     retry_after: Option<Duration>,
+    location: Option<&str>,
+    endpoint: &url::Url,
     body: &[u8],
     secrets: &[&str],
 ) -> Error {
     let (code, text) = error_body(body);
-    let detail = sanitize_detail(&text, secrets);
+    // Only a registered-looking RFC 6749 error code, never free text.
+    let oauth_code = code
+        .filter(|c| {
+            !c.is_empty() && c.len() <= 40 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default();
+    let detail = || sanitize_detail(&text, secrets);
     match status {
-        401 | 403 => Error::InvalidCredentials { status, detail },
+        300..=399 => Error::Redirected {
+            status,
+            location: redirect_host(location, endpoint),
+        },
+        401 | 403 => Error::InvalidCredentials {
+            status,
+            detail: oauth_code,
+        },
         // RFC 6749 answers bad client credentials with 400 invalid_client (V2).
         400 if matches!(
-            code.as_deref(),
-            Some("invalid_client" | "unauthorized_client" | "invalid_grant")
+            oauth_code.as_str(),
+            ": invalid_client" | ": unauthorized_client" | ": invalid_grant"
         ) =>
         {
-            Error::InvalidCredentials { status, detail }
+            Error::InvalidCredentials {
+                status,
+                detail: oauth_code,
+            }
         }
+        400 => Error::RequestRejected {
+            status,
+            detail: oauth_code,
+        },
         429 => Error::RateLimited {
             retry_after,
-            detail,
+            detail: detail(),
         },
         503 => Error::Unavailable {
             retry_after,
-            detail,
+            detail: detail(),
         },
-        500..=599 => Error::ServerError { status, detail },
-        _ => Error::RequestRejected { status, detail },
+        500..=599 => Error::ServerError {
+            status,
+            detail: detail(),
+        },
+        _ => Error::RequestRejected {
+            status,
+            detail: detail(),
+        },
+    }
+}
+
+/// The host a redirect points to, for the message.
+fn redirect_host(location: Option<&str>, endpoint: &url::Url) -> String {
+    let Some(location) = location.map(str::trim).filter(|l| !l.is_empty()) else {
+        return "nowhere (no Location header)".to_owned();
+    };
+    match endpoint.join(location) {
+        Ok(target) => match (target.host_str(), target.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => "a location without a host".to_owned(),
+        },
+        Err(_) => "an unreadable Location header".to_owned(),
     }
 }
 
 /// The OAuth2 `error` code and a human text from an error body, whichever
 /// generation's shape it has (`{"code","message"}` or `{"error","error_description"}`).
 fn error_body(body: &[u8]) -> (Option<String>, String) {
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-        return (None, String::new());
-    };
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => error_fields(&fields),
+        _ => (None, String::new()),
+    }
+}
+
+fn error_fields(fields: &serde_json::Map<String, Value>) -> (Option<String>, String) {
     let text_of = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let code = text_of("error");
     let text = text_of("error_description")
@@ -364,7 +571,9 @@ fn error_body(body: &[u8]) -> (Option<String>, String) {
     (code, text)
 }
 
-/// `Retry-After` as seconds or as an HTTP date, capped.
+/// `Retry-After` (RFC 9110 §10.2.3) as seconds or as an HTTP date, relative
+/// to `now`; a date in the past is zero. Capped at one hour here; the
+/// schedule caps it further by the current token's expiry.
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     let delay = match value.parse::<u64>() {
@@ -375,6 +584,36 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
             .unwrap_or(Duration::ZERO),
     };
     Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Whether a failed send is a pooled connection that the endpoint closed
+/// before answering (an idle-timeout race), worth one more try on a new
+/// connection. Not a refused connection, a timeout or a TLS failure.
+fn closed_before_answer(err: &reqwest::Error) -> bool {
+    if err.is_timeout() || err.is_connect() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn find_tls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -437,6 +676,10 @@ mod tests {
         "2026-01-01T00:00:00Z".parse().unwrap()
     }
 
+    fn at(secs_from_now: i64) -> Timestamp {
+        now() + SignedDuration::from_secs(secs_from_now)
+    }
+
     fn jwt(claims: &str) -> String {
         let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         format!(
@@ -446,83 +689,219 @@ mod tests {
         )
     }
 
+    fn expiry_of(body: &str) -> Option<Timestamp> {
+        parse_token_response(body.as_bytes(), now())
+            .unwrap_or_else(|e| panic!("{body}: {e}"))
+            .expires_at
+    }
+
     #[test]
-    fn expires_in_wins_over_jwt_exp() {
-        let token = jwt(r#"{"exp": 1767232800}"#);
-        let body = format!(r#"{{"accessToken":"{token}","expiresIn":600,"idToken":"x"}}"#);
-        let issued = parse_token_response(body.as_bytes(), now()).unwrap();
+    fn lifetime_forms() {
+        for (lifetime, expected) in [
+            ("3600", Some(3600)),
+            ("\"3600\"", Some(3600)),
+            ("\" 3600 \"", Some(3600)),
+            ("3600.0", Some(3600)),
+            ("\"3600.0\"", Some(3600)),
+            ("3600.5", None),
+            ("null", None),
+            ("true", None),
+            ("\"1h\"", None),
+            ("0", None),
+            ("-5", None),
+            ("\"-5\"", None),
+            ("[]", None),
+        ] {
+            let body = format!(r#"{{"accessToken":"opaque","expiresIn":{lifetime}}}"#);
+            let want = expected.map(at);
+            assert_eq!(
+                parse_token_response(body.as_bytes(), now())
+                    .map(|t| t.expires_at)
+                    .ok(),
+                Some(want),
+                "expiresIn {lifetime}"
+            );
+        }
+        // V2's name too.
         assert_eq!(
-            issued.expires_at,
-            Some("2026-01-01T00:10:00Z".parse().unwrap())
+            expiry_of(r#"{"access_token":"abc","token_type":"Bearer","expires_in":"60"}"#),
+            Some(at(60))
         );
     }
 
     #[test]
-    fn v2_shape_and_string_lifetime() {
-        let body = br#"{"access_token":"abc","token_type":"Bearer","expires_in":"3600"}"#;
-        let issued = parse_token_response(body, now()).unwrap();
-        assert_eq!(issued.access_token, "abc");
+    fn the_earlier_of_lifetime_and_exp_wins() {
+        let exp_in_an_hour = jwt(&format!(r#"{{"exp": {}}}"#, at(3600).as_second()));
+        // expiresIn far beyond the JWT's exp: the JWT wins.
         assert_eq!(
-            issued.expires_at,
-            Some("2026-01-01T01:00:00Z".parse().unwrap())
+            expiry_of(&format!(
+                r#"{{"accessToken":"{exp_in_an_hour}","expiresIn":3600000}}"#
+            )),
+            Some(at(3600))
+        );
+        // expiresIn sooner: it wins.
+        assert_eq!(
+            expiry_of(&format!(
+                r#"{{"accessToken":"{exp_in_an_hour}","expiresIn":600}}"#
+            )),
+            Some(at(600))
+        );
+        // An unusable expiresIn is as if absent.
+        assert_eq!(
+            expiry_of(&format!(
+                r#"{{"accessToken":"{exp_in_an_hour}","expiresIn":"1h"}}"#
+            )),
+            Some(at(3600))
         );
     }
 
     #[test]
-    fn jwt_exp_when_no_lifetime() {
-        let token = jwt(r#"{"exp": 1767232800, "sub": "x"}"#);
-        let body = format!(r#"{{"accessToken":"{token}"}}"#);
-        let issued = parse_token_response(body.as_bytes(), now()).unwrap();
+    fn exp_claim_forms() {
+        let exp = at(900).as_second();
         assert_eq!(
-            issued.expires_at,
-            Some(Timestamp::from_second(1767232800).unwrap())
+            expiry_of(&format!(
+                r#"{{"accessToken":"{}"}}"#,
+                jwt(&format!(r#"{{"exp": {exp}.75}}"#))
+            )),
+            Some(at(900)),
+            "a fractional exp is truncated"
+        );
+        for bad in [r#""soon""#, "-1", "null", "true"] {
+            let token = jwt(&format!(r#"{{"exp": {bad}}}"#));
+            assert_eq!(
+                expiry_of(&format!(r#"{{"accessToken":"{token}"}}"#)),
+                None,
+                "exp {bad} is ignored"
+            );
+        }
+    }
+
+    #[test]
+    fn clock_skew_counts_exp_minus_iat_from_arrival() {
+        for skew in [-1200, -30, 0, 30, 1200] {
+            let iat = now().as_second() + skew;
+            let token = jwt(&format!(r#"{{"iat": {iat}, "exp": {}}}"#, iat + 900));
+            assert_eq!(
+                expiry_of(&format!(r#"{{"accessToken":"{token}"}}"#)),
+                Some(at(900)),
+                "issuer clock off by {skew} s"
+            );
+        }
+        // A fractional iat is truncated like exp.
+        let iat = now().as_second() - 1200;
+        let token = jwt(&format!(r#"{{"iat": {iat}.9, "exp": {}.2}}"#, iat + 900));
+        assert_eq!(
+            expiry_of(&format!(r#"{{"accessToken":"{token}"}}"#)),
+            Some(at(900))
         );
     }
 
     #[test]
     fn a_token_expired_on_arrival_is_refused() {
-        let token = jwt(r#"{"exp": 1767225000}"#);
+        let token = jwt(&format!(r#"{{"exp": {}}}"#, at(-7200).as_second()));
         let body = format!(r#"{{"accessToken":"{token}"}}"#);
         let err = parse_token_response(body.as_bytes(), now()).unwrap_err();
         assert!(err.to_string().contains("already expired"), "{err}");
+        // exp before iat: a lifetime of zero.
+        let backwards = jwt(r#"{"iat": 2000, "exp": 1000}"#);
+        let body = format!(r#"{{"accessToken":"{backwards}"}}"#);
+        assert!(matches!(
+            parse_token_response(body.as_bytes(), now()),
+            Err(Error::MalformedResponse(_))
+        ));
     }
 
     #[test]
     fn opaque_token_has_unknown_expiry() {
         let issued = parse_token_response(br#"{"accessToken":"opaque"}"#, now()).unwrap();
         assert_eq!(issued.expires_at, None);
-        assert_eq!(jwt_expiry("a.b"), None);
-        assert_eq!(jwt_expiry("a.!!!.c"), None);
+        assert_eq!(jwt_expiry("a.b", now()), None);
+        assert_eq!(jwt_expiry("a.!!!.c", now()), None);
     }
 
     #[test]
-    fn empty_and_malformed_answers() {
-        assert!(matches!(
-            parse_token_response(br#"{"accessToken":""}"#, now()),
-            Err(Error::EmptyToken)
-        ));
-        assert!(matches!(
-            parse_token_response(br#"{"other":1}"#, now()),
-            Err(Error::EmptyToken)
-        ));
-        assert!(matches!(
-            parse_token_response(b"<html>", now()),
-            Err(Error::MalformedResponse(_))
-        ));
-        assert!(matches!(
-            parse_token_response(br#"{"accessToken":"a b"}"#, now()),
-            Err(Error::MalformedResponse(_))
-        ));
-        assert!(matches!(
-            parse_token_response(br#"[1]"#, now()),
-            Err(Error::MalformedResponse(_))
-        ));
+    fn a_bom_and_whitespace_are_skipped() {
+        let mut body = UTF8_BOM.to_vec();
+        body.extend_from_slice(b"\r\n  {\"accessToken\":\"abc\",\"expiresIn\":60}\n");
+        let issued = parse_token_response(&body, now()).unwrap();
+        assert_eq!(issued.access_token, "abc");
+        assert_eq!(issued.expires_at, Some(at(60)));
+    }
+
+    #[test]
+    fn a_200_without_a_usable_token_is_a_failure() {
+        let no_token = |body: &str| {
+            matches!(
+                parse_token_response(body.as_bytes(), now()),
+                Err(Error::NoToken { .. })
+            )
+        };
+        assert!(no_token(r#"{"accessToken":""}"#));
+        assert!(no_token(r#"{"accessToken":"   "}"#));
+        assert!(no_token(r#"{"accessToken":null}"#));
+        assert!(no_token(r#"{"other":1}"#));
+        assert!(no_token(r#"{"code":500,"message":"database unavailable"}"#));
+        let malformed = |body: &[u8]| {
+            matches!(
+                parse_token_response(body, now()),
+                Err(Error::MalformedResponse(_))
+            )
+        };
+        assert!(malformed(b"<html><body>Sign in</body></html>"));
+        assert!(malformed(b""));
+        assert!(malformed(b"not json"));
+        assert!(malformed(br#"{"accessToken":"a b"}"#));
+        assert!(malformed(br#"{"accessToken":42}"#));
+        assert!(malformed(br#"[1]"#));
+        let html = parse_token_response(b"  <!DOCTYPE html>", now()).unwrap_err();
+        assert!(html.to_string().contains("HTML"), "{html}");
+    }
+
+    #[test]
+    fn an_error_object_in_a_200_is_classified_by_what_it_says() {
+        let err = |body: &str| parse_token_response(body.as_bytes(), now()).unwrap_err();
+        for body in [
+            r#"{"code":401,"message":"Issuer is not familiar."}"#,
+            r#"{"code":"403","message":"Forbidden"}"#,
+            r#"{"error":"invalid_client","error_description":"bad"}"#,
+            r#"{"error":"unauthorized_client"}"#,
+        ] {
+            assert!(
+                matches!(err(body), Error::InvalidCredentials { status: 200, .. }),
+                "{body}: {:?}",
+                err(body)
+            );
+        }
+        // The endpoint's own words are kept, with the secret masked.
+        let echoed = parse_token_response_masking(
+            br#"{"code":401,"message":"Issuer is not familiar. s3cr3t"}"#,
+            now(),
+            &["s3cr3t"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(echoed.contains("Issuer is not familiar."), "{echoed}");
+        assert!(!echoed.contains("s3cr3t"), "{echoed}");
+        let other = err(r#"{"code":500,"message":"database unavailable"}"#).to_string();
+        assert!(other.contains("database unavailable"), "{other}");
+    }
+
+    fn endpoint() -> url::Url {
+        "https://acme.run.ai/api/v1/token".parse().unwrap()
     }
 
     #[test]
     fn classification() {
-        let c =
-            |status, body: &str| classify_http_failure(status, None, body.as_bytes(), &["s3cr3t"]);
+        let c = |status, body: &str| {
+            classify_http_failure(
+                status,
+                None,
+                None,
+                &endpoint(),
+                body.as_bytes(),
+                &["s3cr3t"],
+            )
+        };
         assert!(matches!(c(401, ""), Error::InvalidCredentials { .. }));
         assert!(matches!(c(403, ""), Error::InvalidCredentials { .. }));
         assert!(matches!(
@@ -540,11 +919,59 @@ mod tests {
         assert!(matches!(c(429, ""), Error::RateLimited { .. }));
         assert!(matches!(c(503, ""), Error::Unavailable { .. }));
         assert!(matches!(c(500, ""), Error::ServerError { .. }));
-        assert!(matches!(c(302, ""), Error::RequestRejected { .. }));
-        let echoed = c(401, r#"{"code":401,"message":"secret s3cr3t is wrong"}"#);
-        let text = echoed.to_string();
-        assert!(!text.contains("s3cr3t"), "{text}");
-        assert!(text.contains("[redacted]"), "{text}");
+        assert!(matches!(c(302, ""), Error::Redirected { status: 302, .. }));
+        // Other statuses may repeat the endpoint's words, masked.
+        let text = c(500, r#"{"code":500,"message":"secret s3cr3t is wrong"}"#).to_string();
+        assert!(
+            !text.contains("s3cr3t") && text.contains("[redacted]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bodies_of_400_401_403_are_never_repeated() {
+        for status in [400, 401, 403] {
+            let body = r#"{"code":401,"message":"you sent clientSecret=hunter2 from 10.0.0.1","error_description":"hunter2"}"#;
+            let text = classify_http_failure(status, None, None, &endpoint(), body.as_bytes(), &[])
+                .to_string();
+            assert!(
+                !text.contains("hunter2") && !text.contains("10.0.0.1"),
+                "{status}: {text}"
+            );
+        }
+        // The RFC 6749 error code alone is kept: a fixed word, not an echo.
+        let text = classify_http_failure(
+            401,
+            None,
+            None,
+            &endpoint(),
+            br#"{"error":"invalid_client","error_description":"secret hunter2"}"#,
+            &[],
+        )
+        .to_string();
+        assert!(text.contains("HTTP 401: invalid_client"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn a_redirect_names_its_status_and_host() {
+        let r = |location: Option<&str>| {
+            classify_http_failure(302, None, location, &endpoint(), b"", &[]).to_string()
+        };
+        let text = r(Some("https://sso.corp.example/login?next=/api/v1/token"));
+        assert!(text.contains("HTTP 302"), "{text}");
+        assert!(text.contains("sso.corp.example"), "{text}");
+        assert!(!text.contains("next="), "only the host: {text}");
+        assert!(r(Some("https://sso.corp.example:8443/x")).contains("sso.corp.example:8443"));
+        assert!(
+            r(Some("/login")).contains("acme.run.ai"),
+            "a relative redirect stays on the host"
+        );
+        assert!(r(None).contains("no Location header"));
+        assert!(matches!(
+            classify_http_failure(307, None, None, &endpoint(), b"", &[]),
+            Error::Redirected { status: 307, .. }
+        ));
     }
 
     #[test]
@@ -556,32 +983,62 @@ mod tests {
         );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(90)));
+        let year = httpdate::fmt_http_date(now + Duration::from_secs(365 * 86400));
+        assert_eq!(parse_retry_after(&year, now), Some(MAX_RETRY_AFTER));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]
     fn endpoints_keep_a_path_prefix() {
-        let base: url::Url = "https://acme.run.ai".parse().unwrap();
+        let endpoint = |base: &str, api| token_endpoint(&base.parse().unwrap(), api).to_string();
         assert_eq!(
-            token_endpoint(&base, TokenApi::V1).as_str(),
+            endpoint("https://acme.run.ai", TokenApi::V1),
             "https://acme.run.ai/api/v1/token"
         );
         assert_eq!(
-            token_endpoint(&base, TokenApi::V2).as_str(),
+            endpoint("https://acme.run.ai/", TokenApi::V2),
             "https://acme.run.ai/api/v2/token"
         );
-        let prefixed: url::Url = "https://host/runai".parse().unwrap();
+        for base in ["https://host/runai", "https://host/runai/"] {
+            assert_eq!(
+                endpoint(base, TokenApi::V1),
+                "https://host/runai/api/v1/token"
+            );
+            assert_eq!(
+                endpoint(base, TokenApi::AppToken),
+                "https://host/runai/api/v1/token"
+            );
+            assert_eq!(
+                endpoint(base, TokenApi::V2),
+                "https://host/runai/api/v2/token"
+            );
+        }
         assert_eq!(
-            token_endpoint(&prefixed, TokenApi::AppToken).as_str(),
-            "https://host/runai/api/v1/token"
+            endpoint("https://host:8443/a/b", TokenApi::V1),
+            "https://host:8443/a/b/api/v1/token"
         );
     }
 
     #[test]
     fn ca_bundle_must_hold_a_certificate() {
+        use base64::engine::general_purpose::STANDARD;
+        let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+        for bad in ["hello", "", key, &STANDARD.encode(key)] {
+            match parse_ca_bundle(bad) {
+                Err(Error::InvalidSpec { field, message }) => {
+                    assert_eq!(field, "spec.caBundle");
+                    assert!(message.contains("no PEM certificate"), "{message}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(
-            parse_ca_bundle("hello"),
+            parse_ca_bundle(broken),
             Err(Error::InvalidSpec { .. })
         ));
     }

@@ -145,7 +145,10 @@ fn context(client: Client) -> Arc<Context> {
         TokenClients::new(Duration::from_secs(2)),
         HashKey::new(vec![7; 32]),
         Arc::new(runai_token_sync::metrics::Metrics::new()),
-        true,
+        runai_token_sync::reconciler::Policy {
+            allow_insecure_http: true,
+            ..Default::default()
+        },
     ))
 }
 

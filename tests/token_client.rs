@@ -141,7 +141,8 @@ async fn failures_are_classified() {
         "{err:?}"
     );
     assert_eq!(err.reason(), "InvalidCredentials");
-    assert!(err.to_string().contains("Issuer is not familiar."), "{err}");
+    // What a 401 says is not repeated: such bodies echo what was sent.
+    assert!(!err.to_string().contains("Issuer"), "{err}");
 
     let err = failing(
         400,
@@ -195,14 +196,217 @@ async fn failures_are_classified() {
 }
 
 #[tokio::test]
-async fn an_echoed_secret_is_masked() {
+async fn an_echoed_secret_is_masked_in_every_form() {
+    // A 500 may repeat the endpoint's words; the secret in them never shows,
+    // whether raw, URL-encoded, JSON-escaped or base64 (also as id:secret).
+    let secret = "s3cr3t-value";
+    let echoed = format!(
+        "raw {secret} form s3cr3t%2Dvalue b64 czNjcjN0LXZhbHVl basic YXBwLWlkOnMzY3IzdC12YWx1ZQ=="
+    );
     let err = failing(
-        401,
-        serde_json::json!({"code": 401, "message": "client secret s3cr3t-value is wrong"}),
+        500,
+        serde_json::json!({"code": 500, "message": echoed}),
         None,
     )
     .await;
-    assert!(err.to_string().contains("[redacted]"), "{err}");
+    let text = err.to_string();
+    for form in [
+        secret,
+        "s3cr3t%2Dvalue",
+        "czNjcjN0LXZhbHVl",
+        "YXBwLWlkOnMzY3IzdC12YWx1ZQ",
+    ] {
+        assert!(!text.contains(form), "{form} in {text}");
+    }
+    // An over-encoded form no list foresees: the whole text is withheld.
+    assert!(text.contains("withheld"), "{text}");
+
+    let err = failing(
+        500,
+        serde_json::json!({"code": 500, "message": "raw s3cr3t-value b64 czNjcjN0LXZhbHVl basic YXBwLWlkOnMzY3IzdC12YWx1ZQ=="}),
+        None,
+    )
+    .await;
+    let text = err.to_string();
+    assert!(
+        text.contains("raw [redacted] b64 [redacted] basic [redacted]"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_error_object_in_a_200_is_invalid_credentials_with_its_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"code": 401, "message": "Issuer is not familiar."}),
+            ),
+        )
+        .mount(&server)
+        .await;
+    let err = request(&server, TokenApi::V1).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCredentials { status: 200, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Issuer is not familiar."), "{err}");
+}
+
+#[tokio::test]
+async fn gzip_and_a_byte_order_mark_are_accepted() {
+    use std::io::Write as _;
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend_from_slice(br#"{"accessToken":"tok-gz","expiresIn":"600"}"#);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("accept-encoding", "gzip"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .insert_header("content-type", "application/json")
+                .set_body_bytes(gz.finish().unwrap()),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let issued = request(&server, TokenApi::V1).await.unwrap();
+    assert_eq!(issued.access_token, "tok-gz");
+    assert_eq!(
+        issued.expires_at,
+        Some("2026-01-01T00:10:00Z".parse().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_is_cut_at_the_body_cap() {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(br#"{"accessToken":""#).unwrap();
+    gz.write_all(&vec![b'a'; 4 * MAX_RESPONSE_BYTES]).unwrap();
+    let compressed = gz.finish().unwrap();
+    assert!(
+        compressed.len() < MAX_RESPONSE_BYTES / 16,
+        "small on the wire"
+    );
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_bytes(compressed),
+        )
+        .mount(&server)
+        .await;
+    let err = request(&server, TokenApi::V1).await.unwrap_err();
+    assert!(matches!(err, Error::ResponseTooLarge { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_path_prefix_is_kept_for_every_generation() {
+    for (prefix, api, expected) in [
+        ("/runai", TokenApi::V1, "/runai/api/v1/token"),
+        ("/runai/", TokenApi::V1, "/runai/api/v1/token"),
+        ("/runai", TokenApi::V2, "/runai/api/v2/token"),
+        ("/runai/", TokenApi::V2, "/runai/api/v2/token"),
+        ("/runai", TokenApi::AppToken, "/runai/api/v1/token"),
+        ("/runai/", TokenApi::AppToken, "/runai/api/v1/token"),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(expected))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(
+                    serde_json::json!({"accessToken": "tok", "access_token": "tok"}),
+                ),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let url = format!("{}{prefix}", server.uri()).parse().unwrap();
+        let issued = client().request_token(&url, api, &creds(), now()).await;
+        assert!(issued.is_ok(), "{prefix} {api:?}: {issued:?}");
+    }
+}
+
+/// An HTTP/1.1 endpoint that answers the first request on a connection, then
+/// closes that connection when the next request arrives on it without
+/// answering (as a server does whose idle timeout races the client's reuse).
+/// Returns its address and the count of requests it answered.
+async fn closing_endpoint() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut served_here = 0;
+                loop {
+                    // Read one request: headers, then the body by Content-Length.
+                    let mut buf = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        buf.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    if tcp.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if served_here == 1 {
+                        // The second request on this connection: hang up.
+                        return;
+                    }
+                    served_here += 1;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let answer = r#"{"accessToken":"tok-retried","expiresIn":60}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if tcp.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_before_answering_is_retried_once() {
+    use std::sync::atomic::Ordering;
+    let (addr, answered) = closing_endpoint().await;
+    let url = format!("http://{addr}").parse().unwrap();
+    let client = client();
+    // The first request leaves its connection in the pool; the second is
+    // sent on it, finds it closed, and must succeed on a new connection.
+    for round in 1..=3 {
+        let issued = client
+            .request_token(&url, TokenApi::V1, &creds(), now())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(issued.access_token, "tok-retried");
+        assert_eq!(answered.load(Ordering::SeqCst), round);
+    }
 }
 
 #[tokio::test]
@@ -223,7 +427,7 @@ async fn malformed_and_empty_answers() {
         .mount(&server)
         .await;
     let err = request(&server, TokenApi::V1).await.unwrap_err();
-    assert!(matches!(err, Error::EmptyToken), "{err:?}");
+    assert!(matches!(err, Error::NoToken { .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -289,9 +493,15 @@ async fn redirects_are_not_followed() {
         .await;
     let err = request(&server, TokenApi::V1).await.unwrap_err();
     assert!(
-        matches!(err, Error::RequestRejected { status: 307, .. }),
+        matches!(err, Error::Redirected { status: 307, .. }),
         "{err:?}"
     );
+    let text = err.to_string();
+    assert!(
+        text.contains("HTTP 307") && text.contains("elsewhere.example"),
+        "{text}"
+    );
+    assert!(!text.contains("/steal"), "{text}");
 }
 
 /// A one-route HTTPS token endpoint with a certificate from a fresh private CA.

@@ -1,0 +1,92 @@
+//! Proxies from the environment for the Kubernetes API server connection.
+//!
+//! Token requests get theirs from reqwest, which reads the same variables.
+//! For the API server, kube reads only `HTTPS_PROXY` and compares `NO_PROXY`
+//! with the proxy's own address rather than the API server's, and ignores
+//! both in a Pod. Both clients therefore follow one rule here, the one of
+//! hyper-util's matcher (also reqwest's): `HTTPS_PROXY`/`HTTP_PROXY`/
+//! `ALL_PROXY` by the API server's scheme, and `NO_PROXY` entries as hosts,
+//! domain suffixes (`.svc`, `example.com`), IP addresses and CIDR ranges; the
+//! lower-case forms too. A variable that cannot be read is ignored rather than
+//! stopping the controller.
+
+use hyper_util::client::proxy::matcher::Matcher;
+
+/// The proxy to reach `cluster_url` through, as the environment says.
+///
+/// `configured` is what kube chose: a `proxy-url` set in the kubeconfig is
+/// kept; one that kube took from `HTTPS_PROXY` is decided again with
+/// `NO_PROXY` applied to the API server's host.
+pub fn api_server_proxy(
+    cluster_url: &http::Uri,
+    configured: Option<http::Uri>,
+) -> Option<http::Uri> {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let kube_env_proxy = from_env("HTTPS_PROXY").or_else(|| from_env("https_proxy"));
+    let from_kubeconfig = configured.filter(|uri| {
+        kube_env_proxy
+            .as_deref()
+            .and_then(|p| p.trim().parse::<http::Uri>().ok())
+            .is_none_or(|env| env != *uri)
+    });
+    from_kubeconfig.or_else(|| proxy_for(&Matcher::from_env(), cluster_url))
+}
+
+/// The proxy `matcher` picks for `url`, if any.
+fn proxy_for(matcher: &Matcher, url: &http::Uri) -> Option<http::Uri> {
+    matcher
+        .intercept(url)
+        .map(|intercept| intercept.uri().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(no_proxy: &str) -> Matcher {
+        Matcher::builder()
+            .https("http://proxy.corp:3128")
+            .http("http://plain-proxy.corp:3128")
+            .no(no_proxy)
+            .build()
+    }
+
+    fn uri(s: &str) -> http::Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn no_proxy_hosts_suffixes_and_cidrs() {
+        let m = matcher("localhost,.svc,example.com,10.0.0.0/8,192.168.1.7");
+        let proxied = |url: &str| proxy_for(&m, &uri(url));
+        assert_eq!(proxied("https://kubernetes.default.svc"), None);
+        assert_eq!(proxied("https://api.example.com:6443"), None);
+        assert_eq!(proxied("https://example.com"), None);
+        assert_eq!(proxied("https://10.96.0.1:443"), None);
+        assert_eq!(proxied("https://192.168.1.7:6443"), None);
+        assert_eq!(proxied("https://localhost:6443"), None);
+        assert_eq!(
+            proxied("https://192.168.1.8:6443"),
+            Some(uri("http://proxy.corp:3128"))
+        );
+        assert_eq!(
+            proxied("https://acme.run.ai"),
+            Some(uri("http://proxy.corp:3128"))
+        );
+        assert_eq!(
+            proxied("http://acme.run.ai"),
+            Some(uri("http://plain-proxy.corp:3128")),
+            "HTTP_PROXY for plain http"
+        );
+    }
+
+    #[test]
+    fn unreadable_entries_do_not_stop_anything() {
+        // A trailing comma, blanks and junk: the good entries still apply.
+        let m = matcher("10.0.0.0/8,, not a host ,");
+        assert_eq!(proxy_for(&m, &uri("https://10.1.2.3")), None);
+        assert!(proxy_for(&m, &uri("https://acme.run.ai")).is_some());
+        let broken = Matcher::builder().https("::not a uri::").build();
+        assert_eq!(proxy_for(&broken, &uri("https://acme.run.ai")), None);
+    }
+}
