@@ -453,7 +453,7 @@ fn current_token<'a>(
             && desired
                 .credentials_hash
                 .as_deref()
-                .is_none_or(|hash| hash == s.record.credentials_hash),
+                .is_none_or(|hash| target_secret::hashes_equal(hash, &s.record.credentials_hash)),
     })
 }
 

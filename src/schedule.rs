@@ -128,7 +128,11 @@ pub fn plan(
     if !intact {
         return Plan::Refresh(RefreshReason::TokenAltered);
     }
-    if desired.credentials_hash.as_deref() != Some(record.credentials_hash.as_str()) {
+    if !desired
+        .credentials_hash
+        .as_deref()
+        .is_some_and(|hash| crate::target_secret::hashes_equal(hash, &record.credentials_hash))
+    {
         return Plan::Refresh(RefreshReason::CredentialsChanged);
     }
     if desired.generation != record.generation {

@@ -107,19 +107,39 @@ impl HashKey {
     }
 }
 
+/// Compares two keyed hashes in constant time, so that the time a check
+/// takes tells nothing about how much of a forged hash was right.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
 impl std::fmt::Debug for HashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HashKey([redacted])")
     }
 }
 
-/// What exists under the target Secret's name.
-#[derive(Debug)]
+/// What exists under the target Secret's name. `Debug` never shows the
+/// Secret's data.
 pub enum TargetSecret {
     Missing,
     /// Exists and belongs to someone else: never touched.
     Foreign,
     Managed(Box<Secret>),
+}
+
+impl std::fmt::Debug for TargetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetSecret::Missing => f.write_str("Missing"),
+            TargetSecret::Foreign => f.write_str("Foreign"),
+            TargetSecret::Managed(secret) => f
+                .debug_tuple("Managed")
+                .field(&secret.metadata.name)
+                .finish(),
+        }
+    }
 }
 
 impl TargetSecret {
@@ -185,8 +205,9 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         refresh_request: annotations.get(REFRESH_REQUEST_ANNOTATION).cloned(),
     };
     let intact = !access_token.is_empty()
-        && annotations.get(TOKEN_HASH_ANNOTATION)
-            == Some(&hash_key.token_hash(&access_token, &record));
+        && annotations
+            .get(TOKEN_HASH_ANNOTATION)
+            .is_some_and(|stored| hashes_equal(stored, &hash_key.token_hash(&access_token, &record)));
     Some(StoredToken {
         access_token,
         record,
@@ -502,6 +523,16 @@ mod tests {
             needs_repair(&desired, &retained),
             "a left-over owner reference is removed"
         );
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret_data() {
+        let cr = credential(DeletionPolicy::Delete);
+        let secret = desired_secret(&cr, "tok3n-value", &record(), &key());
+        let shown = format!("{:?}", TargetSecret::classify(Some(secret), &cr));
+        assert!(shown.contains("Managed") && shown.contains("trainer"), "{shown}");
+        assert!(!shown.contains("tok3n") && !shown.contains("116, 111, 107"), "{shown}");
+        assert!(hashes_equal("abc", "abc") && !hashes_equal("abc", "abd") && !hashes_equal("abc", "ab"));
     }
 
     #[test]

@@ -221,6 +221,39 @@ fn optional_objects_render_when_enabled() {
 
 #[test]
 #[ignore = "needs helm: run hack/test.sh"]
+fn the_trust_settings_reach_the_controller() {
+    let env_of = |objects: &[Value], name: &str| {
+        of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    let defaults = template(&[]);
+    assert_eq!(env_of(&defaults, "ALLOWED_URLS"), None, "unset: any https:// URL");
+    assert_eq!(
+        env_of(&defaults, "CREDENTIALS_SECRET_LABEL_REQUIRED"),
+        Some(Value::from("false"))
+    );
+    let restricted = template(&[
+        "--set",
+        "allowedUrls={https://*.run.ai,https://runai.example.com/runai/}",
+        "--set",
+        "credentialsSecretLabelRequired=true",
+    ]);
+    assert_eq!(
+        env_of(&restricted, "ALLOWED_URLS"),
+        Some(Value::from("https://*.run.ai,https://runai.example.com/runai/"))
+    );
+    assert_eq!(
+        env_of(&restricted, "CREDENTIALS_SECRET_LABEL_REQUIRED"),
+        Some(Value::from("true"))
+    );
+}
+
+#[test]
+#[ignore = "needs helm: run hack/test.sh"]
 fn the_plain_manifests_are_rendered_from_the_chart() {
     let rendered = run(
         "helm",

@@ -353,9 +353,31 @@ impl Controller {
         Controller::start_raw(kubeconfig, &args)
     }
 
+    /// Starts `runai-token-sync run` watching `namespace`, with `extra_args`
+    /// and these environment variables set.
+    pub fn start_with_env(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
+        let mut args = vec![
+            "--namespace",
+            namespace,
+            "--controller-namespace",
+            namespace,
+        ];
+        args.extend_from_slice(extra_args);
+        Controller::spawn(kubeconfig, &args, env)
+    }
+
     /// Starts `runai-token-sync run` with exactly `args` (plus a free metrics
     /// port unless one is given).
     pub fn start_raw(kubeconfig: &std::path::Path, args: &[&str]) -> Controller {
+        Controller::spawn(kubeconfig, args, &[])
+    }
+
+    fn spawn(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Controller {
         let log = std::env::temp_dir().join(format!(
             "runai-token-sync-e2e-{}.log",
             rand::random::<u64>()
@@ -367,6 +389,14 @@ impl Controller {
             // Many controllers run at once: each gets a port of its own.
             command.args(["--metrics-address", "127.0.0.1:0"]);
         }
+        // Proxy variables of the machine running the tests do not apply.
+        for name in [
+            "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+            "NO_PROXY", "no_proxy",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(env.iter().copied());
         let child = command
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,runai_token_sync=debug")
@@ -481,6 +511,57 @@ pub fn spec_for(standin: &StandIn, credentials_secret: &str) -> Value {
         "caBundle": standin.ca_pem(),
         "clientCredentialsSecretRef": {"name": credentials_secret},
     })
+}
+
+/// Every form in which a secret could leak: raw, URL-encoded (form and
+/// RFC 3986), JSON-escaped and base64 (standard and URL-safe).
+pub fn leak_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let json = serde_json::to_string(secret).unwrap();
+    vec![
+        secret.to_owned(),
+        form,
+        json.trim_matches('"').to_owned(),
+        STANDARD.encode(secret),
+        URL_SAFE_NO_PAD.encode(secret),
+    ]
+}
+
+impl Cluster {
+    /// Asserts that no form of any of `secrets` appears in the status of any
+    /// RunaiCredential, in any Event of the namespace, or in the controller's
+    /// logs. The positive control: the search does see the status and
+    /// Events it reads (they are not empty).
+    pub async fn assert_nothing_leaks(&self, controller: &Controller, secrets: &[&str]) {
+        let credentials = self
+            .credentials()
+            .list(&Default::default())
+            .await
+            .expect("listing RunaiCredentials");
+        let statuses = serde_json::to_string(
+            &credentials.items.iter().map(|c| &c.status).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(statuses.contains("Ready"), "the statuses were read: {statuses}");
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let events = serde_json::to_string(
+            &events.list(&Default::default()).await.expect("listing Events").items,
+        )
+        .unwrap();
+        assert!(events.contains("RunaiCredential"), "the Events were read");
+        let logs = controller.logs();
+        assert!(!logs.is_empty(), "the controller logged nothing");
+        for secret in secrets {
+            for form in leak_forms(secret) {
+                for (place, text) in [("status", &statuses), ("Events", &events), ("logs", &logs)] {
+                    assert!(!text.contains(&form), "{form:?} (a form of a secret) appears in the {place}");
+                }
+            }
+        }
+    }
 }
 
 /// The claims of a JWT, decoded without verification.

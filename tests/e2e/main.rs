@@ -6,6 +6,7 @@
 //! local control plane and runs them. Each test has its own namespace and its
 //! own controller process, and polls for conditions rather than sleeping.
 
+mod edge;
 mod harness;
 mod ops;
 
@@ -653,6 +654,7 @@ async fn v2_and_app_token_generations() {
             secret: "s3cr3t-noexp".into(),
             lifetime: Duration::from_secs(1800),
             send_expires_in: false,
+            clock_skew_seconds: 0,
         },
     );
     cluster

@@ -36,6 +36,9 @@ pub struct Client {
     /// Whether V1 answers carry `expiresIn` (older Run:ai releases do not; the
     /// expiry is then only in the JWT's `exp`).
     pub send_expires_in: bool,
+    /// Seconds the issuer's clock is ahead (positive) or behind (negative):
+    /// the JWT's `iat` and `exp` are shifted by it.
+    pub clock_skew_seconds: i64,
 }
 
 /// A failure to inject into every token answer until cleared.
@@ -51,10 +54,33 @@ pub enum Fault {
     Oversized,
     /// A 200 answer with an empty token.
     EmptyToken,
+    /// Exactly this answer: status, headers and body bytes.
+    Raw {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// The normal answer, gzip-compressed with `Content-Encoding: gzip` and
+    /// preceded by a UTF-8 byte-order mark.
+    GzipWithBom,
+}
+
+/// How a stand-in serves.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Serve the token API under this path (`/runai`), as a self-hosted
+    /// Run:ai behind a reverse proxy; requests without it get 404.
+    pub path_prefix: String,
+    /// Sign the server certificate with an intermediate CA, and send only
+    /// the server certificate: a client then needs root and intermediate in
+    /// its trusted bundle, which [`StandIn::ca_pem`] gives (with CRLF line
+    /// endings and text around the blocks, as pasted from elsewhere).
+    pub intermediate_ca: bool,
 }
 
 #[derive(Default)]
 struct State {
+    path_prefix: String,
     clients: HashMap<String, Client>,
     fault: Option<Fault>,
     requests: HashMap<String, u64>,
@@ -74,12 +100,25 @@ impl StandIn {
         StandIn::start_on("127.0.0.1:0".parse().expect("a valid address")).await
     }
 
+    /// Starts on a free port of 127.0.0.1 with `options`.
+    pub async fn start_with(options: Options) -> std::io::Result<StandIn> {
+        StandIn::start_on_with("127.0.0.1:0".parse().expect("a valid address"), options).await
+    }
+
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<StandIn> {
-        let (ca_pem, tls) = tls_config();
+        StandIn::start_on_with(addr, Options::default()).await
+    }
+
+    /// Starts on `addr` with `options`.
+    pub async fn start_on_with(addr: SocketAddr, options: Options) -> std::io::Result<StandIn> {
+        let (ca_pem, tls) = tls_config(options.intermediate_ca);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            path_prefix: options.path_prefix.trim_end_matches('/').to_owned(),
+            ..State::default()
+        }));
         let (shutdown, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let served = state.clone();
@@ -135,6 +174,7 @@ impl StandIn {
                 secret: secret.to_owned(),
                 lifetime,
                 send_expires_in: true,
+                clock_skew_seconds: 0,
             },
         );
     }
@@ -180,7 +220,13 @@ async fn answer(
     state: &Mutex<State>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
-    let generation = match (req.method().as_str(), req.uri().path()) {
+    let prefix = state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .path_prefix
+        .clone();
+    let path = req.uri().path().strip_prefix(prefix.as_str()).unwrap_or("");
+    let generation = match (req.method().as_str(), path) {
         ("POST", "/api/v1/token") => Generation::V1,
         ("POST", "/api/v2/token") => Generation::V2,
         _ => {
@@ -234,7 +280,21 @@ async fn answer(
                 None,
             );
         }
-        None => {}
+        Some(Fault::Raw {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut builder =
+                Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+            for (name, value) in &headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            return builder
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid response");
+        }
+        Some(Fault::GzipWithBom) | None => {}
     }
 
     let Some(client) = client.filter(|c| c.secret == client_secret) else {
@@ -251,7 +311,7 @@ async fn answer(
             ),
         };
     };
-    let token = jwt(&client_id, client.lifetime);
+    let token = jwt(&client_id, client.lifetime, client.clock_skew_seconds);
     let lifetime = client.lifetime.as_secs();
     let body = match generation {
         Generation::V1 if client.send_expires_in => {
@@ -262,7 +322,28 @@ async fn answer(
             json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": "openid"})
         }
     };
+    if fault == Some(Fault::GzipWithBom) {
+        return gzip_response(&body);
+    }
     json_response(StatusCode::OK, &body, None)
+}
+
+/// A JSON answer after a byte-order mark, gzip-compressed.
+fn gzip_response(body: &Value) -> Response<Full<Bytes>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let written = encoder
+        .write_all(b"\xEF\xBB\xBF")
+        .and_then(|()| encoder.write_all(body.to_string().as_bytes()));
+    let compressed = written
+        .and_then(|()| encoder.finish())
+        .expect("compressing in memory");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from(compressed)))
+        .expect("a valid response")
 }
 
 /// Client ID and secret from a request body of either generation; `None`
@@ -333,12 +414,14 @@ fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("a valid response")
 }
 
-/// A JWT-shaped token: real header and claims, a random signature.
-fn jwt(subject: &str, lifetime: Duration) -> String {
+/// A JWT-shaped token: real header and claims, a random signature; `iat`
+/// and `exp` as an issuer whose clock is `skew` seconds off would set them.
+fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
+        .as_secs()
+        .saturating_add_signed(skew);
     let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = enc.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string());
     let claims = enc.encode(
@@ -355,21 +438,49 @@ fn jwt(subject: &str, lifetime: Duration) -> String {
     format!("{header}.{claims}.{signature}")
 }
 
-/// A fresh CA and a server certificate for 127.0.0.1 and localhost.
-fn tls_config() -> (String, rustls::ServerConfig) {
+/// A fresh CA and a server certificate for 127.0.0.1 and localhost; with
+/// `intermediate`, signed through an intermediate CA, and the PEM to trust
+/// holds both CAs the way users paste them (CRLF, text around the blocks).
+fn tls_config(intermediate: bool) -> (String, rustls::ServerConfig) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("valid CA parameters");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "runai-standin CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key"))
-        .expect("a self-signed CA");
+    let ca_params = |name: &str| {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).expect("valid CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+    };
+    let root = CertifiedIssuer::self_signed(
+        ca_params("runai-standin CA"),
+        KeyPair::generate().expect("a key"),
+    )
+    .expect("a self-signed CA");
     let key = KeyPair::generate().expect("a key");
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("valid server parameters")
-        .signed_by(&key, &ca)
-        .expect("a signed server certificate");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("valid server parameters");
+    let (cert, ca_pem) = if intermediate {
+        let middle = CertifiedIssuer::signed_by(
+            ca_params("runai-standin intermediate CA"),
+            KeyPair::generate().expect("a key"),
+            &root,
+        )
+        .expect("an intermediate CA");
+        let cert = server
+            .signed_by(&key, &middle)
+            .expect("a signed server certificate");
+        let pasted = format!(
+            "Issuing CA (intermediate):\n{}\n\n\nRoot CA:\n{}\n-- end of chain --\n",
+            middle.pem(),
+            root.pem()
+        )
+        .replace('\n', "\r\n");
+        (cert, pasted)
+    } else {
+        let cert = server
+            .signed_by(&key, &root)
+            .expect("a signed server certificate");
+        (cert, root.pem())
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -380,5 +491,5 @@ fn tls_config() -> (String, rustls::ServerConfig) {
             rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key"),
         )
         .expect("a valid certificate and key");
-    (ca.pem(), config)
+    (ca_pem, config)
 }
