@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod error;
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod reconciler;

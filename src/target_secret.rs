@@ -207,7 +207,9 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
     let intact = !access_token.is_empty()
         && annotations
             .get(TOKEN_HASH_ANNOTATION)
-            .is_some_and(|stored| hashes_equal(stored, &hash_key.token_hash(&access_token, &record)));
+            .is_some_and(|stored| {
+                hashes_equal(stored, &hash_key.token_hash(&access_token, &record))
+            });
     Some(StoredToken {
         access_token,
         record,
@@ -530,9 +532,17 @@ mod tests {
         let cr = credential(DeletionPolicy::Delete);
         let secret = desired_secret(&cr, "tok3n-value", &record(), &key());
         let shown = format!("{:?}", TargetSecret::classify(Some(secret), &cr));
-        assert!(shown.contains("Managed") && shown.contains("trainer"), "{shown}");
-        assert!(!shown.contains("tok3n") && !shown.contains("116, 111, 107"), "{shown}");
-        assert!(hashes_equal("abc", "abc") && !hashes_equal("abc", "abd") && !hashes_equal("abc", "ab"));
+        assert!(
+            shown.contains("Managed") && shown.contains("trainer"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("tok3n") && !shown.contains("116, 111, 107"),
+            "{shown}"
+        );
+        assert!(
+            hashes_equal("abc", "abc") && !hashes_equal("abc", "abd") && !hashes_equal("abc", "ab")
+        );
     }
 
     #[test]

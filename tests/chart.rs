@@ -231,7 +231,11 @@ fn the_trust_settings_reach_the_controller() {
             .map(|e| e["value"].clone())
     };
     let defaults = template(&[]);
-    assert_eq!(env_of(&defaults, "ALLOWED_URLS"), None, "unset: any https:// URL");
+    assert_eq!(
+        env_of(&defaults, "ALLOWED_URLS"),
+        None,
+        "unset: any https:// URL"
+    );
     assert_eq!(
         env_of(&defaults, "CREDENTIALS_SECRET_LABEL_REQUIRED"),
         Some(Value::from("false"))
@@ -244,7 +248,9 @@ fn the_trust_settings_reach_the_controller() {
     ]);
     assert_eq!(
         env_of(&restricted, "ALLOWED_URLS"),
-        Some(Value::from("https://*.run.ai,https://runai.example.com/runai/"))
+        Some(Value::from(
+            "https://*.run.ai,https://runai.example.com/runai/"
+        ))
     );
     assert_eq!(
         env_of(&restricted, "CREDENTIALS_SECRET_LABEL_REQUIRED"),

@@ -40,7 +40,9 @@ async fn odd_token_answers_are_read_or_refused_clearly() {
     // gzip with a byte-order mark: read as any other answer.
     let gzip = standin_with("app", secret, HOUR).await;
     gzip.set_fault(Some(Fault::GzipWithBom));
-    cluster.create_credential("gzip", spec_for(&gzip, "creds")).await;
+    cluster
+        .create_credential("gzip", spec_for(&gzip, "creds"))
+        .await;
 
     // Issuers whose clocks are 20 minutes behind and ahead, JWT only.
     let mut skewed = Vec::new();
@@ -55,7 +57,9 @@ async fn odd_token_answers_are_read_or_refused_clearly() {
                 clock_skew_seconds: skew,
             },
         );
-        cluster.create_credential(name, spec_for(&standin, "creds")).await;
+        cluster
+            .create_credential(name, spec_for(&standin, "creds"))
+            .await;
         skewed.push((name, standin));
     }
 
@@ -66,21 +70,30 @@ async fn odd_token_answers_are_read_or_refused_clearly() {
         headers: vec![("content-type".into(), "application/json".into())],
         body: br#"{"code":401,"message":"Issuer is not familiar."}"#.to_vec(),
     }));
-    cluster.create_credential("error-in-200", spec_for(&error_200, "creds")).await;
+    cluster
+        .create_credential("error-in-200", spec_for(&error_200, "creds"))
+        .await;
 
     // A redirect to an SSO gateway.
     let redirect = standin_with("app", secret, HOUR).await;
     redirect.set_fault(Some(Fault::Raw {
         status: 302,
-        headers: vec![("location".into(), "https://sso.corp.example/auth?next=/api/v1/token".into())],
+        headers: vec![(
+            "location".into(),
+            "https://sso.corp.example/auth?next=/api/v1/token".into(),
+        )],
         body: Vec::new(),
     }));
-    cluster.create_credential("redirected", spec_for(&redirect, "creds")).await;
+    cluster
+        .create_credential("redirected", spec_for(&redirect, "creds"))
+        .await;
 
     // An HTML page with status 200.
     let html = standin_with("app", secret, HOUR).await;
     html.set_fault(Some(Fault::Malformed));
-    cluster.create_credential("html", spec_for(&html, "creds")).await;
+    cluster
+        .create_credential("html", spec_for(&html, "creds"))
+        .await;
 
     cluster.wait_ready("gzip").await;
     assert_eq!(gzip.requests("app"), 1);
@@ -97,19 +110,35 @@ async fn odd_token_answers_are_read_or_refused_clearly() {
         );
     }
     for (_, standin) in &skewed {
-        assert_eq!(standin.requests("app"), 1, "no request loop with a skewed issuer");
+        assert_eq!(
+            standin.requests("app"),
+            1,
+            "no request loop with a skewed issuer"
+        );
     }
 
-    let message = cluster.wait_not_ready("error-in-200", "InvalidCredentials").await;
+    let message = cluster
+        .wait_not_ready("error-in-200", "InvalidCredentials")
+        .await;
     assert!(message.contains("Issuer is not familiar."), "{message}");
-    let message = cluster.wait_not_ready("redirected", "TokenEndpointError").await;
-    assert!(message.contains("HTTP 302") && message.contains("sso.corp.example"), "{message}");
+    let message = cluster
+        .wait_not_ready("redirected", "TokenEndpointError")
+        .await;
+    assert!(
+        message.contains("HTTP 302") && message.contains("sso.corp.example"),
+        "{message}"
+    );
     let message = cluster.wait_not_ready("html", "TokenEndpointError").await;
     assert!(message.contains("HTML"), "{message}");
     for name in ["error-in-200", "redirected", "html"] {
-        assert!(cluster.secret(name).await.is_none(), "{name}: nothing is written");
+        assert!(
+            cluster.secret(name).await.is_none(),
+            "{name}: nothing is written"
+        );
     }
-    cluster.assert_nothing_leaks(&controller, &[secret, &token]).await;
+    cluster
+        .assert_nothing_leaks(&controller, &[secret, &token])
+        .await;
 }
 
 #[tokio::test]
@@ -119,11 +148,14 @@ async fn retry_after_a_year_away_does_not_let_the_token_expire() {
     let standin = standin_with("app", "s3cr3t-ra", Duration::from_secs(30)).await;
     cluster.put_credentials("creds", "app", "s3cr3t-ra").await;
     let controller = cluster.start_controller();
-    cluster.create_credential("short", spec_for(&standin, "creds")).await;
+    cluster
+        .create_credential("short", spec_for(&standin, "creds"))
+        .await;
     cluster.wait_ready("short").await;
     let expiry = secret_expiry(&cluster, "short").await;
 
-    let next_year = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(365 * 86400));
+    let next_year =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(365 * 86400));
     standin.set_fault(Some(Fault::Raw {
         status: 503,
         headers: vec![
@@ -139,9 +171,16 @@ async fn retry_after_a_year_away_does_not_let_the_token_expire() {
         .await;
     let status = cr.status.clone().unwrap();
     let next: Timestamp = status.next_refresh_time.unwrap().parse().unwrap();
-    assert!(next < expiry, "next retry {next} is before the expiry {expiry}");
+    assert!(
+        next < expiry,
+        "next retry {next} is before the expiry {expiry}"
+    );
     assert_eq!(status.failed_attempts, 1);
-    assert_eq!(cr.condition("Ready").unwrap().status, "True", "the token is still valid");
+    assert_eq!(
+        cr.condition("Ready").unwrap().status,
+        "True",
+        "the token is still valid"
+    );
 
     // The outage ends: that retry succeeds before the old token expired.
     standin.set_fault(None);
@@ -152,7 +191,10 @@ async fn retry_after_a_year_away_does_not_let_the_token_expire() {
         Timestamp::now() < expiry + SignedDuration::from_secs(2),
         "refreshed before {expiry}"
     );
-    assert!(secret_expiry(&cluster, "short").await > expiry, "a new token");
+    assert!(
+        secret_expiry(&cluster, "short").await > expiry,
+        "a new token"
+    );
     assert_eq!(standin.requests("app"), 3, "issue, failure, retry");
     controller.assert_logs_hold_none_of(&["s3cr3t-ra"]);
 }
@@ -196,36 +238,62 @@ async fn messy_specs_and_credentials_work() {
     .await
     .unwrap();
     chained.set_client("app", secret, HOUR);
-    assert!(chained.ca_pem().contains("\r\n") && chained.ca_pem().matches("BEGIN CERTIFICATE").count() == 2);
-    cluster.create_credential("chain", spec_for(&chained, "creds")).await;
+    assert!(
+        chained.ca_pem().contains("\r\n")
+            && chained.ca_pem().matches("BEGIN CERTIFICATE").count() == 2
+    );
+    cluster
+        .create_credential("chain", spec_for(&chained, "creds"))
+        .await;
 
     // A name longer than a label value.
     let long_name = format!("a-very-long-runaicredential-name-{}", "x".repeat(37));
     assert_eq!(long_name.len(), 70);
     let plain = standin_with("app", secret, HOUR).await;
-    cluster.create_credential(&long_name, spec_for(&plain, "creds")).await;
+    cluster
+        .create_credential(&long_name, spec_for(&plain, "creds"))
+        .await;
 
     // A CA bundle with no certificate, and a URL with a query: InvalidSpec
     // before any request.
     let unused = standin_with("unused", "unused", HOUR).await;
     let mut no_cert = spec_for(&unused, "creds");
-    no_cert["caBundle"] = json!("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n");
+    no_cert["caBundle"] = json!(
+        "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
+    );
     cluster.create_credential("no-cert", no_cert).await;
     let mut query = spec_for(&unused, "creds");
     query["url"] = json!(format!("{}/?tenant=acme", unused.url()));
     cluster.create_credential("query", query).await;
 
-    for name in ["prefix", "prefix-slash", "prefix-v2", "prefix-app-token", "chain", long_name.as_str()] {
+    for name in [
+        "prefix",
+        "prefix-slash",
+        "prefix-v2",
+        "prefix-app-token",
+        "chain",
+        long_name.as_str(),
+    ] {
         cluster.wait_ready(name).await;
     }
-    assert_eq!(prefixed.requests("app"), 4, "each prefixed credential asked once");
+    assert_eq!(
+        prefixed.requests("app"),
+        4,
+        "each prefixed credential asked once"
+    );
     assert_eq!(chained.requests("app"), 1);
 
-    let secret_of_long = cluster.secret(&long_name).await.expect("the long name's Secret");
+    let secret_of_long = cluster
+        .secret(&long_name)
+        .await
+        .expect("the long name's Secret");
     let label = &secret_of_long.metadata.labels.clone().unwrap()["tokensync.dev/credential"];
     assert_eq!(label.len(), 63);
     assert!(label.starts_with(&long_name[..54]) && label.as_bytes()[54] == b'-');
-    assert!(label[55..].bytes().all(|b| b.is_ascii_hexdigit()), "{label}");
+    assert!(
+        label[55..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{label}"
+    );
     // Edits to it are still put right (the event maps back through the hash).
     cluster
         .secrets()
@@ -236,10 +304,14 @@ async fn messy_specs_and_credentials_work() {
         )
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "the forged token is replaced", || async {
-        let token = cluster.token(&long_name, "accessToken").await?;
-        (token != "forged").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the forged token is replaced",
+        || async {
+            let token = cluster.token(&long_name, "accessToken").await?;
+            (token != "forged").then_some(())
+        },
+    )
     .await;
 
     let message = cluster.wait_not_ready("no-cert", "InvalidSpec").await;
@@ -287,7 +359,9 @@ impl ConnectProxy {
                         .and_then(|l| l.split_whitespace().next())
                         .map(str::to_owned)
                     else {
-                        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+                        let _ = client
+                            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                            .await;
                         return;
                     };
                     seen.lock().unwrap().push(target.clone());
@@ -295,7 +369,11 @@ impl ConnectProxy {
                         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
                         return;
                     };
-                    if client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                        .await
+                        .is_ok()
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                     }
                 });
@@ -314,7 +392,9 @@ impl ConnectProxy {
 async fn token_requests_use_the_proxy_and_no_proxy_exempts_the_api_server() {
     let cluster = Cluster::new("proxy").await;
     let standin = standin_with("app", "s3cr3t-proxy", HOUR).await;
-    cluster.put_credentials("creds", "app", "s3cr3t-proxy").await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-proxy")
+        .await;
     let proxy = ConnectProxy::start().await;
 
     let config = kube::Config::from_custom_kubeconfig(
@@ -384,41 +464,66 @@ async fn allowed_urls_and_the_credentials_label_are_enforced() {
                 .patch(
                     &name,
                     &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(json!({"metadata": {"labels": {"tokensync.dev/credentials": "true"}}})),
+                    &kube::api::Patch::Merge(
+                        json!({"metadata": {"labels": {"tokensync.dev/credentials": "true"}}}),
+                    ),
                 )
                 .await
                 .unwrap();
         }
     };
-    cluster.put_credentials("labelled", "app", "s3cr3t-trust").await;
+    cluster
+        .put_credentials("labelled", "app", "s3cr3t-trust")
+        .await;
     label("labelled").await;
-    cluster.put_credentials("unlabelled", "app", "s3cr3t-trust").await;
+    cluster
+        .put_credentials("unlabelled", "app", "s3cr3t-trust")
+        .await;
 
     let localhost = |secret: &str| {
         let mut spec = spec_for(&standin, secret);
         spec["url"] = json!(format!("https://localhost:{port}"));
         spec
     };
-    cluster.create_credential("allowed", localhost("labelled")).await;
+    cluster
+        .create_credential("allowed", localhost("labelled"))
+        .await;
     // Same endpoint by another name, not in the list; its credentials Secret
     // does not even exist: the URL is refused before it is looked for.
-    cluster.create_credential("elsewhere", spec_for(&standin, "missing")).await;
-    cluster.create_credential("needs-label", localhost("unlabelled")).await;
+    cluster
+        .create_credential("elsewhere", spec_for(&standin, "missing"))
+        .await;
+    cluster
+        .create_credential("needs-label", localhost("unlabelled"))
+        .await;
 
     cluster.wait_ready("allowed").await;
     let message = cluster.wait_not_ready("elsewhere", "InvalidSpec").await;
-    assert!(message.starts_with("spec.url") && message.contains("not among"), "{message}");
-    let message = cluster.wait_not_ready("needs-label", "CredentialsNotFound").await;
+    assert!(
+        message.starts_with("spec.url") && message.contains("not among"),
+        "{message}"
+    );
+    let message = cluster
+        .wait_not_ready("needs-label", "CredentialsNotFound")
+        .await;
     assert!(message.contains("tokensync.dev/credentials"), "{message}");
-    assert_eq!(standin.requests("app"), 1, "only the allowed, labelled one asked");
-    stays(Duration::from_secs(2), "no request for the refused ones", || async {
-        standin.requests("app") == 1
-    })
+    assert_eq!(
+        standin.requests("app"),
+        1,
+        "only the allowed, labelled one asked"
+    );
+    stays(
+        Duration::from_secs(2),
+        "no request for the refused ones",
+        || async { standin.requests("app") == 1 },
+    )
     .await;
 
     // Labelling the Secret is seen (the labelled-Secret watch) and fixes it.
     label("unlabelled").await;
     cluster.wait_ready("needs-label").await;
     assert_eq!(standin.requests("app"), 2);
-    cluster.assert_nothing_leaks(&controller, &["s3cr3t-trust"]).await;
+    cluster
+        .assert_nothing_leaks(&controller, &["s3cr3t-trust"])
+        .await;
 }

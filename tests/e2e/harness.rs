@@ -391,8 +391,14 @@ impl Controller {
         }
         // Proxy variables of the machine running the tests do not apply.
         for name in [
-            "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-            "NO_PROXY", "no_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
         ] {
             command.env_remove(name);
         }
@@ -541,14 +547,25 @@ impl Cluster {
             .await
             .expect("listing RunaiCredentials");
         let statuses = serde_json::to_string(
-            &credentials.items.iter().map(|c| &c.status).collect::<Vec<_>>(),
+            &credentials
+                .items
+                .iter()
+                .map(|c| &c.status)
+                .collect::<Vec<_>>(),
         )
         .unwrap();
-        assert!(statuses.contains("Ready"), "the statuses were read: {statuses}");
+        assert!(
+            statuses.contains("Ready"),
+            "the statuses were read: {statuses}"
+        );
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.namespace);
         let events = serde_json::to_string(
-            &events.list(&Default::default()).await.expect("listing Events").items,
+            &events
+                .list(&Default::default())
+                .await
+                .expect("listing Events")
+                .items,
         )
         .unwrap();
         assert!(events.contains("RunaiCredential"), "the Events were read");
@@ -557,7 +574,10 @@ impl Cluster {
         for secret in secrets {
             for form in leak_forms(secret) {
                 for (place, text) in [("status", &statuses), ("Events", &events), ("logs", &logs)] {
-                    assert!(!text.contains(&form), "{form:?} (a form of a secret) appears in the {place}");
+                    assert!(
+                        !text.contains(&form),
+                        "{form:?} (a form of a secret) appears in the {place}"
+                    );
                 }
             }
         }

@@ -444,8 +444,7 @@ fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
 fn tls_config(intermediate: bool) -> (String, rustls::ServerConfig) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let ca_params = |name: &str| {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).expect("valid CA parameters");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("valid CA parameters");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         params
