@@ -138,7 +138,14 @@ async fn main() -> ExitCode {
                 }),
                 api_server: String::new(),
             };
-            let result = match kube::Config::infer().await {
+            let inferred = match kube::Config::infer().await {
+                Err(e) if is_about_proxies(&e) => {
+                    tracing::warn!(error = %e, "a proxy variable cannot be read as kube reads it; loading the kubeconfig without it (proxies are still chosen from HTTPS_PROXY, HTTP_PROXY and NO_PROXY, ignoring what cannot be read)");
+                    proxy::kubeconfig_ignoring_proxy_env().map_err(|reason| (e, reason))
+                }
+                other => other.map_err(|e| (e, String::new())),
+            };
+            let result = match inferred {
                 Ok(mut config) => {
                     settings.api_server = config.cluster_url.to_string();
                     config.proxy_url =
@@ -151,8 +158,13 @@ async fn main() -> ExitCode {
                         ))),
                     }
                 }
-                Err(e) => Err(Error::Startup(format!(
-                    "cannot find a Kubernetes configuration (no usable kubeconfig and not running in a cluster): {e}"
+                Err((e, fallback)) => Err(Error::Startup(format!(
+                    "cannot find a Kubernetes configuration (no usable kubeconfig and not running in a cluster): {e}{}",
+                    if fallback.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {fallback}")
+                    }
                 ))),
             };
             match result {
@@ -164,4 +176,20 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether kube gave up on the kubeconfig because of a proxy variable.
+fn is_about_proxies(err: &kube::config::InferConfigError) -> bool {
+    use kube::config::KubeconfigError;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if matches!(
+            e.downcast_ref::<KubeconfigError>(),
+            Some(KubeconfigError::ParseProxyUrl(_) | KubeconfigError::ParseNoProxy(_))
+        ) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }

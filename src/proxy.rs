@@ -90,3 +90,81 @@ mod tests {
         assert_eq!(proxy_for(&broken, &uri("https://acme.run.ai")), None);
     }
 }
+
+/// Loads the current context of the kubeconfig (`KUBECONFIG` or
+/// `~/.kube/config`) the way kube does, but without reading any proxy
+/// variable: kube refuses to load a kubeconfig at all when `HTTPS_PROXY` or
+/// `NO_PROXY` holds something it cannot parse (`a,,b`, a trailing comma, an
+/// unknown scheme), while those variables must never stop the controller. The
+/// proxy is then chosen by [`api_server_proxy`] as always.
+///
+/// # Errors
+///
+/// A message when there is no kubeconfig, no current context, no server URL,
+/// or an unreadable certificate authority.
+pub fn kubeconfig_ignoring_proxy_env() -> Result<kube::Config, String> {
+    use base64::Engine as _;
+    use kube::config::Kubeconfig;
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+    let kubeconfig = Kubeconfig::read().map_err(|e| e.to_string())?;
+    let context_name = kubeconfig
+        .current_context
+        .clone()
+        .ok_or("the kubeconfig sets no current-context")?;
+    let context = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .ok_or_else(|| format!("the kubeconfig has no context {context_name:?}"))?;
+    let cluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| format!("the kubeconfig has no cluster {:?}", context.cluster))?;
+    let auth_info = context
+        .user
+        .as_ref()
+        .and_then(|user| kubeconfig.auth_infos.iter().find(|a| &a.name == user))
+        .and_then(|a| a.auth_info.clone())
+        .unwrap_or_default();
+    let server = cluster
+        .server
+        .as_deref()
+        .ok_or("the kubeconfig's cluster has no server")?;
+    let mut config = kube::Config::new(
+        server
+            .parse()
+            .map_err(|e| format!("the kubeconfig's server {server:?}: {e}"))?,
+    );
+    config.default_namespace = context.namespace.unwrap_or_else(|| "default".to_owned());
+    config.accept_invalid_certs = cluster.insecure_skip_tls_verify.unwrap_or(false);
+    config.disable_compression = cluster.disable_compression.unwrap_or(false);
+    config.tls_server_name = cluster.tls_server_name.clone();
+    let ca_pem = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(data), _) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| format!("certificate-authority-data: {e}"))?,
+        ),
+        (None, Some(path)) => {
+            Some(std::fs::read(path).map_err(|e| format!("certificate-authority {path}: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    if let Some(pem) = ca_pem {
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|der| der.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the kubeconfig's certificate authority: {e}"))?;
+        config.root_cert = Some(certs);
+    }
+    config.proxy_url = cluster.proxy_url.as_deref().and_then(|p| p.parse().ok());
+    config.auth_info = auth_info;
+    Ok(config)
+}

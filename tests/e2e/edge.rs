@@ -441,6 +441,36 @@ async fn token_requests_use_the_proxy_and_no_proxy_exempts_the_api_server() {
         "the API server is reached directly: {tunnels:?}"
     );
     controller.assert_logs_hold_none_of(&["s3cr3t-proxy"]);
+    drop(controller);
+
+    // Positive control: without NO_PROXY, the same proxy does see the API
+    // server's traffic, and the controller works through it.
+    let through_proxy = Controller::start_with_env(
+        &cluster.kubeconfig,
+        &cluster.namespace,
+        &[],
+        &[("https_proxy", proxy_url.as_str())],
+    );
+    cluster
+        .patch_credential(
+            "proxied",
+            json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "1"}}}),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "a refresh through the proxy",
+        || async { (standin.requests("app") == 2).then_some(()) },
+    )
+    .await;
+    let tunnels = proxy.tunnels();
+    assert!(
+        tunnels
+            .iter()
+            .any(|t| *t == format!("{api_host}:{api_port}")),
+        "without NO_PROXY the API server is reached through the proxy: {tunnels:?}"
+    );
+    through_proxy.assert_logs_hold_none_of(&["s3cr3t-proxy"]);
 }
 
 #[tokio::test]
