@@ -262,6 +262,47 @@ mod tests {
     }
 
     #[test]
+    fn a_token_shorter_than_the_spacing_is_not_ready_once_expired() {
+        // A 3 s token; the next request may come only 5 s after the last.
+        let r = TokenRecord {
+            expires_at: Some(t("2026-01-01T00:00:03Z")),
+            ..record()
+        };
+        let token = CurrentToken {
+            record: &r,
+            current: true,
+        };
+        let next = t("2026-01-01T00:00:05Z");
+        let before = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            None,
+            next,
+            t("2026-01-01T00:00:02Z"),
+        );
+        assert_eq!(ready(&before).status, "True");
+        let after = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            None,
+            next,
+            t("2026-01-01T00:00:03Z"),
+        );
+        assert_eq!(ready(&after).status, "False");
+        assert_eq!(ready(&after).reason, REASON_TOKEN_EXPIRED);
+        assert!(
+            ready(&after).message.contains("00:00:05Z"),
+            "{}",
+            ready(&after).message
+        );
+        assert_eq!(degraded(&after).status, "False", "nothing failed");
+    }
+
+    #[test]
     fn outage_keeps_ready_and_sets_degraded() {
         let r = record();
         let token = CurrentToken {
