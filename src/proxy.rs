@@ -39,58 +39,6 @@ fn proxy_for(matcher: &Matcher, url: &http::Uri) -> Option<http::Uri> {
         .map(|intercept| intercept.uri().clone())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn matcher(no_proxy: &str) -> Matcher {
-        Matcher::builder()
-            .https("http://proxy.corp:3128")
-            .http("http://plain-proxy.corp:3128")
-            .no(no_proxy)
-            .build()
-    }
-
-    fn uri(s: &str) -> http::Uri {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn no_proxy_hosts_suffixes_and_cidrs() {
-        let m = matcher("localhost,.svc,example.com,10.0.0.0/8,192.168.1.7");
-        let proxied = |url: &str| proxy_for(&m, &uri(url));
-        assert_eq!(proxied("https://kubernetes.default.svc"), None);
-        assert_eq!(proxied("https://api.example.com:6443"), None);
-        assert_eq!(proxied("https://example.com"), None);
-        assert_eq!(proxied("https://10.96.0.1:443"), None);
-        assert_eq!(proxied("https://192.168.1.7:6443"), None);
-        assert_eq!(proxied("https://localhost:6443"), None);
-        assert_eq!(
-            proxied("https://192.168.1.8:6443"),
-            Some(uri("http://proxy.corp:3128"))
-        );
-        assert_eq!(
-            proxied("https://acme.run.ai"),
-            Some(uri("http://proxy.corp:3128"))
-        );
-        assert_eq!(
-            proxied("http://acme.run.ai"),
-            Some(uri("http://plain-proxy.corp:3128")),
-            "HTTP_PROXY for plain http"
-        );
-    }
-
-    #[test]
-    fn unreadable_entries_do_not_stop_anything() {
-        // A trailing comma, blanks and junk: the good entries still apply.
-        let m = matcher("10.0.0.0/8,, not a host ,");
-        assert_eq!(proxy_for(&m, &uri("https://10.1.2.3")), None);
-        assert!(proxy_for(&m, &uri("https://acme.run.ai")).is_some());
-        let broken = Matcher::builder().https("::not a uri::").build();
-        assert_eq!(proxy_for(&broken, &uri("https://acme.run.ai")), None);
-    }
-}
-
 /// Loads the current context of the kubeconfig (`KUBECONFIG` or
 /// `~/.kube/config`) the way kube does, but without reading any proxy
 /// variable: kube refuses to load a kubeconfig at all when `HTTPS_PROXY` or
@@ -167,4 +115,56 @@ pub fn kubeconfig_ignoring_proxy_env() -> Result<kube::Config, String> {
     config.proxy_url = cluster.proxy_url.as_deref().and_then(|p| p.parse().ok());
     config.auth_info = auth_info;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(no_proxy: &str) -> Matcher {
+        Matcher::builder()
+            .https("http://proxy.corp:3128")
+            .http("http://plain-proxy.corp:3128")
+            .no(no_proxy)
+            .build()
+    }
+
+    fn uri(s: &str) -> http::Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn no_proxy_hosts_suffixes_and_cidrs() {
+        let m = matcher("localhost,.svc,example.com,10.0.0.0/8,192.168.1.7");
+        let proxied = |url: &str| proxy_for(&m, &uri(url));
+        assert_eq!(proxied("https://kubernetes.default.svc"), None);
+        assert_eq!(proxied("https://api.example.com:6443"), None);
+        assert_eq!(proxied("https://example.com"), None);
+        assert_eq!(proxied("https://10.96.0.1:443"), None);
+        assert_eq!(proxied("https://192.168.1.7:6443"), None);
+        assert_eq!(proxied("https://localhost:6443"), None);
+        assert_eq!(
+            proxied("https://192.168.1.8:6443"),
+            Some(uri("http://proxy.corp:3128"))
+        );
+        assert_eq!(
+            proxied("https://acme.run.ai"),
+            Some(uri("http://proxy.corp:3128"))
+        );
+        assert_eq!(
+            proxied("http://acme.run.ai"),
+            Some(uri("http://plain-proxy.corp:3128")),
+            "HTTP_PROXY for plain http"
+        );
+    }
+
+    #[test]
+    fn unreadable_entries_do_not_stop_anything() {
+        // A trailing comma, blanks and junk: the good entries still apply.
+        let m = matcher("10.0.0.0/8,, not a host ,");
+        assert_eq!(proxy_for(&m, &uri("https://10.1.2.3")), None);
+        assert!(proxy_for(&m, &uri("https://acme.run.ai")).is_some());
+        let broken = Matcher::builder().https("::not a uri::").build();
+        assert_eq!(proxy_for(&broken, &uri("https://acme.run.ai")), None);
+    }
 }
