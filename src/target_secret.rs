@@ -389,8 +389,14 @@ pub fn read_credentials(
 }
 
 /// A timestamp at the precision the Secret stores it with.
+///
+/// Truncated, never rounded up: an expiry recorded a fraction of a second
+/// late would keep an expired token `Ready` for that fraction.
 pub fn whole_seconds(t: Timestamp) -> Timestamp {
-    t.round(jiff::Unit::Second).unwrap_or(t)
+    let truncate = jiff::TimestampRound::new()
+        .smallest(jiff::Unit::Second)
+        .mode(jiff::RoundMode::Trunc);
+    t.round(truncate).unwrap_or(t)
 }
 
 /// A timestamp as RFC 3339 to the second.

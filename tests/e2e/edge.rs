@@ -557,3 +557,49 @@ async fn allowed_urls_and_the_credentials_label_are_enforced() {
         .assert_nothing_leaks(&controller, &["s3cr3t-trust"])
         .await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_token_shorter_than_the_request_spacing_is_never_ready_once_expired() {
+    let cluster = Cluster::new("short-token").await;
+    // 3 s tokens; requests are at least 5 s apart.
+    let standin = standin_with("app", "s3cr3t-short", Duration::from_secs(3)).await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-short")
+        .await;
+    let controller = cluster.start_controller();
+    cluster
+        .create_credential("brief", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("brief").await;
+
+    let (mut seen_ready, mut seen_expired) = (0, 0);
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(12) {
+        let cr = cluster.credentials().get("brief").await.unwrap();
+        let ready = cr.condition("Ready").unwrap();
+        if ready.status == "True" {
+            seen_ready += 1;
+            // Read after the status: a token that expired since is allowed
+            // the polling interval.
+            let expiry = secret_expiry(&cluster, "brief").await;
+            assert!(
+                expiry + SignedDuration::from_millis(500) > Timestamp::now(),
+                "Ready=True while the Secret holds a token that expired at {expiry}"
+            );
+        } else if ready.reason == "TokenExpired" {
+            seen_expired += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen_ready > 0 && seen_expired > 0,
+        "both states seen: {seen_ready} ready, {seen_expired} expired"
+    );
+    let requests = standin.requests("app");
+    assert!(
+        (2..=4).contains(&requests),
+        "refreshed, at most every 5 s: {requests} requests in ~13 s"
+    );
+    controller.assert_logs_hold_none_of(&["s3cr3t-short"]);
+}
