@@ -30,9 +30,17 @@ for target in "${targets[@]}"; do
   cp -n fuzz/corpus/"$target"/* "$work/$target/" 2>/dev/null || true
   echo "[fuzz] $target: $runs executions" >&2
   start=$(date +%s)
-  cargo fuzz run -s none --release "$target" "$work/$target" -- \
+  log="$work/$target.log"
+  if ! cargo fuzz run -s none --release "$target" "$work/$target" -- \
     -runs="$runs" -timeout=5 -rss_limit_mb=1024 -malloc_limit_mb=256 \
-    -max_len=65536 -print_final_stats=1 2>&1 | tail -n 30 | grep -E "stat::|Done|ERROR|panicked" || true
+    -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
+    grep -E "ERROR|panicked|Test unit written" "$log" >&2 || tail -n 20 "$log" >&2
+    # Keep what failed as a seed, so that the test suite fails on it too.
+    cp fuzz/artifacts/"$target"/* "fuzz/corpus/$target/" 2>/dev/null || true
+    echo "[fuzz] $target: FAILED; the failing input is now a seed in fuzz/corpus/$target" >&2
+    exit 1
+  fi
+  grep -E "stat::|^Done" "$log" >&2
   echo "[fuzz] $target: $(( $(date +%s) - start )) s, working corpus $(ls "$work/$target" | wc -l) inputs" >&2
   # Keep only what adds coverage, as the committed seeds.
   rm -rf "fuzz/corpus/$target.min" && mkdir -p "fuzz/corpus/$target.min"

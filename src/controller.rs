@@ -179,7 +179,9 @@ pub fn credentials_for_secret(
         .get(MANAGED_BY_LABEL)
         .filter(|v| v.as_str() == MANAGED_BY)
         .and(labels.get(CREDENTIAL_LABEL));
-    if let Some(owner) = owner {
+    // A label value shorter than 63 is the name itself; a longer name's is
+    // hashed and found through the store below.
+    if let Some(owner) = owner.filter(|o| o.len() < 63) {
         refs.push(ObjectRef::new(owner).within(&namespace));
     }
     for cr in store.state() {
@@ -508,4 +510,74 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::RunaiCredentialSpec;
+    use kube::runtime::reflector;
+
+    fn credential(name: &str, namespace: &str, target: Option<&str>) -> RunaiCredential {
+        let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({
+            "url": "https://acme.run.ai",
+            "clientCredentialsSecretRef": {"name": "creds"},
+            "target": {"name": target},
+        }))
+        .unwrap();
+        let mut cr = RunaiCredential::new(name, spec);
+        cr.metadata.namespace = Some(namespace.to_owned());
+        cr
+    }
+
+    fn secret(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Secret> {
+        let mut meta = PartialObjectMeta::<Secret>::default();
+        meta.metadata.name = Some(name.to_owned());
+        meta.metadata.namespace = Some("ml".to_owned());
+        meta.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        meta
+    }
+
+    #[test]
+    fn secret_events_map_to_their_credentials_also_for_long_names() {
+        let long = format!("long-{}", "x".repeat(70));
+        let (store, mut writer) = reflector::store();
+        for cr in [
+            credential(&long, "ml", Some("elsewhere")),
+            credential("short", "ml", None),
+            credential(&long, "other-namespace", Some("elsewhere")),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(cr));
+        }
+        let label = credential_label_value(&long);
+        // A Secret under a name that is not the current target (an old
+        // target), found only through the hashed label.
+        let refs = credentials_for_secret(
+            &store,
+            &secret(
+                "old-target",
+                &[(MANAGED_BY_LABEL, MANAGED_BY), (CREDENTIAL_LABEL, &label)],
+            ),
+        );
+        assert_eq!(refs, vec![ObjectRef::new(&long).within("ml")]);
+        // A short name is its own label value.
+        let refs = credentials_for_secret(
+            &store,
+            &secret(
+                "x",
+                &[(MANAGED_BY_LABEL, MANAGED_BY), (CREDENTIAL_LABEL, "short")],
+            ),
+        );
+        assert_eq!(refs, vec![ObjectRef::new("short").within("ml")]);
+        // The credentials Secret concerns everyone reading it, in its namespace.
+        let refs = credentials_for_secret(&store, &secret("creds", &[]));
+        assert_eq!(refs.len(), 2, "{refs:?}");
+        // An unrelated Secret concerns no one.
+        assert!(credentials_for_secret(&store, &secret("unrelated", &[])).is_empty());
+    }
 }

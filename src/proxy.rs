@@ -16,27 +16,58 @@ use hyper_util::client::proxy::matcher::Matcher;
 ///
 /// `configured` is what kube chose: a `proxy-url` set in the kubeconfig is
 /// kept; one that kube took from `HTTPS_PROXY` is decided again with
-/// `NO_PROXY` applied to the API server's host.
+/// `NO_PROXY` applied to the API server's host. The proxy's URL is returned
+/// as the variable wrote it, user and password included (kube sends them as
+/// `Proxy-Authorization`). A scheme kube cannot use (`socks4`) leaves the API
+/// server connection direct, with a warning.
 pub fn api_server_proxy(
     cluster_url: &http::Uri,
     configured: Option<http::Uri>,
 ) -> Option<http::Uri> {
-    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let kube_env_proxy = from_env("HTTPS_PROXY").or_else(|| from_env("https_proxy"));
+    let kube_env_proxy = env_var(&["HTTPS_PROXY", "https_proxy"]);
     let from_kubeconfig = configured.filter(|uri| {
         kube_env_proxy
             .as_deref()
             .and_then(|p| p.trim().parse::<http::Uri>().ok())
             .is_none_or(|env| env != *uri)
     });
-    from_kubeconfig.or_else(|| proxy_for(&Matcher::from_env(), cluster_url))
+    if from_kubeconfig.is_some() {
+        return from_kubeconfig;
+    }
+    Matcher::from_env().intercept(cluster_url)?;
+    let variables: &[&str] = match cluster_url.scheme_str() {
+        Some("http") => &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"],
+        _ => &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"],
+    };
+    let raw = env_var(variables)?;
+    usable_by_kube(&raw)
 }
 
-/// The proxy `matcher` picks for `url`, if any.
-fn proxy_for(matcher: &Matcher, url: &http::Uri) -> Option<http::Uri> {
-    matcher
-        .intercept(url)
-        .map(|intercept| intercept.uri().clone())
+/// The first of `names` that is set to something other than blanks.
+fn env_var(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|v| !v.trim().is_empty())
+}
+
+/// A proxy URL as kube can use it: `http`, `https` or `socks5` (`socks5h`
+/// is taken as `socks5`; no scheme means `http`, as curl has it).
+fn usable_by_kube(raw: &str) -> Option<http::Uri> {
+    let raw = raw.trim();
+    let with_scheme = match raw.split_once("://") {
+        None => format!("http://{raw}"),
+        Some(("socks5h", rest)) => format!("socks5://{rest}"),
+        Some(("http" | "https" | "socks5", _)) => raw.to_owned(),
+        Some((scheme, _)) => {
+            tracing::warn!(
+                scheme,
+                "a proxy of this scheme cannot be used for the Kubernetes API server; connecting to it directly"
+            );
+            return None;
+        }
+    };
+    with_scheme.parse().ok()
 }
 
 /// Loads the current context of the kubeconfig (`KUBECONFIG` or
@@ -120,6 +151,36 @@ pub fn kubeconfig_ignoring_proxy_env() -> Result<kube::Config, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proxy `matcher` picks for `url`, if any.
+    fn proxy_for(matcher: &Matcher, url: &http::Uri) -> Option<http::Uri> {
+        matcher
+            .intercept(url)
+            .map(|intercept| intercept.uri().clone())
+    }
+
+    #[test]
+    fn proxy_urls_keep_their_credentials_and_kube_usable_schemes() {
+        let uri = |s: &str| usable_by_kube(s).map(|u| u.to_string());
+        assert_eq!(
+            uri("http://u:p@proxy.corp:3128"),
+            Some("http://u:p@proxy.corp:3128/".into())
+        );
+        assert_eq!(
+            uri("proxy.corp:3128"),
+            Some("http://proxy.corp:3128/".into())
+        );
+        assert_eq!(
+            uri("socks5h://proxy:1080"),
+            Some("socks5://proxy:1080/".into())
+        );
+        assert_eq!(
+            uri("socks5://proxy:1080"),
+            Some("socks5://proxy:1080/".into())
+        );
+        assert_eq!(uri("socks4://proxy:1080"), None);
+        assert_eq!(uri("::not a uri::"), None);
+    }
 
     fn matcher(no_proxy: &str) -> Matcher {
         Matcher::builder()

@@ -113,6 +113,7 @@ pub struct RunaiCredentialSpec {
     /// is at two thirds of the token's lifetime (or after 30 minutes when the
     /// lifetime is unknown); with it, whichever comes first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub refresh_interval: Option<String>,
 
     /// The Secret the token is written to.

@@ -245,8 +245,36 @@ fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
-/// Parses a `refreshInterval` such as `45m`, `1h30m` or `90s`.
+/// Longest `refreshInterval` text, in bytes; also the CRD's `maxLength`.
+pub const MAX_REFRESH_INTERVAL_LEN: usize = 64;
+/// Longest run of digits in a `refreshInterval`: humantime panics on sums
+/// that overflow `Duration` (`18446744073709551615s 1000000000ns`), and no
+/// sensible interval needs more than 9 digits in one term.
+const MAX_DIGITS: usize = 9;
+
+/// Parses a `refreshInterval` such as `45m`, `1h30m` or `90s` (humantime's
+/// syntax). Values above [`MAX_REFRESH_AFTER`] are accepted; the schedule
+/// caps them.
+///
+/// # Errors
+///
+/// A message naming the text when it is not such a duration, is longer than
+/// [`MAX_REFRESH_INTERVAL_LEN`] or has a number of more than 9 digits, or is
+/// shorter than 10 s.
 pub fn parse_refresh_interval(text: &str) -> Result<Duration, String> {
+    let longest_number = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if text.len() > MAX_REFRESH_INTERVAL_LEN || longest_number > MAX_DIGITS {
+        return Err(format!(
+            "{:?} is not a duration such as 45m, 1h30m or 90s (too long)",
+            text.chars()
+                .take(MAX_REFRESH_INTERVAL_LEN)
+                .collect::<String>()
+        ));
+    }
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration such as 45m, 1h30m or 90s ({e})"))?;
     if d < Duration::from_secs(10) {
@@ -541,5 +569,18 @@ mod tests {
         assert_eq!(parse_refresh_interval("90s"), Ok(Duration::from_secs(90)));
         assert!(parse_refresh_interval("soon").is_err());
         assert!(parse_refresh_interval("1s").is_err());
+        assert_eq!(
+            parse_refresh_interval("2d"),
+            Ok(Duration::from_secs(172_800))
+        );
+        // Sums that would overflow inside the parser are refused, not a panic.
+        for huge in [
+            "18446744073709551615s 1000000000ns",
+            "18446744073709551615s 999999999ns 1ns",
+            "9999999999h",
+            &"1h".repeat(40),
+        ] {
+            assert!(parse_refresh_interval(huge).is_err(), "{huge}");
+        }
     }
 }

@@ -13,6 +13,8 @@ use crate::{
 pub const REASON_TOKEN_READY: &str = "TokenReady";
 /// Reason of `Ready=False` when the token in the Secret expired while refreshing failed.
 pub const REASON_TOKEN_EXPIRED: &str = "TokenExpired";
+/// Reason of failures of the token endpoint other than rejected credentials.
+pub const REASON_TOKEN_ENDPOINT_ERROR: &str = "TokenEndpointError";
 /// Reason of `Degraded=False`.
 pub const REASON_REFRESH_SUCCEEDED: &str = "RefreshSucceeded";
 /// Reason of `Ready=False` before the first token request.
@@ -63,10 +65,17 @@ pub fn token_status(
             .filter(|t| t.current)
             .and_then(|t| t.record.expires_at)
         {
+            // What only a person can fix (rejected or missing credentials)
+            // is the reason itself, as without a token; a transient failure
+            // is reported as the expiry it caused.
             Some(expired_at) => condition(
                 CONDITION_READY,
                 false,
-                REASON_TOKEN_EXPIRED,
+                if f.reason == REASON_TOKEN_ENDPOINT_ERROR {
+                    REASON_TOKEN_EXPIRED
+                } else {
+                    f.reason
+                },
                 format!(
                     "the token in Secret {secret_name} expired at {} and refreshing fails: {}",
                     rfc3339(expired_at),
@@ -259,6 +268,59 @@ mod tests {
         assert_eq!(s.next_refresh_time.as_deref(), Some(NEXT));
         assert_eq!(s.failed_attempts, 0);
         assert_eq!(ready(&s).observed_generation, Some(1));
+    }
+
+    #[test]
+    fn rejected_credentials_are_the_ready_reason_once_the_token_expired() {
+        let r = record();
+        let token = CurrentToken {
+            record: &r,
+            current: true,
+        };
+        let after_expiry = t("2026-01-01T01:00:01Z");
+        let status_with = |reason: &'static str| {
+            let failure = Failure {
+                reason,
+                message: "rejected".into(),
+                attempts: 3,
+            };
+            token_status(
+                None,
+                Some(1),
+                "sec",
+                Some(token),
+                Some(&failure),
+                t(NEXT),
+                after_expiry,
+            )
+        };
+        let rejected = status_with("InvalidCredentials");
+        assert_eq!(ready(&rejected).reason, "InvalidCredentials");
+        assert!(
+            ready(&rejected)
+                .message
+                .contains("expired at 2026-01-01T01:00:00Z")
+        );
+        assert_eq!(degraded(&rejected).reason, "InvalidCredentials");
+        let outage = status_with(REASON_TOKEN_ENDPOINT_ERROR);
+        assert_eq!(ready(&outage).reason, REASON_TOKEN_EXPIRED);
+        // While the token is valid, the failure is only the Degraded reason.
+        let failure = Failure {
+            reason: "InvalidCredentials",
+            message: "rejected".into(),
+            attempts: 1,
+        };
+        let valid = token_status(
+            None,
+            Some(1),
+            "sec",
+            Some(token),
+            Some(&failure),
+            t(NEXT),
+            t("2026-01-01T00:50:00Z"),
+        );
+        assert_eq!(ready(&valid).status, "True");
+        assert_eq!(degraded(&valid).reason, "InvalidCredentials");
     }
 
     #[test]

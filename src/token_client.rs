@@ -60,6 +60,9 @@ impl fmt::Debug for IssuedToken {
 #[derive(Clone, Debug)]
 pub struct TokenClient {
     http: reqwest::Client,
+    /// The same client without a connection pool, for the one retry after
+    /// a pooled connection was found closed: another pooled one may be too.
+    unpooled: reqwest::Client,
     timeout: Duration,
 }
 
@@ -67,26 +70,38 @@ impl TokenClient {
     /// Builds a client that trusts the system roots plus `ca_bundle`, with a
     /// timeout on every request. `HTTPS_PROXY`/`NO_PROXY` are honoured.
     pub fn new(ca_bundle: Option<&str>, timeout: Duration) -> Result<Self, Error> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            // A redirect would re-send the client secret elsewhere: never follow.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("runai-token-sync/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = ca_bundle {
-            for cert in parse_ca_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
+        let certs = ca_bundle
+            .map(parse_ca_bundle)
+            .transpose()?
+            .unwrap_or_default();
+        let build = |pooled: bool| {
+            let mut builder = reqwest::Client::builder()
+                .use_rustls_tls()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                // A redirect would re-send the client secret elsewhere: never follow.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("runai-token-sync/", env!("CARGO_PKG_VERSION")));
+            if !pooled {
+                builder = builder.pool_max_idle_per_host(0);
             }
-        }
-        let http = builder.build().map_err(|e| match ca_bundle {
-            Some(_) => Error::InvalidSpec {
-                field: "spec.caBundle",
-                message: format!("cannot be used as trusted CAs: {e}"),
-            },
-            None => Error::Startup(format!("cannot build an HTTP client: {e}")),
-        })?;
-        Ok(TokenClient { http, timeout })
+            for cert in &certs {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build().map_err(|e| match ca_bundle {
+                Some(_) => Error::InvalidSpec {
+                    field: "spec.caBundle",
+                    message: format!("cannot be used as trusted CAs: {e}"),
+                },
+                None => Error::Startup(format!("cannot build an HTTP client: {e}")),
+            })
+        };
+        let (http, unpooled) = (build(true)?, build(false)?);
+        Ok(TokenClient {
+            http,
+            unpooled,
+            timeout,
+        })
     }
 
     /// Requests one token from `{base_url}/api/v1/token` or `/api/v2/token`
@@ -108,19 +123,19 @@ impl TokenClient {
     ) -> Result<IssuedToken, Error> {
         let endpoint = token_endpoint(base_url, api);
         let shown_url = endpoint.as_str().to_owned();
-        let request = || {
+        let request = |http: &reqwest::Client| {
             let request = match api {
-                TokenApi::V1 => self.http.post(endpoint.clone()).json(&serde_json::json!({
+                TokenApi::V1 => http.post(endpoint.clone()).json(&serde_json::json!({
                     "grantType": "client_credentials",
                     "clientId": credentials.client_id,
                     "clientSecret": credentials.client_secret,
                 })),
-                TokenApi::AppToken => self.http.post(endpoint.clone()).json(&serde_json::json!({
+                TokenApi::AppToken => http.post(endpoint.clone()).json(&serde_json::json!({
                     "grantType": "app_token",
                     "AppId": credentials.client_id,
                     "AppSecret": credentials.client_secret,
                 })),
-                TokenApi::V2 => self.http.post(endpoint.clone()).form(&[
+                TokenApi::V2 => http.post(endpoint.clone()).form(&[
                     ("grant_type", "client_credentials"),
                     ("client_id", credentials.client_id.as_str()),
                     ("client_secret", credentials.client_secret.as_str()),
@@ -129,10 +144,11 @@ impl TokenClient {
             request.header(reqwest::header::ACCEPT, "application/json")
         };
 
-        let response = match request().send().await {
+        let started = std::time::Instant::now();
+        let response = match request(&self.http).send().await {
             Err(e) if closed_before_answer(&e) => {
                 tracing::debug!(url = %shown_url, "the pooled connection was closed before an answer; retrying once on a new connection");
-                request().send().await
+                request(&self.unpooled).send().await
             }
             other => other,
         }
@@ -162,7 +178,11 @@ impl TokenClient {
                 &secrets,
             ));
         }
-        parse_token_response_masking(&body, now, &secrets)
+        // Lifetimes count from the answer's arrival, on the caller's clock.
+        let arrived = now
+            .checked_add(SignedDuration::try_from(started.elapsed()).unwrap_or_default())
+            .unwrap_or(now);
+        parse_token_response_masking(&body, arrived, &secrets)
     }
 
     async fn read_capped(
@@ -319,19 +339,25 @@ fn parse_token_response_masking(
             "expected a JSON object".to_owned(),
         ));
     };
-    let token = match fields
-        .get("accessToken")
-        .or_else(|| fields.get("access_token"))
-    {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            return Err(error_in_success(&fields, secrets));
-        }
-        Some(_) => {
+    // V1 names it accessToken, V2 access_token; a null or empty one under
+    // one name does not hide a usable one under the other.
+    let candidates = ["accessToken", "access_token"].map(|name| fields.get(name));
+    let usable = candidates.iter().flatten().find_map(|value| match value {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        _ => None,
+    });
+    let token = match usable {
+        Some(token) => token,
+        None if candidates
+            .iter()
+            .flatten()
+            .any(|v| !matches!(v, Value::Null | Value::String(_))) =>
+        {
             return Err(Error::MalformedResponse(
                 "the access token is not a string".to_owned(),
             ));
         }
+        None => return Err(error_in_success(&fields, secrets)),
     };
     // The token ends up in an HTTP header; anything else would be unusable.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -339,10 +365,9 @@ fn parse_token_response_masking(
             "the access token holds characters that cannot be sent in an HTTP header".to_owned(),
         ));
     }
-    let by_lifetime = fields
-        .get("expiresIn")
-        .or_else(|| fields.get("expires_in"))
-        .and_then(lifetime_seconds)
+    let by_lifetime = ["expiresIn", "expires_in"]
+        .iter()
+        .find_map(|name| fields.get(*name).and_then(lifetime_seconds))
         .and_then(|secs| now.checked_add(SignedDuration::from_secs(secs)).ok());
     let expires_at = match (by_lifetime, jwt_expiry(&token, now)) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -431,7 +456,8 @@ pub fn numeric_date(value: &Value) -> Option<i64> {
         Some(i) => i,
         None => {
             let f = n.as_f64()?;
-            (f.is_finite() && f.abs() < 9.0e15).then_some(f.trunc() as i64)?
+            // The sign first: -0.5 would truncate to a valid-looking 0.
+            (f.is_finite() && (0.0..9.0e15).contains(&f)).then_some(f.trunc() as i64)?
         }
     };
     (secs >= 0).then_some(secs)
@@ -485,18 +511,17 @@ pub fn classify_http_failure(
     secrets: &[&str],
 ) -> Error {
     let (code, text) = error_body(body);
-    // Only a registered-looking RFC 6749 error code, never free text.
+    // Only an error code registered by RFC 6749 (§5.2) or RFC 6750, never
+    // other text from the body.
     let oauth_code = code
-        .filter(|c| {
-            !c.is_empty() && c.len() <= 40 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-        })
+        .filter(|c| OAUTH_ERROR_CODES.contains(&c.as_str()))
         .map(|c| format!(": {c}"))
         .unwrap_or_default();
     let detail = || sanitize_detail(&text, secrets);
     match status {
         300..=399 => Error::Redirected {
             status,
-            location: redirect_host(location, endpoint),
+            location: redirect_host(location, endpoint, secrets),
         },
         401 | 403 => Error::InvalidCredentials {
             status,
@@ -536,8 +561,33 @@ pub fn classify_http_failure(
     }
 }
 
-/// The host a redirect points to, for the message.
-fn redirect_host(location: Option<&str>, endpoint: &url::Url) -> String {
+/// The OAuth2 error codes of RFC 6749 §4.4 and §5.2 and RFC 6750 §3.1:
+/// fixed words that are safe to repeat.
+const OAUTH_ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "invalid_token",
+    "insufficient_scope",
+];
+
+/// The host a redirect points to, for the message, masked like any text
+/// from the endpoint.
+fn redirect_host(location: Option<&str>, endpoint: &url::Url, secrets: &[&str]) -> String {
+    let host = redirect_target(location, endpoint);
+    match sanitize_detail(&host, secrets).strip_prefix(": ") {
+        Some(clean) => clean.to_owned(),
+        None => host,
+    }
+}
+
+fn redirect_target(location: Option<&str>, endpoint: &url::Url) -> String {
     let Some(location) = location.map(str::trim).filter(|l| !l.is_empty()) else {
         return "nowhere (no Location header)".to_owned();
     };
@@ -951,6 +1001,58 @@ mod tests {
         .to_string();
         assert!(text.contains("HTTP 401: invalid_client"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn a_null_under_one_name_does_not_hide_the_other() {
+        let issued = parse_token_response(
+            br#"{"accessToken":null,"access_token":"abc","expiresIn":null,"expires_in":60}"#,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(issued.access_token, "abc");
+        assert_eq!(issued.expires_at, Some(at(60)));
+        assert!(matches!(
+            parse_token_response(br#"{"accessToken":"","access_token":7}"#, now()),
+            Err(Error::MalformedResponse(_))
+        ));
+    }
+
+    #[test]
+    fn a_negative_fractional_exp_is_ignored() {
+        let token = jwt(r#"{"exp": -0.5}"#);
+        assert_eq!(expiry_of(&format!(r#"{{"accessToken":"{token}"}}"#)), None);
+        assert_eq!(
+            jwt_claims(&jwt(r#"{"exp": -0.5, "iat": -3}"#)),
+            Some((None, None))
+        );
+    }
+
+    #[test]
+    fn only_registered_oauth_codes_are_repeated() {
+        let text = classify_http_failure(
+            401,
+            None,
+            None,
+            &endpoint(),
+            br#"{"error":"runai_app_secret"}"#,
+            &["runai_app_secret"],
+        )
+        .to_string();
+        assert!(!text.contains("runai_app_secret"), "{text}");
+        let text = classify_http_failure(
+            302,
+            None,
+            Some("https://s3cr3t.evil.example/"),
+            &endpoint(),
+            b"",
+            &["s3cr3t"],
+        )
+        .to_string();
+        assert!(
+            !text.contains("s3cr3t") && text.contains("evil.example"),
+            "{text}"
+        );
     }
 
     #[test]

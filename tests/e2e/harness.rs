@@ -546,28 +546,35 @@ impl Cluster {
             .list(&Default::default())
             .await
             .expect("listing RunaiCredentials");
-        let statuses = serde_json::to_string(
-            &credentials
-                .items
-                .iter()
-                .map(|c| &c.status)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        // Messages as they are (not as escaped JSON), and the whole object.
+        let mut statuses = String::new();
+        for cr in &credentials.items {
+            for c in cr.status.iter().flat_map(|s| &s.conditions) {
+                statuses.push_str(&format!("{} {} {}\n", c.type_, c.reason, c.message));
+            }
+            statuses.push_str(&serde_json::to_string(&cr.status).unwrap());
+        }
         assert!(
             statuses.contains("Ready"),
             "the statuses were read: {statuses}"
         );
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.namespace);
-        let events = serde_json::to_string(
-            &events
-                .list(&Default::default())
-                .await
-                .expect("listing Events")
-                .items,
-        )
-        .unwrap();
+        let mut events_text = String::new();
+        for e in events
+            .list(&Default::default())
+            .await
+            .expect("listing Events")
+            .items
+        {
+            events_text.push_str(&format!(
+                "{} {} {}\n",
+                e.reason.clone().unwrap_or_default(),
+                e.note.clone().unwrap_or_default(),
+                serde_json::to_string(&e).unwrap()
+            ));
+        }
+        let events = events_text;
         assert!(events.contains("RunaiCredential"), "the Events were read");
         let logs = controller.logs();
         assert!(!logs.is_empty(), "the controller logged nothing");

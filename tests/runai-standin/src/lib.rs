@@ -467,10 +467,12 @@ fn tls_config(intermediate: bool) -> (String, rustls::ServerConfig) {
         let cert = server
             .signed_by(&key, &middle)
             .expect("a signed server certificate");
+        // Root first: a client that used only the first certificate would
+        // fail, since the server does not send the intermediate.
         let pasted = format!(
-            "Issuing CA (intermediate):\n{}\n\n\nRoot CA:\n{}\n-- end of chain --\n",
-            middle.pem(),
-            root.pem()
+            "Root CA:\n{}\n\n\nIssuing CA (intermediate):\n{}\n-- end of chain --\n",
+            root.pem(),
+            middle.pem()
         )
         .replace('\n', "\r\n");
         (cert, pasted)
