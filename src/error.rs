@@ -108,6 +108,10 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// A reconciliation panicked (a defect); it is retried with backoff.
+    #[error("the reconciliation failed unexpectedly: {0}")]
+    Panicked(String),
+
     /// The controller could not start.
     #[error("{0}")]
     Startup(String),
@@ -140,6 +144,7 @@ impl Error {
             | Error::ResponseTooLarge { .. }
             | Error::NoToken { .. } => "TokenEndpointError",
             Error::Kube { .. } => "KubernetesAPIError",
+            Error::Panicked(_) => "InternalError",
             Error::Startup(_) => "StartupError",
         }
     }
@@ -163,6 +168,7 @@ impl Error {
             Error::ResponseTooLarge { .. } => "response_too_large",
             Error::NoToken { .. } => "empty_token",
             Error::Kube { .. } => "kubernetes_api",
+            Error::Panicked(_) => "internal",
             Error::Startup(_) => "startup",
         }
     }
@@ -183,6 +189,7 @@ impl Error {
         !matches!(
             self,
             Error::Kube { .. }
+                | Error::Panicked(_)
                 | Error::Startup(_)
                 | Error::InvalidSpec { .. }
                 | Error::SecretConflict { .. }

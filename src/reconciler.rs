@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -251,7 +252,19 @@ fn is_qualified_name(key: &str) -> bool {
 #[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any()))]
 pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_at(&cr, &ctx, Timestamp::now()).await;
+    // kube-runtime turns a panicking reconciliation into the end of the
+    // controller; one odd object must not stop every other one.
+    let result = std::panic::AssertUnwindSafe(reconcile_at(&cr, &ctx, Timestamp::now()))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Panicked(what))
+        });
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     let action = result?;
     lock(&ctx.api_errors).remove(&uid_of(&cr));

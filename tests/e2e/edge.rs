@@ -326,14 +326,23 @@ async fn messy_specs_and_credentials_work() {
     cluster.assert_nothing_leaks(&controller, &[secret]).await;
 }
 
-/// A minimal HTTP CONNECT proxy that records where each tunnel went.
+/// A minimal HTTP CONNECT proxy that records where each tunnel went, and
+/// that requires `Proxy-Authorization: Basic` for `user:password`.
 struct ConnectProxy {
     addr: SocketAddr,
     tunnels: Arc<Mutex<Vec<String>>>,
 }
 
+const PROXY_USER: &str = "proxy-user:proxy-pass";
+
 impl ConnectProxy {
     async fn start() -> ConnectProxy {
+        use base64::Engine as _;
+        let expected_auth = format!(
+            "proxy-authorization: basic {}",
+            base64::engine::general_purpose::STANDARD.encode(PROXY_USER)
+        )
+        .to_ascii_lowercase();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -342,6 +351,7 @@ impl ConnectProxy {
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let seen = seen.clone();
+                let expected_auth = expected_auth.clone();
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
@@ -352,6 +362,12 @@ impl ConnectProxy {
                         head.push(byte[0]);
                     }
                     let head = String::from_utf8_lossy(&head).into_owned();
+                    if !head.to_ascii_lowercase().contains(&expected_auth) {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n")
+                            .await;
+                        return;
+                    }
                     let Some(target) = head
                         .lines()
                         .next()
@@ -411,7 +427,7 @@ async fn token_requests_use_the_proxy_and_no_proxy_exempts_the_api_server() {
         Ok(ip) => format!("{}.{}.0.0/16, ,.svc,", ip.octets()[0], ip.octets()[1]),
         Err(_) => format!("{api_host},.svc,"),
     };
-    let proxy_url = format!("http://{}", proxy.addr);
+    let proxy_url = format!("http://{PROXY_USER}@{}", proxy.addr);
     let controller = Controller::start_with_env(
         &cluster.kubeconfig,
         &cluster.namespace,
@@ -440,7 +456,7 @@ async fn token_requests_use_the_proxy_and_no_proxy_exempts_the_api_server() {
         !tunnels.iter().any(|t| t.ends_with(&format!(":{api_port}"))),
         "the API server is reached directly: {tunnels:?}"
     );
-    controller.assert_logs_hold_none_of(&["s3cr3t-proxy"]);
+    controller.assert_logs_hold_none_of(&["s3cr3t-proxy", "proxy-pass"]);
     drop(controller);
 
     // Positive control: without NO_PROXY, the same proxy does see the API
@@ -470,7 +486,7 @@ async fn token_requests_use_the_proxy_and_no_proxy_exempts_the_api_server() {
             .any(|t| *t == format!("{api_host}:{api_port}")),
         "without NO_PROXY the API server is reached through the proxy: {tunnels:?}"
     );
-    through_proxy.assert_logs_hold_none_of(&["s3cr3t-proxy"]);
+    through_proxy.assert_logs_hold_none_of(&["s3cr3t-proxy", "proxy-pass"]);
 }
 
 #[tokio::test]
