@@ -28,6 +28,16 @@ pub enum Error {
     )]
     SecretConflict { secret: String },
 
+    /// The API server refused to write the target Secret (a quota, an
+    /// admission webhook, missing rights): HTTP 400, 403 or 422. `message`
+    /// is the API server's, with the token masked.
+    #[error("the API server refused to write Secret {secret} (HTTP {status}): {message}")]
+    SecretWriteFailed {
+        secret: String,
+        status: u16,
+        message: String,
+    },
+
     /// The token endpoint refused the client credentials: HTTP 401 or 403, an
     /// RFC 6749 `invalid_client`/`unauthorized_client` error, or the same
     /// inside a 200 answer. `detail` never repeats the body of a 400/401/403
@@ -131,6 +141,7 @@ impl Error {
             Error::InvalidSpec { .. } => "InvalidSpec",
             Error::CredentialsNotFound(_) => "CredentialsNotFound",
             Error::SecretConflict { .. } => "SecretConflict",
+            Error::SecretWriteFailed { .. } => "SecretWriteFailed",
             Error::InvalidCredentials { .. } => "InvalidCredentials",
             Error::RateLimited { .. }
             | Error::Unavailable { .. }
@@ -155,6 +166,7 @@ impl Error {
             Error::InvalidSpec { .. } => "invalid_spec",
             Error::CredentialsNotFound(_) => "credentials_not_found",
             Error::SecretConflict { .. } => "secret_conflict",
+            Error::SecretWriteFailed { .. } => "secret_write_failed",
             Error::InvalidCredentials { .. } => "invalid_credentials",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "unavailable",
@@ -183,8 +195,9 @@ impl Error {
         }
     }
 
-    /// Whether this is a failure to obtain a token (recorded in the status and
-    /// retried with backoff) rather than an error of the controller itself.
+    /// Whether this is a failure to obtain or store a token (recorded in the
+    /// status and retried with backoff) rather than an error of the
+    /// controller itself.
     pub fn is_refresh_failure(&self) -> bool {
         !matches!(
             self,

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder},
@@ -52,6 +52,25 @@ pub struct Context {
     backoffs: Mutex<HashMap<String, (Backoff, Failure)>>,
     /// Consecutive Kubernetes API errors, by uid, for `error_policy`'s backoff.
     api_errors: Mutex<HashMap<String, u32>>,
+    /// Tokens obtained but not yet written (the write failed), by uid: the
+    /// next attempt writes them again instead of requesting new ones.
+    pending: Mutex<HashMap<String, PendingToken>>,
+}
+
+/// A token obtained for a RunaiCredential, with its record. `Debug` hides
+/// the token.
+#[derive(Clone)]
+pub struct PendingToken {
+    pub access_token: String,
+    pub record: TokenRecord,
+}
+
+impl std::fmt::Debug for PendingToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingToken")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Context {
@@ -72,6 +91,7 @@ impl Context {
             policy,
             backoffs: Mutex::default(),
             api_errors: Mutex::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -79,10 +99,51 @@ impl Context {
     pub fn retain_credentials(&self, live_uids: &std::collections::HashSet<String>) {
         lock(&self.backoffs).retain(|uid, _| live_uids.contains(uid));
         lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
     }
 
     fn backoff(&self, uid: &str) -> Option<(Backoff, Failure)> {
         lock(&self.backoffs).get(uid).cloned()
+    }
+
+    /// The unwritten token of a credential, if it still answers what is
+    /// asked for and is not due for refresh yet.
+    fn reusable_pending(
+        &self,
+        uid: &str,
+        desired: &Desired,
+        refresh_interval: Option<Duration>,
+        now: Timestamp,
+    ) -> Option<PendingToken> {
+        let mut pending = lock(&self.pending);
+        let token = pending.get(uid)?;
+        let record = &token.record;
+        let answers = desired
+            .credentials_hash
+            .as_deref()
+            .is_some_and(|h| target_secret::hashes_equal(h, &record.credentials_hash))
+            && desired.generation == record.generation
+            && desired.refresh_request == record.refresh_request;
+        let due = schedule::refresh_due_at(
+            record.issued_at,
+            record.expires_at,
+            refresh_interval,
+            jitter_for(uid, record),
+        );
+        if answers && now < due && !record.is_expired(now) {
+            Some(token.clone())
+        } else {
+            pending.remove(uid);
+            None
+        }
+    }
+
+    fn set_pending(&self, uid: &str, token: Option<PendingToken>) {
+        let mut pending = lock(&self.pending);
+        match token {
+            Some(t) => pending.insert(uid.to_owned(), t),
+            None => pending.remove(uid),
+        };
     }
 
     fn set_backoff(&self, uid: &str, backoff: Option<(Backoff, Failure)>) {
@@ -297,11 +358,23 @@ fn uid_of(cr: &RunaiCredential) -> String {
         .unwrap_or_else(|| format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()))
 }
 
-async fn reconcile_at(
+/// Reconciles one RunaiCredential as of `now`: what [`reconcile`] does with
+/// the clock passed in, so that tests can move time.
+///
+/// # Errors
+///
+/// Errors of the controller itself (a failing Kubernetes API), which
+/// [`error_policy`] retries; failures of the token endpoint and refused
+/// writes are reported in the status instead.
+pub async fn reconcile_at(
     cr: &RunaiCredential,
     ctx: &Context,
     now: Timestamp,
 ) -> Result<Action, Error> {
+    // Being deleted: no token request and no write, whatever else holds.
+    if cr.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let namespace = cr.namespace().unwrap_or_default();
     let uid = uid_of(cr);
     let secret_name = cr.target_secret_name();
@@ -418,18 +491,18 @@ async fn reconcile_at(
                 Plan::Refresh(reason) => reason.as_str(),
                 _ => "no token in the Secret",
             };
-            refresh(
-                cr,
-                ctx,
-                &spec,
-                &token_client,
+            let pending = ctx.reusable_pending(&uid, &desired, spec.refresh_interval, now);
+            let request = Refresh {
+                spec: &spec,
+                token_client: &token_client,
                 credentials,
                 desired,
                 stored,
-                reason,
-                now,
-            )
-            .await
+                existing: managed.as_deref(),
+                pending,
+                why: reason,
+            };
+            refresh(cr, ctx, request, now).await
         }
     }
 }
@@ -447,7 +520,7 @@ async fn repair_secret(
         target_secret::desired_secret(cr, &stored.access_token, &stored.record, &ctx.hash_key);
     if existing.is_none_or(|s| target_secret::needs_repair(s, &desired)) {
         info!(secret = %cr.target_secret_name(), "repairing the target Secret");
-        apply_secret(secrets, &desired).await?;
+        write_secret(secrets, existing, desired, &stored.access_token).await?;
     }
     Ok(())
 }
@@ -477,26 +550,51 @@ fn valid_until(token: Option<CurrentToken<'_>>) -> Option<Timestamp> {
         .and_then(|t| t.record.expires_at)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn refresh(
-    cr: &RunaiCredential,
-    ctx: &Context,
-    spec: &ValidSpec,
-    token_client: &crate::token_client::TokenClient,
+/// What a refresh needs besides the RunaiCredential and the context.
+struct Refresh<'a> {
+    spec: &'a ValidSpec,
+    token_client: &'a crate::token_client::TokenClient,
     credentials: Result<crate::token_client::ClientCredentials, Error>,
     desired: Desired,
     stored: Option<StoredToken>,
+    /// The managed target Secret as read, `None` when missing.
+    existing: Option<&'a Secret>,
+    /// A token obtained earlier whose write failed, to write instead of
+    /// requesting another.
+    pending: Option<PendingToken>,
     why: &'static str,
+}
+
+/// Obtains a token (or takes the pending one), writes it, and reports.
+async fn refresh(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    request: Refresh<'_>,
     now: Timestamp,
 ) -> Result<Action, Error> {
     let uid = uid_of(cr);
     let secret_name = cr.target_secret_name();
-    let previous = cr.status.as_ref();
-    let generation = cr.meta().generation;
     let api = cr.spec.token_api;
+    let Refresh {
+        spec,
+        token_client,
+        credentials,
+        desired,
+        stored,
+        existing,
+        pending,
+        why,
+    } = request;
 
-    let issued = match credentials {
-        Ok(creds) => {
+    let obtained = match (pending, credentials) {
+        (Some(pending), _) => {
+            info!(
+                reason = why,
+                "writing the token obtained before, whose write failed"
+            );
+            Ok(pending)
+        }
+        (None, Ok(creds)) => {
             info!(reason = why, token_api = api.as_str(), "requesting a token");
             let started = std::time::Instant::now();
             let issued = token_client
@@ -504,105 +602,133 @@ async fn refresh(
                 .await;
             let result = issued.as_ref().map_or_else(Error::class, |_| "success");
             ctx.metrics.token_requested(api, result, started.elapsed());
-            issued
-        }
-        Err(err) => Err(err),
-    };
-    match issued {
-        Ok(issued) => {
             // At the Secret's precision, so that the deadline computed now is
             // the one computed again from the Secret later.
-            let record = TokenRecord {
-                issued_at: target_secret::whole_seconds(now),
-                expires_at: issued.expires_at.map(target_secret::whole_seconds),
-                credentials_hash: desired.credentials_hash.clone().unwrap_or_default(),
-                generation: desired.generation,
-                refresh_request: desired.refresh_request.clone(),
-            };
-            let secret =
-                target_secret::desired_secret(cr, &issued.access_token, &record, &ctx.hash_key);
-            let secrets: Api<Secret> =
-                Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-            apply_secret(&secrets, &secret).await?;
-            ctx.set_backoff(&uid, None);
-            let due = schedule::refresh_due_at(
-                record.issued_at,
-                record.expires_at,
-                spec.refresh_interval,
-                jitter_for(&uid, &record),
-            );
-            write_fresh_status(cr, ctx, &record, due, now).await?;
-            let wake = schedule::wake_at(due, record.expires_at, now);
-            info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
-            // Kept free of times: the recorder folds repeats of an Event into
-            // a series that keeps the first note.
-            publish(
-                ctx,
-                cr,
-                EventType::Normal,
-                "TokenIssued",
-                format!("Wrote a new token to Secret {secret_name}"),
-            )
-            .await;
-            Ok(requeue_at(now, wake))
+            issued.map(|issued| PendingToken {
+                record: TokenRecord {
+                    issued_at: target_secret::whole_seconds(now),
+                    expires_at: issued.expires_at.map(target_secret::whole_seconds),
+                    credentials_hash: desired.credentials_hash.clone().unwrap_or_default(),
+                    generation: desired.generation,
+                    refresh_request: desired.refresh_request.clone(),
+                },
+                access_token: issued.access_token,
+            })
         }
+        (None, Err(err)) => Err(err),
+    };
+    let token = match obtained {
+        Ok(token) => token,
         Err(err) if err.is_refresh_failure() => {
-            let attempts = ctx
-                .backoff(&uid)
-                .map(|(_, f)| f.attempts)
-                .or_else(|| previous.map(|s| s.failed_attempts))
-                .unwrap_or(0)
-                .saturating_add(1);
-            let token = current_token(stored.as_ref(), &desired);
-            let retry_at = schedule::retry_at(
-                now,
-                attempts,
-                err.retry_after(),
-                valid_until(token),
-                rand::random(),
-            );
-            let failure = Failure {
-                reason: err.reason(),
-                message: err.to_string(),
-                attempts,
-            };
-            ctx.set_backoff(
-                &uid,
-                Some((
-                    Backoff {
-                        desired: desired.clone(),
-                        retry_at,
-                    },
-                    failure.clone(),
-                )),
-            );
-            warn!(reason = failure.reason, class = err.class(), attempts, retry_at = %target_secret::rfc3339(retry_at), error = %err, "token refresh failed");
-            let new = status::token_status(
-                previous,
-                generation,
-                &secret_name,
-                token,
-                Some(&failure),
-                retry_at,
-                now,
-            );
-            write_status(cr, ctx, new).await?;
-            // One Warning per attempt, and attempts are spaced by the backoff.
-            publish(
-                ctx,
-                cr,
-                EventType::Warning,
-                failure.reason,
-                failure.message.clone(),
-            )
-            .await;
-            Ok(requeue_at(
-                now,
-                schedule::wake_at(retry_at, valid_until(token), now),
-            ))
+            return record_failure(cr, ctx, &err, &desired, stored.as_ref(), now).await;
         }
-        Err(err) => Err(err),
+        Err(err) => return Err(err),
+    };
+    let record = token.record.clone();
+    let secret = target_secret::desired_secret(cr, &token.access_token, &record, &ctx.hash_key);
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    if let Err(err) = write_secret(&secrets, existing, secret, &token.access_token).await {
+        // Kept, so that retrying the write costs no new token request.
+        ctx.set_pending(&uid, Some(token));
+        return match err {
+            Error::SecretConflict { .. } => block(cr, ctx, &secret_name, &err, now).await,
+            Error::SecretWriteFailed { .. } => {
+                record_failure(cr, ctx, &err, &desired, stored.as_ref(), now).await
+            }
+            other => Err(other),
+        };
     }
+    ctx.set_pending(&uid, None);
+    ctx.set_backoff(&uid, None);
+    let due = schedule::refresh_due_at(
+        record.issued_at,
+        record.expires_at,
+        spec.refresh_interval,
+        jitter_for(&uid, &record),
+    );
+    write_fresh_status(cr, ctx, &record, due, now).await?;
+    let wake = schedule::wake_at(due, record.expires_at, now);
+    info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
+    // Kept free of times: the recorder folds repeats of an Event into
+    // a series that keeps the first note.
+    publish(
+        ctx,
+        cr,
+        EventType::Normal,
+        "TokenIssued",
+        format!("Wrote a new token to Secret {secret_name}"),
+    )
+    .await;
+    Ok(requeue_at(now, wake))
+}
+
+/// Records a failed refresh or write: backoff, status, a Warning Event.
+async fn record_failure(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    err: &Error,
+    desired: &Desired,
+    stored: Option<&StoredToken>,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let uid = uid_of(cr);
+    let previous = cr.status.as_ref();
+    let attempts = ctx
+        .backoff(&uid)
+        .map(|(_, f)| f.attempts)
+        .or_else(|| previous.map(|s| s.failed_attempts))
+        .unwrap_or(0)
+        .saturating_add(1);
+    let token = current_token(stored, desired);
+    let retry_at = schedule::retry_at(
+        now,
+        attempts,
+        err.retry_after(),
+        valid_until(token),
+        rand::random(),
+    );
+    let failure = Failure {
+        reason: err.reason(),
+        message: err.to_string(),
+        attempts,
+    };
+    ctx.set_backoff(
+        &uid,
+        Some((
+            Backoff {
+                desired: desired.clone(),
+                retry_at,
+            },
+            failure.clone(),
+        )),
+    );
+    warn!(reason = failure.reason, class = err.class(), attempts, retry_at = %target_secret::rfc3339(retry_at), error = %err, "token refresh failed");
+    // Ready comes from what the Secret really holds, not from the token
+    // that could not be written.
+    let new = status::token_status(
+        previous,
+        cr.meta().generation,
+        &cr.target_secret_name(),
+        token,
+        Some(&failure),
+        retry_at,
+        now,
+    );
+    write_status(cr, ctx, new).await?;
+    // One Warning per attempt, and attempts are spaced by the backoff.
+    publish(
+        ctx,
+        cr,
+        EventType::Warning,
+        failure.reason,
+        failure.message.clone(),
+    )
+    .await;
+    Ok(requeue_at(
+        now,
+        schedule::wake_at(retry_at, valid_until(token), now),
+    ))
 }
 
 /// How often a target name held by someone else's Secret is looked at again.
@@ -637,17 +763,87 @@ async fn block(
     })
 }
 
-async fn apply_secret(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
-    let name = secret.metadata.name.as_deref().unwrap_or_default();
-    secrets
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(secret),
-        )
-        .await
-        .map_err(Error::kube("writing the target Secret"))?;
-    Ok(())
+/// Writes the target Secret, never into an object that was not seen as
+/// ours: a missing Secret is created (if someone else creates it first, the
+/// answer is [`Error::SecretConflict`]); a managed one is updated only if it
+/// is still the version that was read (a server-side apply with its
+/// `resourceVersion` as precondition); one made `immutable`, or whose type
+/// was changed, is deleted (with the same precondition) and created again.
+///
+/// # Errors
+///
+/// [`Error::SecretConflict`] when another object took the name,
+/// [`Error::SecretWriteFailed`] when the API server refuses the write (400,
+/// 403, 422), [`Error::Kube`] otherwise (a changed Secret, an outage).
+async fn write_secret(
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    mut desired: Secret,
+    token: &str,
+) -> Result<(), Error> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    let refused = |err: kube::Error| match err {
+        kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => {
+            Error::SecretWriteFailed {
+                secret: name.clone(),
+                status: status.code,
+                message: crate::error::sanitize_detail(&status.message, &[token])
+                    .trim_start_matches(": ")
+                    .to_owned(),
+            }
+        }
+        kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists" => {
+            Error::SecretConflict {
+                secret: name.clone(),
+            }
+        }
+        other => Error::Kube {
+            action: "writing the target Secret",
+            source: other,
+        },
+    };
+    let create = |secret: Secret| async move {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        secrets.create(&params, &secret).await.map(drop)
+    };
+    match existing {
+        None => create(desired).await.map_err(refused),
+        Some(current) if target_secret::needs_replacement(current) => {
+            info!(secret = %name, "replacing the target Secret (made immutable or of another type)");
+            let preconditions = Preconditions {
+                uid: current.metadata.uid.clone(),
+                resource_version: current.metadata.resource_version.clone(),
+            };
+            secrets
+                .delete(
+                    &name,
+                    &DeleteParams {
+                        preconditions: Some(preconditions),
+                        ..DeleteParams::default()
+                    },
+                )
+                .await
+                .map_err(refused)?;
+            create(desired).await.map_err(refused)
+        }
+        Some(current) => {
+            // The precondition: a Secret changed since it was read (by
+            // someone else, or recreated) is read again, not overwritten.
+            desired.metadata.resource_version = current.metadata.resource_version.clone();
+            secrets
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map(drop)
+                .map_err(refused)
+        }
+    }
 }
 
 /// Writes the status of a credential whose Secret holds a fresh, current token.

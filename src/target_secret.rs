@@ -280,6 +280,13 @@ pub fn desired_secret(
     }
 }
 
+/// Whether a managed Secret must be deleted and created again rather than
+/// updated: it was made `immutable`, or its type is not `Opaque` (a Secret's
+/// type cannot be changed in place).
+pub fn needs_replacement(existing: &Secret) -> bool {
+    existing.immutable == Some(true) || existing.type_.as_deref().unwrap_or("Opaque") != "Opaque"
+}
+
 /// Whether an existing Secret differs from the desired one in anything the
 /// controller sets. Extra labels, annotations and keys added by others are
 /// left alone.

@@ -38,19 +38,49 @@ struct Write {
     body: Value,
 }
 
+/// A scripted failure: the next write with this method to a path ending in
+/// `suffix` is answered with `code` and `reason`.
+#[derive(Clone, Debug)]
+struct Scripted {
+    method: Method,
+    suffix: String,
+    code: u16,
+    reason: &'static str,
+}
+
 #[derive(Default)]
 struct FakeApi {
     objects: Mutex<HashMap<String, Value>>,
     writes: Mutex<Vec<Write>>,
+    scripted: Mutex<Vec<Scripted>>,
+    versions: std::sync::atomic::AtomicU64,
 }
 
 impl FakeApi {
-    fn put(&self, path: &str, object: Value) {
+    fn put(&self, path: &str, mut object: Value) {
+        let version = self
+            .versions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 100;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("uid-{version}"));
+        }
         self.objects.lock().unwrap().insert(path.to_owned(), object);
     }
 
     fn get(&self, path: &str) -> Option<Value> {
         self.objects.lock().unwrap().get(path).cloned()
+    }
+
+    /// Answers the next matching write with an error instead of doing it.
+    fn script(&self, method: Method, suffix: &str, code: u16, reason: &'static str) {
+        self.scripted.lock().unwrap().push(Scripted {
+            method,
+            suffix: suffix.to_owned(),
+            code,
+            reason,
+        });
     }
 
     fn writes(&self) -> Vec<Write> {
@@ -88,6 +118,19 @@ impl FakeApi {
             path: path.to_owned(),
             body: body.clone(),
         });
+        let scripted = {
+            let mut scripted = self.scripted.lock().unwrap();
+            let at = scripted
+                .iter()
+                .position(|s| s.method == *method && path.ends_with(&s.suffix));
+            at.map(|i| scripted.remove(i))
+        };
+        if let Some(s) = scripted {
+            return (
+                StatusCode::from_u16(s.code).unwrap(),
+                failure(s.code, s.reason, path),
+            );
+        }
         if let Some(object_path) = path.strip_suffix("/status") {
             // Status apply: merge the status into the stored object.
             let mut object = self.get(object_path).unwrap_or_else(|| json!({}));
@@ -98,9 +141,52 @@ impl FakeApi {
         if path.contains("/events") {
             return (StatusCode::CREATED, body);
         }
-        self.put(path, body.clone());
-        (StatusCode::OK, body)
+        if *method == Method::POST {
+            // Create: the name is in the body; an existing object wins.
+            let name = body["metadata"]["name"].as_str().unwrap_or_default();
+            let object_path = format!("{path}/{name}");
+            if self.get(&object_path).is_some() {
+                return (
+                    StatusCode::CONFLICT,
+                    failure(409, "AlreadyExists", &object_path),
+                );
+            }
+            self.put(&object_path, body);
+            return (StatusCode::CREATED, self.get(&object_path).unwrap());
+        }
+        let current = self.get(path);
+        let precondition = match *method {
+            Method::DELETE => body["preconditions"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned),
+            _ => body["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned),
+        };
+        if let Some(wanted) = precondition {
+            let have = current
+                .as_ref()
+                .and_then(|c| c["metadata"]["resourceVersion"].as_str().map(str::to_owned));
+            if have.as_deref() != Some(wanted.as_str()) {
+                return (StatusCode::CONFLICT, failure(409, "Conflict", path));
+            }
+        }
+        if *method == Method::DELETE {
+            return match self.objects.lock().unwrap().remove(path) {
+                Some(object) => (StatusCode::OK, object),
+                None => (StatusCode::NOT_FOUND, not_found(path)),
+            };
+        }
+        self.put(path, body);
+        (StatusCode::OK, self.get(path).unwrap())
     }
+}
+
+fn failure(code: u16, reason: &str, path: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": format!("{path}: {reason} (scripted)"), "reason": reason, "code": code
+    })
 }
 
 fn not_found(path: &str) -> Value {
@@ -226,6 +312,27 @@ fn setup(
     (api, cr, ctx)
 }
 
+/// Writes to target Secrets (not to the credentials Secret).
+fn secret_writes(api: &FakeApi) -> Vec<Write> {
+    api.writes()
+        .into_iter()
+        .filter(|w| w.path.starts_with(SECRETS) && !w.path.ends_with("runai-client"))
+        .collect()
+}
+
+/// The stored RunaiCredential with a new refresh request, which forces a refresh.
+fn with_refresh_request(api: &FakeApi, cr: &RunaiCredential, value: &str) -> RunaiCredential {
+    let mut requested = stored_credential(api, cr);
+    requested.metadata.annotations = Some(
+        [(
+            "tokensync.dev/refresh-requested-at".to_owned(),
+            value.to_owned(),
+        )]
+        .into(),
+    );
+    requested
+}
+
 /// Reconciles once to a Ready credential, then forgets the writes it made.
 async fn setup_ready(endpoint: &MockServer) -> (Arc<FakeApi>, RunaiCredential, Arc<Context>) {
     let (api, cr, ctx) = setup(endpoint, true);
@@ -246,9 +353,16 @@ async fn a_new_credential_gets_its_secret_and_status() {
         .unwrap();
 
     assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
-    let secret_writes = api.writes_to(&format!("{SECRETS}/trainer"));
+    let secret_writes = secret_writes(&api);
     assert_eq!(secret_writes.len(), 1, "{:?}", api.writes());
-    assert_eq!(secret_writes[0].method, Method::PATCH);
+    assert_eq!(
+        (
+            secret_writes[0].method.clone(),
+            secret_writes[0].path.as_str()
+        ),
+        (Method::POST, SECRETS),
+        "a missing Secret is created, never applied over"
+    );
     let secret: Secret = serde_json::from_value(secret_writes[0].body.clone()).unwrap();
     let data = secret.data.unwrap();
     assert_eq!(data["accessToken"].0, b"tok-1");
@@ -463,4 +577,167 @@ async fn an_outage_keeps_the_token_and_degrades() {
         format!("{action:?}").contains("requeue_after: Some(90s)"),
         "Retry-After honoured: {action:?}"
     );
+}
+
+#[tokio::test]
+async fn a_secret_someone_else_creates_first_is_a_conflict() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
+    // Between the read (missing) and the create, someone else creates it.
+    api.script(Method::POST, SECRETS, 409, "AlreadyExists");
+
+    reconciler::reconcile(Arc::new(cr.clone()), ctx)
+        .await
+        .unwrap();
+
+    let writes = secret_writes(&api);
+    assert_eq!(writes.len(), 1, "one create, no overwrite: {writes:?}");
+    assert_eq!(writes[0].method, Method::POST);
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Ready")["reason"], "SecretConflict");
+}
+
+#[tokio::test]
+async fn a_secret_changed_since_it_was_read_is_read_again_not_overwritten() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let requested = with_refresh_request(&api, &cr, "1");
+    // The update carries the resourceVersion read; someone changed it since.
+    api.script(Method::PATCH, "/secrets/trainer", 409, "Conflict");
+    let now = jiff::Timestamp::now();
+    let err = reconciler::reconcile_at(&requested, &ctx, now)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "KubernetesAPIError", "{err}");
+    let writes = secret_writes(&api);
+    assert_eq!(writes.len(), 1);
+    assert!(
+        writes[0].body["metadata"]["resourceVersion"].is_string(),
+        "the update is conditional: {}",
+        writes[0].body
+    );
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 2);
+
+    // The retry writes the token already obtained: no new request.
+    api.clear_writes();
+    reconciler::reconcile_at(&requested, &ctx, now + jiff::SignedDuration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 2);
+    assert_eq!(secret_writes(&api).len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_write_is_reported_and_costs_no_new_token() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let requested = with_refresh_request(&api, &cr, "1");
+    api.script(Method::PATCH, "/secrets/trainer", 403, "Forbidden");
+    let now = jiff::Timestamp::now();
+
+    reconciler::reconcile_at(&requested, &ctx, now)
+        .await
+        .unwrap();
+
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 2);
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    // The Secret still holds the first token, which is valid.
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "SecretWriteFailed");
+    assert!(
+        !degraded["message"].as_str().unwrap().contains("tok-1"),
+        "{degraded}"
+    );
+    let events = api.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "SecretWriteFailed"),
+        "{events:?}"
+    );
+
+    // Within the backoff nothing happens; after it, the same token is written.
+    api.clear_writes();
+    reconciler::reconcile_at(&requested, &ctx, now + jiff::SignedDuration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(secret_writes(&api).is_empty());
+    let later = now + jiff::SignedDuration::from_mins(10);
+    reconciler::reconcile_at(&requested, &ctx, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        endpoint.received_requests().await.unwrap().len(),
+        2,
+        "the token obtained before is reused"
+    );
+    assert_eq!(secret_writes(&api).len(), 1);
+    let status = api.writes_to("/trainer/status").last().unwrap().body["status"].clone();
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_refused_write_without_a_valid_token_is_not_ready() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
+    api.script(Method::POST, SECRETS, 403, "Forbidden");
+
+    reconciler::reconcile(Arc::new(cr.clone()), ctx)
+        .await
+        .unwrap();
+
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Ready")["reason"], "SecretWriteFailed");
+}
+
+#[tokio::test]
+async fn an_immutable_secret_is_replaced() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let path = format!("{SECRETS}/trainer");
+    let mut secret = api.get(&path).unwrap();
+    secret["immutable"] = json!(true);
+    api.put(&path, secret);
+    let requested = with_refresh_request(&api, &cr, "1");
+
+    reconciler::reconcile(Arc::new(requested), ctx)
+        .await
+        .unwrap();
+
+    let writes: Vec<(Method, String)> = secret_writes(&api)
+        .into_iter()
+        .map(|w| (w.method, w.path))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            (Method::DELETE, path.clone()),
+            (Method::POST, SECRETS.to_owned())
+        ]
+    );
+    let replaced: Secret = serde_json::from_value(api.get(&path).unwrap()).unwrap();
+    assert_eq!(replaced.immutable, None);
+}
+
+#[tokio::test]
+async fn a_credential_being_deleted_gets_no_request_and_no_write() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, mut cr, ctx) = setup(&endpoint, true);
+    cr.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+
+    reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
+
+    assert!(endpoint.received_requests().await.unwrap().is_empty());
+    assert!(api.writes().is_empty(), "{:?}", api.writes());
+    // Positive control: the same credential not being deleted does both.
+    let (api, cr, ctx) = setup(&endpoint, true);
+    reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
+    assert!(!api.writes().is_empty());
 }
