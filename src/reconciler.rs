@@ -391,6 +391,16 @@ pub async fn reconcile_at(
             return block(cr, ctx, &secret_name, &err, now).await;
         }
     };
+    // A change of target.name (also one made while the controller was down,
+    // which the status remembers): the Secrets left under other names go.
+    if cr
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+        .is_some_and(|old| old != secret_name)
+    {
+        release_old_targets(cr, &secrets, &secret_name).await?;
+    }
     let token_client = match ctx.token_clients.get(cr.spec.ca_bundle.as_deref()) {
         Ok(client) => client,
         Err(err @ Error::InvalidSpec { .. }) => {
@@ -492,6 +502,11 @@ pub async fn reconcile_at(
                 _ => "no token in the Secret",
             };
             let pending = ctx.reusable_pending(&uid, &desired, spec.refresh_interval, now);
+            // A namespace being deleted gets no request and no write.
+            if pending.is_none() && namespace_terminating(ctx, &namespace).await {
+                info!("the namespace is being deleted; no token is requested");
+                return Ok(Action::await_change());
+            }
             let request = Refresh {
                 spec: &spec,
                 token_client: &token_client,
@@ -763,6 +778,83 @@ async fn block(
     })
 }
 
+/// Deletes (`deletionPolicy: Delete`) or releases (`Retain`) the Secrets this
+/// RunaiCredential manages under another name than `current`: those left
+/// behind by a change of `spec.target.name`. Releasing removes the
+/// controller's labels, its `tokensync.dev/` annotations and its owner
+/// reference, and leaves the data and the user's labels and annotations.
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the Secrets cannot be listed, deleted or patched.
+async fn release_old_targets(
+    cr: &RunaiCredential,
+    secrets: &Api<Secret>,
+    current: &str,
+) -> Result<(), Error> {
+    let selector = format!(
+        "{}={},{}={}",
+        target_secret::MANAGED_BY_LABEL,
+        target_secret::MANAGED_BY,
+        target_secret::CREDENTIAL_LABEL,
+        target_secret::credential_label_value(&cr.name_any())
+    );
+    let listed = secrets
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("listing the Secrets of earlier target names"))?;
+    for old in listed.items {
+        let name = old.name_any();
+        if name == current {
+            continue;
+        }
+        match cr.spec.target.deletion_policy {
+            crate::resource::DeletionPolicy::Delete => {
+                info!(secret = %name, "deleting the Secret of an earlier target name");
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: old.metadata.uid.clone(),
+                        resource_version: old.metadata.resource_version.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                match secrets.delete(&name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(Error::kube("deleting the Secret of an earlier target name")(e));
+                    }
+                }
+            }
+            crate::resource::DeletionPolicy::Retain => {
+                info!(secret = %name, "releasing the Secret of an earlier target name");
+                let patch = target_secret::release_patch(&old, cr.uid().as_deref());
+                secrets
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(Error::kube(
+                        "releasing the Secret of an earlier target name",
+                    ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the namespace is being deleted. Unknown (the controller may not
+/// read namespaces, as with `watchNamespaces`, where the API server then
+/// refuses the write instead) counts as not.
+async fn namespace_terminating(ctx: &Context, namespace: &str) -> bool {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(Some(ns)) => {
+            ns.metadata.deletion_timestamp.is_some()
+                || ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+        }
+        Ok(None) | Err(_) => false,
+    }
+}
+
 /// Writes the target Secret, never into an object that was not seen as
 /// ours: a missing Secret is created (if someone else creates it first, the
 /// answer is [`Error::SecretConflict`]); a managed one is updated only if it
@@ -907,7 +999,12 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(Error::kube("writing the status"))?;
+    .map(drop)
+    .or_else(|err| match err {
+        // Deleted meanwhile: there is no status left to write.
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        other => Err(Error::kube("writing the status")(other)),
+    })?;
     Ok(true)
 }
 

@@ -280,6 +280,33 @@ pub fn desired_secret(
     }
 }
 
+/// A JSON merge patch that releases a Secret from the controller: its labels
+/// ([`MANAGED_BY_LABEL`], [`CREDENTIAL_LABEL`]), its `tokensync.dev/`
+/// annotations and the owner reference of `owner_uid` are removed; the data
+/// and everything else stay. The `resourceVersion` read is a precondition.
+pub fn release_patch(secret: &Secret, owner_uid: Option<&str>) -> serde_json::Value {
+    let annotations: serde_json::Map<String, serde_json::Value> = secret
+        .annotations()
+        .keys()
+        .filter(|k| k.starts_with("tokensync.dev/"))
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    let owners: Vec<_> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| Some(o.uid.as_str()) != owner_uid)
+        .cloned()
+        .collect();
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": secret.metadata.resource_version,
+            "labels": {MANAGED_BY_LABEL: null, CREDENTIAL_LABEL: null},
+            "annotations": annotations,
+            "ownerReferences": owners,
+        }
+    })
+}
+
 /// Whether a managed Secret must be deleted and created again rather than
 /// updated: it was made `immutable`, or its type is not `Opaque` (a Secret's
 /// type cannot be changed in place).

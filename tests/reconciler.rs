@@ -106,8 +106,49 @@ impl FakeApi {
         self.writes.lock().unwrap().clear();
     }
 
-    fn answer(&self, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
+    /// Objects directly under a collection path whose labels match every
+    /// `key=value` of `selector`.
+    fn list(&self, collection: &str, selector: &str) -> Value {
+        let wanted: Vec<(&str, &str)> = selector
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let items: Vec<Value> = self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| {
+                path.strip_prefix(collection)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|name| !name.contains('/'))
+            })
+            .map(|(_, object)| object.clone())
+            .filter(|object| {
+                wanted
+                    .iter()
+                    .all(|(k, v)| object["metadata"]["labels"][*k].as_str() == Some(*v))
+            })
+            .collect();
+        json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
+    }
+
+    fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        merge_patch: bool,
+        body: Value,
+    ) -> (StatusCode, Value) {
         if *method == Method::GET {
+            if path == SECRETS {
+                let selector = url::form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "labelSelector")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                return (StatusCode::OK, self.list(path, &selector));
+            }
             return match self.get(path) {
                 Some(object) => (StatusCode::OK, object),
                 None => (StatusCode::NOT_FOUND, not_found(path)),
@@ -177,8 +218,35 @@ impl FakeApi {
                 None => (StatusCode::NOT_FOUND, not_found(path)),
             };
         }
+        if merge_patch {
+            let Some(mut object) = current else {
+                return (StatusCode::NOT_FOUND, not_found(path));
+            };
+            merge(&mut object, &body);
+            self.put(path, object);
+            return (StatusCode::OK, self.get(path).unwrap());
+        }
         self.put(path, body);
         (StatusCode::OK, self.get(path).unwrap())
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (key, value) in fields {
+                if value.is_null() {
+                    target.as_object_mut().unwrap().remove(key);
+                } else {
+                    merge(&mut target[key], value);
+                }
+            }
+        }
+        other => *target = other.clone(),
     }
 }
 
@@ -204,7 +272,17 @@ fn mocked_client(api: Arc<FakeApi>) -> Client {
             let (parts, body) = request.into_parts();
             let bytes = body.collect().await.unwrap().to_bytes();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let (status, answer) = api.answer(&parts.method, parts.uri.path(), body);
+            let merge_patch = parts
+                .headers
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes() == b"application/merge-patch+json");
+            let (status, answer) = api.answer(
+                &parts.method,
+                parts.uri.path(),
+                parts.uri.query().unwrap_or_default(),
+                merge_patch,
+                body,
+            );
             send.send_response(
                 Response::builder()
                     .status(status)
@@ -632,11 +710,12 @@ async fn a_secret_changed_since_it_was_read_is_read_again_not_overwritten() {
 async fn a_refused_write_is_reported_and_costs_no_new_token() {
     let endpoint = token_endpoint(3600).await;
     let (api, cr, ctx) = setup_ready(&endpoint).await;
-    let requested = with_refresh_request(&api, &cr, "1");
+    // As the controller sees it each time: with the status written last.
+    let requested = || with_refresh_request(&api, &cr, "1");
     api.script(Method::PATCH, "/secrets/trainer", 403, "Forbidden");
     let now = jiff::Timestamp::now();
 
-    reconciler::reconcile_at(&requested, &ctx, now)
+    reconciler::reconcile_at(&requested(), &ctx, now)
         .await
         .unwrap();
 
@@ -661,12 +740,12 @@ async fn a_refused_write_is_reported_and_costs_no_new_token() {
 
     // Within the backoff nothing happens; after it, the same token is written.
     api.clear_writes();
-    reconciler::reconcile_at(&requested, &ctx, now + jiff::SignedDuration::from_secs(1))
+    reconciler::reconcile_at(&requested(), &ctx, now + jiff::SignedDuration::from_secs(1))
         .await
         .unwrap();
     assert!(secret_writes(&api).is_empty());
     let later = now + jiff::SignedDuration::from_mins(10);
-    reconciler::reconcile_at(&requested, &ctx, later)
+    reconciler::reconcile_at(&requested(), &ctx, later)
         .await
         .unwrap();
     assert_eq!(
@@ -740,4 +819,85 @@ async fn a_credential_being_deleted_gets_no_request_and_no_write() {
     reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
     assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
     assert!(!api.writes().is_empty());
+}
+
+/// A Ready credential whose target is then renamed, with `policy`.
+async fn renamed(policy: &str) -> (Arc<FakeApi>, MockServer) {
+    let endpoint = token_endpoint(3600).await;
+    let (api, mut cr, ctx) = setup(&endpoint, true);
+    cr.spec.target.deletion_policy = serde_json::from_value(json!(policy)).unwrap();
+    cr.spec.target.annotations = [("team.example/owner".to_owned(), "ml".to_owned())].into();
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(api.get(&format!("{SECRETS}/trainer")).is_some());
+    let mut renamed = stored_credential(&api, &cr);
+    renamed.spec.target.name = Some("trainer-v2".into());
+    renamed.metadata.generation = Some(2);
+    api.clear_writes();
+    reconciler::reconcile(Arc::new(renamed), ctx).await.unwrap();
+    (api, endpoint)
+}
+
+#[tokio::test]
+async fn a_renamed_target_deletes_the_old_secret_under_delete() {
+    let (api, _endpoint) = renamed("Delete").await;
+    assert!(
+        api.get(&format!("{SECRETS}/trainer")).is_none(),
+        "the old Secret is gone"
+    );
+    assert!(
+        api.get(&format!("{SECRETS}/trainer-v2")).is_some(),
+        "the new one is there"
+    );
+    let deletes: Vec<Write> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == Method::DELETE)
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    assert!(deletes[0].body["preconditions"]["resourceVersion"].is_string());
+}
+
+#[tokio::test]
+async fn a_renamed_target_releases_the_old_secret_under_retain() {
+    let (api, _endpoint) = renamed("Retain").await;
+    let old = api.get(&format!("{SECRETS}/trainer")).expect("kept");
+    let labels = &old["metadata"]["labels"];
+    assert!(labels["app.kubernetes.io/managed-by"].is_null(), "{old}");
+    assert!(labels["tokensync.dev/credential"].is_null(), "{old}");
+    assert_eq!(labels["team"], "ml", "the user's labels stay");
+    let annotations = old["metadata"]["annotations"].as_object().unwrap();
+    assert!(
+        annotations.keys().all(|k| !k.starts_with("tokensync.dev/")),
+        "{annotations:?}"
+    );
+    assert_eq!(annotations["team.example/owner"], "ml");
+    assert_eq!(old["data"]["accessToken"], b64("tok-1"), "the data stays");
+    assert!(api.get(&format!("{SECRETS}/trainer-v2")).is_some());
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_gets_no_request_and_no_write() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
+    api.put(
+        "/api/v1/namespaces/ml",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "ml", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+               "status": {"phase": "Terminating"}}),
+    );
+    reconciler::reconcile(Arc::new(cr.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(endpoint.received_requests().await.unwrap().is_empty());
+    assert!(api.writes().is_empty(), "{:?}", api.writes());
+    // Positive control: an active namespace.
+    api.put(
+        "/api/v1/namespaces/ml",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"},
+               "status": {"phase": "Active"}}),
+    );
+    reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
 }

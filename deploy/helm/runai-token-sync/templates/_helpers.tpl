@@ -45,8 +45,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Whether a namespace is being deleted, before a token is requested for it
+# (granted by the ClusterRole only; without it the write is refused instead).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end -}}
