@@ -9,6 +9,7 @@
 mod edge;
 mod harness;
 mod ops;
+mod writes;
 
 use std::time::Duration;
 
