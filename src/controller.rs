@@ -29,7 +29,7 @@ use crate::{
         CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL,
         credential_label_value,
     },
-    token_client::TokenClients,
+    token_client::{self, TokenClients},
 };
 
 /// Name of the Secret, in the controller's namespace, holding the hash key.
@@ -482,6 +482,11 @@ async fn run_controllers(
                 .collect();
             pruned.metrics.retain_credentials(&labels);
             pruned.retain_credentials(&live.iter().filter_map(|cr| cr.uid()).collect());
+            let trusted: HashSet<_> = live
+                .iter()
+                .filter_map(|cr| token_client::trust_key(cr.spec.ca_bundle.as_deref()).ok())
+                .collect();
+            pruned.token_clients.retain(&trusted);
         }
     });
     futures::future::join_all(controllers).await;

@@ -401,7 +401,7 @@ pub async fn reconcile_at(
     {
         release_old_targets(cr, &secrets, &secret_name).await?;
     }
-    let token_client = match ctx.token_clients.get(cr.spec.ca_bundle.as_deref()) {
+    let token_client = match ctx.token_clients.get(cr.spec.ca_bundle.as_deref()).await {
         Ok(client) => client,
         Err(err @ Error::InvalidSpec { .. }) => {
             ctx.set_backoff(&uid, None);
@@ -822,7 +822,9 @@ async fn release_old_targets(
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => {
-                        return Err(Error::kube("deleting the Secret of an earlier target name")(e));
+                        return Err(
+                            Error::kube("deleting the Secret of an earlier target name")(e),
+                        );
                     }
                 }
             }

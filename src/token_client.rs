@@ -256,6 +256,24 @@ pub fn token_endpoint(base_url: &url::Url, api: TokenApi) -> url::Url {
 /// private key, base64 of a PEM, garbage) or a block that is not a valid
 /// certificate.
 pub fn parse_ca_bundle(pem: &str) -> Result<Vec<reqwest::Certificate>, Error> {
+    parse_ca_bundle_der(pem)?
+        .iter()
+        .enumerate()
+        .map(|(index, der)| {
+            reqwest::Certificate::from_der(der).map_err(|e| Error::InvalidSpec {
+                field: "spec.caBundle",
+                message: format!("certificate {} cannot be used: {e}", index + 1),
+            })
+        })
+        .collect()
+}
+
+/// The DER encodings of the certificates of a `caBundle`; see [`parse_ca_bundle`].
+///
+/// # Errors
+///
+/// As [`parse_ca_bundle`].
+pub fn parse_ca_bundle_der(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let invalid = |message: String| Error::InvalidSpec {
         field: "spec.caBundle",
@@ -277,10 +295,7 @@ pub fn parse_ca_bundle(pem: &str) -> Result<Vec<reqwest::Certificate>, Error> {
                     index + 1
                 ))
             })?;
-        certs.push(
-            reqwest::Certificate::from_der(der.as_ref())
-                .map_err(|e| invalid(format!("certificate {} cannot be used: {e}", index + 1)))?,
-        );
+        certs.push(der.to_vec());
     }
     if certs.is_empty() {
         return Err(invalid(
@@ -689,15 +704,44 @@ fn innermost_message(err: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
-/// HTTP clients shared by all credentials with the same `caBundle`: building
-/// one loads the system roots, which is too slow to repeat per request.
+/// The identity of a set of trusted CAs, whatever the PEM's formatting:
+/// SHA-256 over the sorted DER encodings of its certificates; `None` for the
+/// system roots alone.
+pub type TrustKey = Option<[u8; 32]>;
+
+/// The [`TrustKey`] of a `caBundle`.
+///
+/// # Errors
+///
+/// [`Error::InvalidSpec`] on `spec.caBundle`, as [`parse_ca_bundle`].
+pub fn trust_key(ca_bundle: Option<&str>) -> Result<TrustKey, Error> {
+    use sha2::Digest as _;
+    let Some(pem) = ca_bundle else {
+        return Ok(None);
+    };
+    let mut ders = parse_ca_bundle_der(pem)?;
+    ders.sort();
+    let mut hash = sha2::Sha256::new();
+    for der in &ders {
+        hash.update((der.len() as u64).to_be_bytes());
+        hash.update(der);
+    }
+    Ok(Some(hash.finalize().into()))
+}
+
+/// HTTP clients shared by all credentials that trust the same CAs: building
+/// one loads the system roots, which is too slow to repeat per request. Kept
+/// per [`TrustKey`], so that differently formatted copies of one bundle share
+/// a client, and pruned against the live RunaiCredentials, so that creating
+/// RunaiCredentials with ever new bundles cannot grow it without bound.
 #[derive(Debug)]
 pub struct TokenClients {
     timeout: Duration,
-    clients: Mutex<HashMap<Option<String>, TokenClient>>,
+    clients: Mutex<HashMap<TrustKey, TokenClient>>,
 }
 
 impl TokenClients {
+    /// An empty cache; clients time out after `timeout`.
     pub fn new(timeout: Duration) -> Self {
         TokenClients {
             timeout,
@@ -705,16 +749,43 @@ impl TokenClients {
         }
     }
 
-    /// The client for a CA bundle, built on first use.
-    pub fn get(&self, ca_bundle: Option<&str>) -> Result<TokenClient, Error> {
-        let key = ca_bundle.map(str::to_owned);
-        let lock = || self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = lock().get(&key) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TrustKey, TokenClient>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client for a CA bundle, built on first use on a blocking thread
+    /// (loading the system roots reads files and parses certificates).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSpec`] for a `caBundle` that cannot be used;
+    /// [`Error::Startup`] when no client can be built at all.
+    pub async fn get(&self, ca_bundle: Option<&str>) -> Result<TokenClient, Error> {
+        let key = trust_key(ca_bundle)?;
+        if let Some(client) = self.lock().get(&key) {
             return Ok(client.clone());
         }
-        // Built outside the lock: loading the system roots takes a while.
-        let client = TokenClient::new(ca_bundle, self.timeout)?;
-        Ok(lock().entry(key).or_insert(client).clone())
+        let (pem, timeout) = (ca_bundle.map(str::to_owned), self.timeout);
+        let client = tokio::task::spawn_blocking(move || TokenClient::new(pem.as_deref(), timeout))
+            .await
+            .map_err(|e| Error::Startup(format!("building an HTTP client failed: {e}")))??;
+        Ok(self.lock().entry(key).or_insert(client).clone())
+    }
+
+    /// Forgets the clients of CA sets no live RunaiCredential uses.
+    pub fn retain(&self, live: &std::collections::HashSet<TrustKey>) {
+        self.lock()
+            .retain(|key, _| key.is_none() || live.contains(key));
+    }
+
+    /// How many clients are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no client is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -1143,6 +1214,54 @@ mod tests {
             parse_ca_bundle(broken),
             Err(Error::InvalidSpec { .. })
         ));
+    }
+
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn one_client_per_set_of_certificates_whatever_the_formatting() {
+        let (a, b) = (ca_pem("a"), ca_pem("b"));
+        let plain = format!("{a}{b}");
+        let messy = format!(
+            "intermediate:\r\n{}\r\n\r\nroot:\r\n{}",
+            b.replace('\n', "\r\n    "),
+            a.replace('\n', "\r\n")
+        );
+        assert_eq!(
+            trust_key(Some(&plain)).unwrap(),
+            trust_key(Some(&messy)).unwrap()
+        );
+        assert_ne!(
+            trust_key(Some(&a)).unwrap(),
+            trust_key(Some(&plain)).unwrap()
+        );
+        assert_eq!(trust_key(None).unwrap(), None);
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let clients = TokenClients::new(Duration::from_secs(1));
+        runtime.block_on(async {
+            clients.get(Some(&plain)).await.unwrap();
+            clients.get(Some(&messy)).await.unwrap();
+            assert_eq!(clients.len(), 1, "the same certificates share a client");
+            clients.get(Some(&a)).await.unwrap();
+            clients.get(None).await.unwrap();
+            assert_eq!(clients.len(), 3);
+        });
+        // Pruned to what live credentials use; the system roots' client stays.
+        clients.retain(&[trust_key(Some(&a)).unwrap()].into());
+        assert_eq!(clients.len(), 2);
+        clients.retain(&Default::default());
+        assert_eq!(clients.len(), 1);
     }
 
     #[test]
