@@ -80,13 +80,26 @@ where
     }
 }
 
-/// Checks, with one clear line per failure, that the API server answers and
-/// the CRD is installed.
+/// What the start-up check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Preflight {
+    /// The API server answers and RunaiCredentials can be listed.
+    Ready,
+    /// The CRD is not installed (yet); the message says how to install it.
+    CrdMissing(String),
+}
+
+/// Checks that the API server answers and the CRD is installed.
+///
+/// # Errors
+///
+/// [`Error::Startup`], one clear line, when the API server cannot be reached
+/// or RunaiCredentials cannot be listed for another reason than a missing CRD.
 pub async fn preflight(
     client: &Client,
     namespace: Option<&str>,
     api_server: &str,
-) -> Result<(), Error> {
+) -> Result<Preflight, Error> {
     client.apiserver_version().await.map_err(|e| {
         Error::Startup(format!(
             "cannot reach the Kubernetes API server at {api_server}: {e}"
@@ -94,14 +107,88 @@ pub async fn preflight(
     })?;
     let api: Api<RunaiCredential> = scoped(client, namespace);
     match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::Startup(format!(
-            "the RunaiCredential CRD (runaicredentials.tokensync.dev) is not installed in the cluster at {api_server}; install it with `runai-token-sync crd | kubectl apply -f -`"
+        Ok(_) => Ok(Preflight::Ready),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Preflight::CrdMissing(format!(
+            "the RunaiCredential CRD (runaicredentials.tokensync.dev) is not installed in the cluster at {api_server}; waiting for it (install it with `runai-token-sync crd | kubectl apply -f -`)"
         ))),
         Err(e) => Err(Error::Startup(format!(
             "cannot list RunaiCredentials at {api_server}: {e}"
         ))),
     }
+}
+
+/// How often a missing CRD is looked for again, and how often it is said.
+const CRD_POLL: Duration = Duration::from_secs(5);
+const SAY_EVERY: Duration = Duration::from_secs(60);
+
+/// Waits until [`preflight`] finds the CRD, saying so once a minute, or
+/// until `stopping` turns true (then `Ok(false)`).
+///
+/// # Errors
+///
+/// Those of [`preflight`].
+async fn wait_for_crd(
+    client: &Client,
+    namespace: Option<&str>,
+    api_server: &str,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, Error> {
+    let mut said: Option<tokio::time::Instant> = None;
+    loop {
+        match preflight(client, namespace, api_server).await? {
+            Preflight::Ready => return Ok(true),
+            Preflight::CrdMissing(message) => {
+                if said.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+                    warn!("{message}");
+                    said = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CRD_POLL) => {}
+            _ = wait_until_true(stopping) => return Ok(false),
+        }
+    }
+}
+
+/// Says once a minute, in one clear line, that the RunaiCredential watch
+/// fails because the CRD is gone (the watch retries by itself, with
+/// backoff, and serving resumes once the CRD is back); other watch errors
+/// are logged as they come.
+#[derive(Default)]
+struct WatchErrors {
+    said_crd_missing: Option<tokio::time::Instant>,
+}
+
+impl WatchErrors {
+    fn report(&mut self, error: &(dyn std::error::Error + 'static)) {
+        let crd_missing = is_not_found(error);
+        if !crd_missing {
+            warn!(error = %error, "controller event");
+            return;
+        }
+        if self
+            .said_crd_missing
+            .is_none_or(|at| at.elapsed() >= SAY_EVERY)
+        {
+            warn!(
+                "the RunaiCredential CRD (runaicredentials.tokensync.dev) was removed from the cluster; waiting for it to be installed again (`runai-token-sync crd | kubectl apply -f -`)"
+            );
+            self.said_crd_missing = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// Whether an error (or one of its sources) is an API answer 404.
+fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(kube::Error::Api(status)) = e.downcast_ref::<kube::Error>() {
+            return status.code == 404;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Reads the hash key from its Secret, creating it with a random key on first
@@ -209,49 +296,80 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     server::serve(settings.metrics_address, metrics.clone(), health.clone()).await?;
-    for namespace in &namespaces {
-        preflight(&client, namespace.as_deref(), &settings.api_server).await?;
-    }
-    let hash_key = load_or_create_hash_key(&client, &settings.controller_namespace).await?;
-    let reporter = Reporter {
-        controller: "runai-token-sync".to_owned(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Recorder::new(client.clone(), reporter),
-        TokenClients::new(settings.request_timeout),
-        hash_key,
-        metrics.clone(),
-        settings.policy.clone(),
-    ));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("shutdown requested; finishing the reconciliations under way");
         let _ = stop.send(true);
     });
-
-    let result = match &settings.leader_election {
-        None => {
-            health.set_leading(true);
-            metrics.set_leader(true);
-            let mut stopping = stopping;
-            let stop = async move { wait_until_true(&mut stopping).await };
-            run_controllers(&client, &namespaces, &settings, ctx, &health, stop).await;
-            Ok(())
+    // Started before its CRD: up and not ready until it is installed.
+    for namespace in &namespaces {
+        let mut waiting = stopping.clone();
+        if !wait_for_crd(
+            &client,
+            namespace.as_deref(),
+            &settings.api_server,
+            &mut waiting,
+        )
+        .await?
+        {
+            health.set_stopped();
+            return Ok(());
         }
-        Some(election) => {
-            run_elected(
-                &client,
-                &namespaces,
-                &settings,
-                election,
-                ctx,
-                &health,
-                stopping,
-            )
-            .await
+    }
+    let hash_key = load_or_create_hash_key(&client, &settings.controller_namespace).await?;
+    let reporter = Reporter {
+        controller: "runai-token-sync".to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Recorder::new(client.clone(), reporter),
+            TokenClients::new(settings.request_timeout),
+            hash_key,
+            metrics.clone(),
+            settings.policy.clone(),
+        )
+        .with_health(health.clone()),
+    );
+
+    // Bounded: reconciliations still running after the grace period are
+    // dropped (a Pod's default termination grace period is 30 s).
+    let mut deadline_watch = stopping.clone();
+    let shutdown_deadline = async move {
+        wait_until_true(&mut deadline_watch).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let work = async {
+        match &settings.leader_election {
+            None => {
+                health.set_leading(true);
+                metrics.set_leader(true);
+                let mut stopping = stopping;
+                let stop = async move { wait_until_true(&mut stopping).await };
+                run_controllers(&client, &namespaces, &settings, ctx, &health, stop).await;
+                Ok(())
+            }
+            Some(election) => {
+                run_elected(
+                    &client,
+                    &namespaces,
+                    &settings,
+                    election,
+                    ctx,
+                    &health,
+                    stopping,
+                )
+                .await
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = shutdown_deadline => {
+            warn!(grace_seconds = SHUTDOWN_GRACE.as_secs(), "reconciliations still running at the end of the shutdown grace period are abandoned");
+            Ok(())
         }
     };
     health.set_stopped();
@@ -434,17 +552,22 @@ async fn run_controllers(
                 })
                 .graceful_shutdown_on(stop.clone())
                 .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
-                .for_each(|result| async move {
+                .scan(WatchErrors::default(), |errors, result| {
                     match result {
-                        Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                        Err(other) => warn!(error = %other, "controller event"),
+                        Ok(_)
+                        | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
+                        | Err(kube::runtime::controller::Error::ObjectNotFound(..)) => {}
+                        Err(other) => errors.report(&other),
                     }
-                }),
+                    futures::future::ready(Some(()))
+                })
+                .for_each(|()| async {}),
         );
     }
 
     // Ready once every watch has listed what exists.
     let sync_stores = stores.clone();
+    let probe_stores = stores.clone();
     let sync_health = health.clone();
     let readiness = tokio::spawn(async move {
         for store in &sync_stores {
@@ -461,6 +584,7 @@ async fn run_controllers(
             }
         }
         info!("watches synced");
+        sync_health.record_progress();
         sync_health.set_ready(true);
     });
     // What is kept about deleted RunaiCredentials (gauges, backoffs) goes
@@ -489,10 +613,33 @@ async fn run_controllers(
             pruned.token_clients.retain(&trusted);
         }
     });
+    // Liveness: the API server answers (or reconciliations succeed) while
+    // there are RunaiCredentials to keep; see `server::STALL_LIMIT`.
+    let probed = (client.clone(), health.clone(), probe_stores);
+    let probing = tokio::spawn(async move {
+        let (client, health, stores) = probed;
+        let mut tick = tokio::time::interval(LIVENESS_PROBE);
+        loop {
+            tick.tick().await;
+            health.set_has_work(stores.iter().any(|s| !s.is_empty()));
+            let answered =
+                tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await;
+            if matches!(answered, Ok(Ok(_))) {
+                health.record_progress();
+            }
+        }
+    });
     futures::future::join_all(controllers).await;
     readiness.abort();
     pruning.abort();
+    probing.abort();
 }
+
+/// How long a shutdown waits for the reconciliations under way.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// How often the leader checks that the API server answers.
+const LIVENESS_PROBE: Duration = Duration::from_secs(30);
 
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {

@@ -118,6 +118,10 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// A reconciliation took longer than its deadline and was abandoned.
+    #[error("the reconciliation was abandoned after {}s", .after.as_secs())]
+    ReconcileTimeout { after: Duration },
+
     /// A reconciliation panicked (a defect); it is retried with backoff.
     #[error("the reconciliation failed unexpectedly: {0}")]
     Panicked(String),
@@ -156,6 +160,7 @@ impl Error {
             | Error::NoToken { .. } => "TokenEndpointError",
             Error::Kube { .. } => "KubernetesAPIError",
             Error::Panicked(_) => "InternalError",
+            Error::ReconcileTimeout { .. } => "ReconcileTimeout",
             Error::Startup(_) => "StartupError",
         }
     }
@@ -181,6 +186,7 @@ impl Error {
             Error::NoToken { .. } => "empty_token",
             Error::Kube { .. } => "kubernetes_api",
             Error::Panicked(_) => "internal",
+            Error::ReconcileTimeout { .. } => "reconcile_timeout",
             Error::Startup(_) => "startup",
         }
     }
@@ -203,6 +209,7 @@ impl Error {
             self,
             Error::Kube { .. }
                 | Error::Panicked(_)
+                | Error::ReconcileTimeout { .. }
                 | Error::Startup(_)
                 | Error::InvalidSpec { .. }
                 | Error::SecretConflict { .. }

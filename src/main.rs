@@ -150,6 +150,11 @@ async fn main() -> ExitCode {
                     settings.api_server = config.cluster_url.to_string();
                     config.proxy_url =
                         proxy::api_server_proxy(&config.cluster_url, config.proxy_url);
+                    // Every call has a timeout: a half-open connection must
+                    // not stall the controller. Reads outlast the 290 s after
+                    // which the API server ends a watch.
+                    config.connect_timeout = Some(Duration::from_secs(10));
+                    config.read_timeout = Some(Duration::from_secs(295));
                     match kube::Client::try_from(config) {
                         Ok(client) => controller::run(client, settings).await,
                         Err(e) => Err(Error::Startup(format!(

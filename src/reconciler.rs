@@ -47,6 +47,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What RunaiCredentials may ask for.
     pub policy: Policy,
+    /// Where progress is recorded for `/healthz`.
+    pub health: Arc<crate::server::Health>,
     /// Failed refreshes being backed off, by RunaiCredential uid. Kept in
     /// memory: after a restart, a failing credential is retried once at once.
     backoffs: Mutex<HashMap<String, (Backoff, Failure)>>,
@@ -89,10 +91,17 @@ impl Context {
             hash_key,
             metrics,
             policy,
+            health: Arc::default(),
             backoffs: Mutex::default(),
             api_errors: Mutex::default(),
             pending: Mutex::default(),
         }
+    }
+
+    /// Records progress in `health` (the one `/healthz` reads).
+    pub fn with_health(mut self, health: Arc<crate::server::Health>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Forgets the in-memory state of RunaiCredentials that no longer exist.
@@ -309,15 +318,30 @@ fn is_qualified_name(key: &str) -> bool {
     prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
+/// The longest a reconciliation may take: two token requests (the one retry)
+/// at the longest timeout and a few API calls, with room to spare.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Reconciles one RunaiCredential.
 #[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any()))]
 pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     // kube-runtime turns a panicking reconciliation into the end of the
     // controller; one odd object must not stop every other one.
-    let result = std::panic::AssertUnwindSafe(reconcile_at(&cr, &ctx, Timestamp::now()))
+    // A reconciliation that hangs (a half-open connection) is abandoned and
+    // retried rather than holding its object forever.
+    let bounded = tokio::time::timeout(
+        RECONCILE_DEADLINE,
+        reconcile_at(&cr, &ctx, Timestamp::now()),
+    );
+    let result = std::panic::AssertUnwindSafe(bounded)
         .catch_unwind()
         .await
+        .map(|finished| {
+            finished.unwrap_or(Err(Error::ReconcileTimeout {
+                after: RECONCILE_DEADLINE,
+            }))
+        })
         .unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
@@ -328,6 +352,7 @@ pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Ac
         });
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     let action = result?;
+    ctx.health.record_progress();
     lock(&ctx.api_errors).remove(&uid_of(&cr));
     Ok(action)
 }

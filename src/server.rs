@@ -4,8 +4,9 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use http_body_util::Full;
@@ -15,9 +16,21 @@ use tracing::{info, warn};
 
 use crate::{error::Error, metrics::Metrics};
 
+/// How long the leader may make no progress (no reconciliation succeeds and
+/// the API server does not answer) while it has RunaiCredentials to keep,
+/// before `/healthz` fails and the kubelet restarts it. Several times the
+/// 30 s probe period, so that a short API-server outage is waited out.
+pub const STALL_LIMIT: Duration = Duration::from_secs(180);
+
 /// What the probes report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
+    /// When the process started; progress is kept as milliseconds since.
+    started: Instant,
+    /// Milliseconds after `started` of the last progress.
+    last_progress_ms: AtomicU64,
+    /// The controller has RunaiCredentials to keep.
+    has_work: AtomicBool,
     /// The controller's watches have synced (or this replica is a follower,
     /// which must not block a rolling update).
     ready: AtomicBool,
@@ -27,7 +40,57 @@ pub struct Health {
     stopped: AtomicBool,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+            has_work: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            leading: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Whether a controller is stuck: it leads, has work, and has made no
+/// progress for longer than `limit`.
+pub fn is_stalled(
+    since_progress: Duration,
+    has_work: bool,
+    leading: bool,
+    limit: Duration,
+) -> bool {
+    leading && has_work && since_progress > limit
+}
+
 impl Health {
+    /// Something moved: a reconciliation succeeded or the API server answered.
+    pub fn record_progress(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_progress_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether the controller has RunaiCredentials to keep.
+    pub fn set_has_work(&self, has_work: bool) {
+        self.has_work.store(has_work, Ordering::Release);
+    }
+
+    /// Time since the last progress.
+    pub fn since_progress(&self) -> Duration {
+        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Acquire));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    fn stalled(&self) -> bool {
+        is_stalled(
+            self.since_progress(),
+            self.has_work.load(Ordering::Acquire),
+            self.leading.load(Ordering::Acquire),
+            STALL_LIMIT,
+        )
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
@@ -104,6 +167,13 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
             StatusCode::SERVICE_UNAVAILABLE,
             "controller stopped\n".to_owned(),
         ),
+        "/healthz" if health.stalled() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no progress for {} s while there is work (the Kubernetes API server does not answer?)\n",
+                health.since_progress().as_secs()
+            ),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => {
             let role = if health.leading.load(Ordering::Acquire) {
@@ -176,6 +246,21 @@ mod tests {
             get("/healthz", &metrics, &health).0,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn liveness_fails_when_the_leader_makes_no_progress_with_work() {
+        let limit = Duration::from_secs(180);
+        let long = Duration::from_secs(181);
+        assert!(is_stalled(long, true, true, limit));
+        assert!(!is_stalled(long, false, true, limit), "nothing to do");
+        assert!(!is_stalled(long, true, false, limit), "a follower waits");
+        assert!(!is_stalled(Duration::from_secs(179), true, true, limit));
+        let health = Health::default();
+        health.set_leading(true);
+        health.set_has_work(true);
+        health.record_progress();
+        assert_eq!(get("/healthz", &Metrics::new(), &health).0, StatusCode::OK);
     }
 
     #[test]
