@@ -53,6 +53,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: SocketAddr,
+    /// `/healthz` fails when the leader has made no progress for this long
+    /// while it has work.
+    pub stall_limit: Duration,
     /// Leader election; `None` runs as the only replica.
     pub leader_election: Option<LeaderElection>,
     /// The API server's URL, for error messages.
@@ -294,7 +297,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     };
     // Probes answer from the start: live, and not ready until the watches sync.
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::with_stall_limit(settings.stall_limit));
     server::serve(settings.metrics_address, metrics.clone(), health.clone()).await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -614,11 +617,14 @@ async fn run_controllers(
         }
     });
     // Liveness: the API server answers (or reconciliations succeed) while
-    // there are RunaiCredentials to keep; see `server::STALL_LIMIT`.
+    // there are RunaiCredentials to keep; see `Settings::stall_limit`.
     let probed = (client.clone(), health.clone(), probe_stores);
     let probing = tokio::spawn(async move {
         let (client, health, stores) = probed;
-        let mut tick = tokio::time::interval(LIVENESS_PROBE);
+        // Several probes within the stall limit, so that one lost answer
+        // does not fail the liveness probe.
+        let period = (health.stall_limit() / 4).clamp(Duration::from_secs(1), LIVENESS_PROBE);
+        let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
             health.set_has_work(stores.iter().any(|s| !s.is_empty()));

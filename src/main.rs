@@ -76,6 +76,12 @@ struct RunArgs {
     #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
     metrics_address: SocketAddr,
 
+    /// /healthz fails when the controller has made no progress (no
+    /// reconciliation succeeded, the API server did not answer) for this many
+    /// seconds while it has RunaiCredentials to keep.
+    #[arg(long, env = "STALL_TIMEOUT_SECONDS", default_value_t = 180)]
+    stall_timeout_seconds: u64,
+
     /// Run for high availability: only the replica holding the Lease reconciles.
     #[arg(long, env = "LEADER_ELECT")]
     leader_elect: bool,
@@ -131,6 +137,7 @@ async fn main() -> ExitCode {
                 request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
                 concurrency: args.concurrency.max(1),
                 metrics_address: args.metrics_address,
+                stall_limit: Duration::from_secs(args.stall_timeout_seconds.max(5)),
                 leader_election: args.leader_elect.then(|| LeaderElection {
                     lease_name: args.lease_name,
                     identity,

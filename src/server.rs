@@ -16,11 +16,12 @@ use tracing::{info, warn};
 
 use crate::{error::Error, metrics::Metrics};
 
-/// How long the leader may make no progress (no reconciliation succeeds and
-/// the API server does not answer) while it has RunaiCredentials to keep,
-/// before `/healthz` fails and the kubelet restarts it. Several times the
-/// 30 s probe period, so that a short API-server outage is waited out.
-pub const STALL_LIMIT: Duration = Duration::from_secs(180);
+/// Default of how long the leader may make no progress (no reconciliation
+/// succeeds and the API server does not answer) while it has
+/// RunaiCredentials to keep, before `/healthz` fails and the kubelet restarts
+/// it: several times the 30 s probe period, so that a short API-server outage
+/// is waited out.
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(180);
 
 /// What the probes report.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct Health {
     last_progress_ms: AtomicU64,
     /// The controller has RunaiCredentials to keep.
     has_work: AtomicBool,
+    /// How long without progress makes `/healthz` fail.
+    stall_limit: Duration,
     /// The controller's watches have synced (or this replica is a follower,
     /// which must not block a rolling update).
     ready: AtomicBool,
@@ -46,6 +49,7 @@ impl Default for Health {
             started: Instant::now(),
             last_progress_ms: AtomicU64::new(0),
             has_work: AtomicBool::new(false),
+            stall_limit: DEFAULT_STALL_LIMIT,
             ready: AtomicBool::new(false),
             leading: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -65,6 +69,19 @@ pub fn is_stalled(
 }
 
 impl Health {
+    /// Health whose `/healthz` fails after `stall_limit` without progress.
+    pub fn with_stall_limit(stall_limit: Duration) -> Self {
+        Health {
+            stall_limit,
+            ..Health::default()
+        }
+    }
+
+    /// How long without progress makes `/healthz` fail.
+    pub fn stall_limit(&self) -> Duration {
+        self.stall_limit
+    }
+
     /// Something moved: a reconciliation succeeded or the API server answered.
     pub fn record_progress(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -87,7 +104,7 @@ impl Health {
             self.since_progress(),
             self.has_work.load(Ordering::Acquire),
             self.leading.load(Ordering::Acquire),
-            STALL_LIMIT,
+            self.stall_limit,
         )
     }
 

@@ -573,3 +573,128 @@ async fn not_ready_until_the_api_server_answers() {
     .await;
     assert!(controller.logs().contains("watches synced"));
 }
+
+/// A TCP relay to the API server that can black-hole every connection, open
+/// or new: bytes stop flowing both ways and nothing is closed, as with a
+/// half-open connection or a dead network path.
+struct BlackHole {
+    address: SocketAddr,
+    holding: Arc<AtomicBool>,
+}
+
+impl BlackHole {
+    async fn start(upstream: SocketAddr) -> BlackHole {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let holding = Arc::new(AtomicBool::new(false));
+        let gate = holding.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                for (mut from, mut to, gate) in [
+                    (
+                        Box::new(in_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(out_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        gate.clone(),
+                    ),
+                    (Box::new(out_read), Box::new(in_write), gate.clone()),
+                ] {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Held: what was read is never delivered.
+                            while gate.load(Ordering::Acquire) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        BlackHole { address, holding }
+    }
+
+    fn hold(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Release);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn liveness_fails_when_the_api_server_is_black_holed() {
+    let cluster = Cluster::new("stall").await;
+    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let server = config.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    let upstream: SocketAddr = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the e2e cluster's server is an IP:port URL");
+    let hole = BlackHole::start(upstream).await;
+    for named in &mut config.clusters {
+        if let Some(c) = named.cluster.as_mut() {
+            c.server = Some(format!("https://{}", hole.address));
+        }
+    }
+    let relayed =
+        std::env::temp_dir().join(format!("rts-e2e-hole-{}.kubeconfig", rand::random::<u64>()));
+    std::fs::write(&relayed, serde_yaml::to_string(&config).unwrap()).unwrap();
+
+    let standin = standin_with("app", "s3cr3t-stall", HOUR).await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-stall")
+        .await;
+    let controller = Controller::start(
+        &relayed,
+        &cluster.namespace,
+        &["--stall-timeout-seconds", "8"],
+    );
+    cluster
+        .create_credential("kept", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("kept").await;
+    // Positive control: live while the API server answers, beyond the limit.
+    stays(
+        Duration::from_secs(10),
+        "live while the API server answers",
+        || async { controller.probe("/healthz").await.0 == 200 },
+    )
+    .await;
+
+    hole.hold(true);
+    let started = Instant::now();
+    let body = eventually(Duration::from_secs(30), "/healthz fails", || async {
+        let (status, body) = controller.probe("/healthz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("no progress"), "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(7),
+        "not before the limit"
+    );
+
+    hole.hold(false);
+    eventually(Duration::from_secs(30), "/healthz recovers", || async {
+        (controller.probe("/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+}
