@@ -403,7 +403,11 @@ async fn run_elected(
         .map_err(|e| Error::Startup(format!("cannot set up leader election: {e}")))?;
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
     let (release, release_rx) = tokio::sync::watch::channel(false);
-    let lease_task = tokio::spawn(hold_lease(manager, leading_tx, release_rx));
+    // Renewal is retried until shortly before the lease would lapse: the
+    // manager renews `grace` before expiry.
+    let renew_window = Duration::from_secs((election.lease_duration.as_secs() / 3).max(2))
+        .saturating_sub(Duration::from_secs(1));
+    let lease_task = tokio::spawn(hold_lease(manager, leading_tx, release_rx, renew_window));
     // A follower is ready: it must not block a rolling update.
     health.set_ready(true);
     ctx.metrics.set_leader(false);
@@ -419,10 +423,15 @@ async fn run_elected(
         ctx.metrics.set_leader(true);
         let metrics = ctx.metrics.clone();
         let mut stop = stopping.clone();
+        let acting = ctx.clone();
         let stop_or_lost = async move {
             tokio::select! {
                 _ = wait_until_true(&mut stop) => {}
-                _ = leading.wait_for(|lead| !*lead) => {}
+                _ = leading.wait_for(|lead| !*lead) => {
+                    // Another replica may lead already: the reconciliations
+                    // under way make no further request or write.
+                    acting.stop_acting();
+                }
             }
         };
         run_controllers(client, namespaces, settings, ctx, health, stop_or_lost).await;
@@ -457,22 +466,30 @@ async fn hold_lease(
     manager: LeaseManager,
     leading: tokio::sync::watch::Sender<bool>,
     mut release: tokio::sync::watch::Receiver<bool>,
+    renew_window: Duration,
 ) {
+    // When renewing first failed, in the current run of failures.
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         let is_leader = *leading.borrow();
         tokio::select! {
             changed = manager.changed() => match changed {
                 Ok(lead) => {
+                    failing_since = None;
                     leading.send_replace(lead);
                 }
                 Err(e) => {
-                    // A leader that cannot renew may have lost the lease
-                    // already: step down rather than risk two leaders.
-                    if *leading.borrow() {
-                        warn!(error = %e, "cannot renew the leader lease; stepping down");
-                        leading.send_replace(false);
-                    } else {
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if !*leading.borrow() {
                         warn!(error = %e, "leader election failed; retrying");
+                    } else if since.elapsed() < renew_window {
+                        // A short API-server blip: keep leading and retry.
+                        warn!(error = %e, "cannot renew the leader lease yet; retrying");
+                    } else {
+                        // The lease is about to lapse: step down rather than
+                        // risk two leaders.
+                        warn!(error = %e, "cannot renew the leader lease before it lapses; stepping down");
+                        leading.send_replace(false);
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

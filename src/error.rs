@@ -118,6 +118,10 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// This replica lost the leader lease; it makes no more requests or writes.
+    #[error("this replica no longer holds the leader lease")]
+    LeaseLost,
+
     /// A reconciliation took longer than its deadline and was abandoned.
     #[error("the reconciliation was abandoned after {}s", .after.as_secs())]
     ReconcileTimeout { after: Duration },
@@ -160,6 +164,7 @@ impl Error {
             | Error::NoToken { .. } => "TokenEndpointError",
             Error::Kube { .. } => "KubernetesAPIError",
             Error::Panicked(_) => "InternalError",
+            Error::LeaseLost => "LeaseLost",
             Error::ReconcileTimeout { .. } => "ReconcileTimeout",
             Error::Startup(_) => "StartupError",
         }
@@ -186,6 +191,7 @@ impl Error {
             Error::NoToken { .. } => "empty_token",
             Error::Kube { .. } => "kubernetes_api",
             Error::Panicked(_) => "internal",
+            Error::LeaseLost => "lease_lost",
             Error::ReconcileTimeout { .. } => "reconcile_timeout",
             Error::Startup(_) => "startup",
         }
@@ -209,6 +215,7 @@ impl Error {
             self,
             Error::Kube { .. }
                 | Error::Panicked(_)
+                | Error::LeaseLost
                 | Error::ReconcileTimeout { .. }
                 | Error::Startup(_)
                 | Error::InvalidSpec { .. }

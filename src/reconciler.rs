@@ -49,6 +49,9 @@ pub struct Context {
     pub policy: Policy,
     /// Where progress is recorded for `/healthz`.
     pub health: Arc<crate::server::Health>,
+    /// Cleared when this replica lost the leader lease: from then on no
+    /// token is requested and nothing is written.
+    acting: std::sync::atomic::AtomicBool,
     /// Failed refreshes being backed off, by RunaiCredential uid. Kept in
     /// memory: after a restart, a failing credential is retried once at once.
     backoffs: Mutex<HashMap<String, (Backoff, Failure)>>,
@@ -92,6 +95,7 @@ impl Context {
             metrics,
             policy,
             health: Arc::default(),
+            acting: std::sync::atomic::AtomicBool::new(true),
             backoffs: Mutex::default(),
             api_errors: Mutex::default(),
             pending: Mutex::default(),
@@ -102,6 +106,21 @@ impl Context {
     pub fn with_health(mut self, health: Arc<crate::server::Health>) -> Self {
         self.health = health;
         self
+    }
+
+    /// Stops all requests and writes at once (the leader lease is lost).
+    pub fn stop_acting(&self) {
+        self.acting
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// [`Error::LeaseLost`] once [`Context::stop_acting`] was called.
+    fn ensure_acting(&self) -> Result<(), Error> {
+        if self.acting.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost)
+        }
     }
 
     /// Forgets the in-memory state of RunaiCredentials that no longer exist.
@@ -396,6 +415,7 @@ pub async fn reconcile_at(
     ctx: &Context,
     now: Timestamp,
 ) -> Result<Action, Error> {
+    ctx.ensure_acting()?;
     // Being deleted: no token request and no write, whatever else holds.
     if cr.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -635,6 +655,7 @@ async fn refresh(
             Ok(pending)
         }
         (None, Ok(creds)) => {
+            ctx.ensure_acting()?;
             info!(reason = why, token_api = api.as_str(), "requesting a token");
             let started = std::time::Instant::now();
             let issued = token_client
@@ -668,6 +689,7 @@ async fn refresh(
     let secret = target_secret::desired_secret(cr, &token.access_token, &record, &ctx.hash_key);
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    ctx.ensure_acting()?;
     if let Err(err) = write_secret(&secrets, existing, secret, &token.access_token).await {
         // Kept, so that retrying the write costs no new token request.
         ctx.set_pending(&uid, Some(token));
@@ -1006,6 +1028,7 @@ async fn write_status(
     };
     ctx.metrics
         .observe_credential(credential, expires_at, new.failed_attempts);
+    ctx.ensure_acting()?;
     if cr
         .status
         .as_ref()

@@ -901,3 +901,14 @@ async fn a_terminating_namespace_gets_no_request_and_no_write() {
     reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
     assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn after_the_lease_is_lost_nothing_is_requested_or_written() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
+    ctx.stop_acting();
+    let err = reconciler::reconcile(Arc::new(cr), ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "LeaseLost");
+    assert!(endpoint.received_requests().await.unwrap().is_empty());
+    assert!(api.writes().is_empty(), "{:?}", api.writes());
+}
