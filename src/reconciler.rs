@@ -542,10 +542,14 @@ pub async fn reconcile_at(
             ))
         }
         (plan, stored) => {
-            let reason = match plan {
-                Plan::Refresh(reason) => reason.as_str(),
-                _ => "no token in the Secret",
+            let refresh_reason = match plan {
+                Plan::Refresh(reason) => reason,
+                _ => schedule::RefreshReason::NoToken,
             };
+            let reason = refresh_reason.as_str();
+            // A routine refresh is counted by the metrics, not announced.
+            let recovering = backoff.is_some() || previous.is_some_and(|s| s.failed_attempts > 0);
+            let announce = schedule::announce_token(refresh_reason, recovering);
             let pending = ctx.reusable_pending(&uid, &desired, spec.refresh_interval, now);
             // A namespace being deleted gets no request and no write.
             if pending.is_none() && namespace_terminating(ctx, &namespace).await {
@@ -561,6 +565,7 @@ pub async fn reconcile_at(
                 existing: managed.as_deref(),
                 pending,
                 why: reason,
+                announce,
             };
             refresh(cr, ctx, request, now).await
         }
@@ -623,6 +628,9 @@ struct Refresh<'a> {
     /// requesting another.
     pending: Option<PendingToken>,
     why: &'static str,
+    /// Whether the new token is worth a Normal Event (see
+    /// [`schedule::announce_token`]).
+    announce: bool,
 }
 
 /// Obtains a token (or takes the pending one), writes it, and reports.
@@ -644,6 +652,7 @@ async fn refresh(
         existing,
         pending,
         why,
+        announce,
     } = request;
 
     let obtained = match (pending, credentials) {
@@ -714,14 +723,16 @@ async fn refresh(
     info!(expires_at = ?record.expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(due), "token written to the Secret");
     // Kept free of times: the recorder folds repeats of an Event into
     // a series that keeps the first note.
-    publish(
-        ctx,
-        cr,
-        EventType::Normal,
-        "TokenIssued",
-        format!("Wrote a new token to Secret {secret_name}"),
-    )
-    .await;
+    if announce {
+        publish(
+            ctx,
+            cr,
+            EventType::Normal,
+            "TokenIssued",
+            format!("Wrote a new token to Secret {secret_name} ({why})"),
+        )
+        .await;
+    }
     Ok(requeue_at(now, wake))
 }
 
@@ -736,12 +747,14 @@ async fn record_failure(
 ) -> Result<Action, Error> {
     let uid = uid_of(cr);
     let previous = cr.status.as_ref();
-    let attempts = ctx
-        .backoff(&uid)
-        .map(|(_, f)| f.attempts)
+    let last_failure = ctx.backoff(&uid).map(|(_, f)| f);
+    let attempts = last_failure
+        .as_ref()
+        .map(|f| f.attempts)
         .or_else(|| previous.map(|s| s.failed_attempts))
         .unwrap_or(0)
         .saturating_add(1);
+    let warn_now = schedule::warn_again(attempts, last_failure.map(|f| f.reason), err.reason());
     let token = current_token(stored, desired);
     let retry_at = schedule::retry_at(
         now,
@@ -778,15 +791,17 @@ async fn record_failure(
         now,
     );
     write_status(cr, ctx, new).await?;
-    // One Warning per attempt, and attempts are spaced by the backoff.
-    publish(
-        ctx,
-        cr,
-        EventType::Warning,
-        failure.reason,
-        failure.message.clone(),
-    )
-    .await;
+    // A Warning when the failure starts or changes, then ever more rarely.
+    if warn_now {
+        publish(
+            ctx,
+            cr,
+            EventType::Warning,
+            failure.reason,
+            failure.message.clone(),
+        )
+        .await;
+    }
     Ok(requeue_at(
         now,
         schedule::wake_at(retry_at, valid_until(token), now),

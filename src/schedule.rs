@@ -226,6 +226,21 @@ pub fn wake_at(next: Timestamp, valid_until: Option<Timestamp>, now: Timestamp) 
     }
 }
 
+/// Whether a new token deserves a Normal Event: the first one, one after a
+/// change (of the spec, the credentials, the token in the Secret) or a
+/// refresh request, and a recovery after failures. A routine refresh, due by
+/// the schedule, is only counted by the metrics.
+pub fn announce_token(reason: RefreshReason, recovering: bool) -> bool {
+    recovering || reason != RefreshReason::Due
+}
+
+/// Whether the `attempts`-th failure in a row deserves a Warning Event: when
+/// its reason is new, then at attempts 1, 2, 4, 8 … so that a lasting failure
+/// is repeated at a decaying rate rather than once per retry.
+pub fn warn_again(attempts: u32, previous_reason: Option<&str>, reason: &str) -> bool {
+    previous_reason != Some(reason) || attempts.is_power_of_two()
+}
+
 /// A stable jitter in `[0, 1)` derived from `seed`, so that a refresh
 /// deadline computed again after a restart is the same one.
 pub fn stable_jitter(seed: &str) -> f64 {
@@ -557,6 +572,30 @@ mod tests {
         assert_eq!(wake_at(due, Some(expiry), issued), expiry);
         assert_eq!(wake_at(due, Some(expiry), expiry), due);
         assert_eq!(wake_at(due, None, issued), due);
+    }
+
+    #[test]
+    fn events_inform_without_flooding() {
+        assert!(!announce_token(RefreshReason::Due, false), "routine");
+        assert!(announce_token(RefreshReason::Due, true), "a recovery");
+        for reason in [
+            RefreshReason::NoToken,
+            RefreshReason::TokenAltered,
+            RefreshReason::CredentialsChanged,
+            RefreshReason::SpecChanged,
+            RefreshReason::RefreshRequested,
+        ] {
+            assert!(announce_token(reason, false), "{reason:?}");
+        }
+        let warned: Vec<u32> = (1..=40)
+            .filter(|a| warn_again(*a, Some("TokenEndpointError"), "TokenEndpointError"))
+            .collect();
+        assert_eq!(warned, vec![1, 2, 4, 8, 16, 32]);
+        assert!(
+            warn_again(7, Some("TokenEndpointError"), "InvalidCredentials"),
+            "a new reason"
+        );
+        assert!(warn_again(1, None, "TokenEndpointError"));
     }
 
     #[test]

@@ -912,3 +912,30 @@ async fn after_the_lease_is_lost_nothing_is_requested_or_written() {
     assert!(endpoint.received_requests().await.unwrap().is_empty());
     assert!(api.writes().is_empty(), "{:?}", api.writes());
 }
+
+#[tokio::test]
+async fn a_routine_refresh_costs_exactly_the_secret_and_the_status() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let due = jiff::Timestamp::now() + jiff::SignedDuration::from_mins(45);
+    let current = stored_credential(&api, &cr);
+    reconciler::reconcile_at(&current, &ctx, due).await.unwrap();
+    assert_eq!(
+        endpoint.received_requests().await.unwrap().len(),
+        2,
+        "refreshed"
+    );
+    let writes: Vec<(Method, String)> = api
+        .writes()
+        .into_iter()
+        .map(|w| (w.method, w.path))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            (Method::PATCH, format!("{SECRETS}/trainer")),
+            (Method::PATCH, format!("{CREDENTIAL}/status")),
+        ],
+        "no Event for a routine refresh"
+    );
+}
