@@ -7,6 +7,8 @@
 #   hack/plane.sh up   [STATE_DIR]   start (idempotent); prints the kubeconfig path
 #   hack/plane.sh down [STATE_DIR]   stop exactly what `up` started (idempotent)
 #   hack/plane.sh env  [STATE_DIR]   print `export KUBECONFIG=...`
+#   hack/plane.sh restart-apiserver [STATE_DIR]
+#                                    restart kube-apiserver alone (same etcd and port)
 #
 # STATE_DIR defaults to $RUNAI_TOKEN_SYNC_PLANE or ~/.cache/runai-token-sync/plane;
 # a second plane runs beside the first with another STATE_DIR.
@@ -60,6 +62,36 @@ certs() {
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
 }
 
+# Starts kube-apiserver on the ports recorded in the state directory.
+start_apiserver() {
+  local etcd_port api_port
+  etcd_port=$(cat "$STATE/etcd.port"); api_port=$(cat "$STATE/apiserver.port")
+  "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" --insecure-port=0 \
+    --tls-cert-file="$STATE/pki/apiserver.crt" --tls-private-key-file="$STATE/pki/apiserver.key" \
+    --client-ca-file="$STATE/pki/ca.crt" --token-auth-file="$STATE/tokens.csv" \
+    --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 --enable-admission-plugins=NamespaceLifecycle \
+    > "$STATE/kube-apiserver.log" 2>&1 &
+  echo $! > "$STATE/kube-apiserver.pid"
+}
+
+# Restarts kube-apiserver alone (same etcd, same port), for chaos tests;
+# returns once it answers again.
+restart_apiserver() {
+  alive kube-apiserver || { log "no kube-apiserver running in $STATE"; exit 1; }
+  stop_one kube-apiserver
+  start_apiserver
+  local token; token=$(cut -d, -f1 "$STATE/tokens.csv")
+  for _ in $(seq 1 120); do
+    curl -sf --cacert "$STATE/pki/ca.crt" -H "Authorization: Bearer $token" \
+      "https://127.0.0.1:$(cat "$STATE/apiserver.port")/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "kube-apiserver not ready 60s after its restart"; exit 1
+}
+
 up() {
   "$HERE/build-kube.sh"
   if alive kube-apiserver && alive etcd && alive kube-controller-manager; then
@@ -82,15 +114,8 @@ up() {
     > "$STATE/etcd.log" 2>&1 &
   echo $! > "$STATE/etcd.pid"
 
-  "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" --insecure-port=0 \
-    --tls-cert-file="$STATE/pki/apiserver.crt" --tls-private-key-file="$STATE/pki/apiserver.key" \
-    --client-ca-file="$STATE/pki/ca.crt" --token-auth-file="$STATE/tokens.csv" \
-    --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc \
-    --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --enable-admission-plugins=NamespaceLifecycle \
-    > "$STATE/kube-apiserver.log" 2>&1 &
-  echo $! > "$STATE/kube-apiserver.pid"
+  echo "$etcd_port" > "$STATE/etcd.port"
+  start_apiserver
 
   cat > "$STATE/kubeconfig" <<KC
 apiVersion: v1
@@ -139,5 +164,6 @@ case "$cmd" in
   up) up ;;
   down) down ;;
   env) echo "export KUBECONFIG=$STATE/kubeconfig" ;;
-  *) echo "usage: $0 up|down|env [STATE_DIR]" >&2; exit 2 ;;
+  restart-apiserver) restart_apiserver ;;
+  *) echo "usage: $0 up|down|env|restart-apiserver [STATE_DIR]" >&2; exit 2 ;;
 esac

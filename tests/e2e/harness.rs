@@ -49,7 +49,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn new(test: &str) -> Cluster {
-        let kubeconfig = kubeconfig_path();
+        Cluster::on(kubeconfig_path(), test).await
+    }
+
+    /// As [`Cluster::new`], on the cluster of another kubeconfig.
+    pub async fn on(kubeconfig: PathBuf, test: &str) -> Cluster {
         let config = kube::Config::from_custom_kubeconfig(
             Kubeconfig::read_from(&kubeconfig).expect("a readable kubeconfig"),
             &KubeConfigOptions::default(),

@@ -6,6 +6,7 @@
 //! local control plane and runs them. Each test has its own namespace and its
 //! own controller process, and polls for conditions rather than sleeping.
 
+mod chaos;
 mod edge;
 mod harness;
 mod ops;

@@ -42,7 +42,7 @@ pub struct Client {
 }
 
 /// A failure to inject into every token answer until cleared.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
     /// Answer with this HTTP status (with `Retry-After` seconds, if given).
     Status { code: u16, retry_after: Option<u64> },
@@ -63,6 +63,14 @@ pub enum Fault {
     /// The normal answer, gzip-compressed with `Content-Encoding: gzip` and
     /// preceded by a UTF-8 byte-order mark.
     GzipWithBom,
+    /// Each request at random: with probability `unavailable` a 503, with
+    /// probability `stall` an answer held back `stall_for` (longer than the
+    /// client waits), else the normal answer.
+    Flaky {
+        unavailable: f64,
+        stall: f64,
+        stall_for: Duration,
+    },
 }
 
 /// How a stand-in serves.
@@ -293,6 +301,23 @@ async fn answer(
             return builder
                 .body(Full::new(Bytes::from(body)))
                 .expect("a valid response");
+        }
+        Some(Fault::Flaky {
+            unavailable,
+            stall,
+            stall_for,
+        }) => {
+            let roll: f64 = rand::random();
+            if roll < unavailable {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"code": 503, "message": "Please try again in few minutes."}),
+                    None,
+                );
+            }
+            if roll < unavailable + stall {
+                tokio::time::sleep(stall_for).await;
+            }
         }
         Some(Fault::GzipWithBom) | None => {}
     }

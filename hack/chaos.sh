@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Chaos run with printed figures (tests/e2e/chaos.rs): RunaiCredentials with
+# short-lived tokens while the token endpoint fails or stalls about half of
+# the time, the API server restarts and the controller is killed with kill -9
+# every 30 s (two replicas with leader election for the middle third).
+#
+#   hack/chaos.sh [SECONDS]   default 300
+#
+# It starts a control plane of its own (hack/plane.sh, in a temporary state
+# directory) and stops it afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PATH="$(hack/tools.sh):$PATH"
+export PATH
+export RUNAI_TOKEN_SYNC_CHAOS_SECONDS="${1:-300}"
+hack/build-kube.sh >&2
+cargo build --bin runai-token-sync >&2
+# The plane is the test's own; this variable only satisfies the harness.
+export RUNAI_TOKEN_SYNC_E2E_KUBECONFIG="${RUNAI_TOKEN_SYNC_E2E_KUBECONFIG:-unused}"
+cargo nextest run --test e2e --run-ignored all --no-capture -E 'test(chaos_keeps_every_token_fresh)'
