@@ -43,14 +43,15 @@ const LIFETIME: Duration = Duration::from_secs(90);
 const CREDENTIALS: usize = 8;
 const KILL_EVERY: Duration = Duration::from_secs(30);
 
-/// A control plane of the chaos test's own, stopped when dropped.
-struct OwnPlane {
+/// A control plane of a test's own, stopped when dropped.
+pub struct OwnPlane {
     state: PathBuf,
-    kubeconfig: PathBuf,
+    pub kubeconfig: PathBuf,
 }
 
 impl OwnPlane {
-    fn start() -> Option<OwnPlane> {
+    /// Starts one when the local Kubernetes binaries are there.
+    pub fn start() -> Option<OwnPlane> {
         let cache = std::env::var_os("RUNAI_TOKEN_SYNC_CACHE")
             .map(PathBuf::from)
             .or_else(|| {

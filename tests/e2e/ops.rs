@@ -698,3 +698,91 @@ async fn liveness_fails_when_the_api_server_is_black_holed() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn started_before_its_crd_the_controller_waits_and_then_serves() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    // Its own plane: the CRD is removed here, which other tests need.
+    let Some(plane) = crate::chaos::OwnPlane::start() else {
+        eprintln!("skipped: no local Kubernetes binaries for a plane of this test's own");
+        return;
+    };
+    // Watching every namespace, keeping its own state in `default`.
+    let controller =
+        Controller::start_raw(&plane.kubeconfig, &["--controller-namespace", "default"]);
+    eventually(
+        Duration::from_secs(20),
+        "the missing CRD is reported",
+        || async { controller.logs().contains("is not installed").then_some(()) },
+    )
+    .await;
+    stays(
+        Duration::from_secs(3),
+        "up and not ready without the CRD",
+        || async {
+            controller.probe("/readyz").await.0 == 503
+                && controller.probe("/healthz").await.0 == 200
+        },
+    )
+    .await;
+    assert_eq!(
+        controller.logs().matches("is not installed").count(),
+        1,
+        "once a minute"
+    );
+
+    // The CRD arrives: serving starts.
+    let cluster = Cluster::on(plane.kubeconfig.clone(), "crd-wait").await;
+    let standin = standin_with("app", "s3cr3t-crd", HOUR).await;
+    cluster.put_credentials("creds", "app", "s3cr3t-crd").await;
+    eventually(
+        Duration::from_secs(30),
+        "ready once the CRD is there",
+        || async { (controller.probe("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    cluster
+        .create_credential("first", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("first").await;
+
+    // The CRD goes away: one clear line; back again: serving resumes.
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    crds.delete("runaicredentials.tokensync.dev", &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the removal is reported",
+        || async {
+            controller
+                .logs()
+                .contains("was removed from the cluster")
+                .then_some(())
+        },
+    )
+    .await;
+    let again = Cluster::on(plane.kubeconfig.clone(), "crd-back").await;
+    again.put_credentials("creds", "app", "s3cr3t-crd").await;
+    again
+        .create_credential("second", spec_for(&standin, "creds"))
+        .await;
+    eventually(Duration::from_secs(60), "serving resumes", || async {
+        let cr = again.credentials().get_opt("second").await.ok().flatten()?;
+        cr.condition("Ready")
+            .filter(|c| c.status == "True")
+            .map(drop)
+    })
+    .await;
+    assert!(
+        controller
+            .logs()
+            .matches("was removed from the cluster")
+            .count()
+            <= 2
+    );
+    drop(cluster);
+    drop(again);
+    drop(controller);
+}
