@@ -487,6 +487,40 @@ async fn metrics_and_json_logs_show_what_happens() {
     controller.assert_logs_hold_none_of(&[&token, "s3cr3t-metrics", "wrong-s3cr3t"]);
 }
 
+/// The API server's address, from the test cluster's kubeconfig.
+fn api_server_address(cluster: &Cluster) -> SocketAddr {
+    let config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let server = config.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the e2e cluster's server is an IP:port URL")
+}
+
+/// A copy of the test cluster's kubeconfig that reaches the API server
+/// through `relay`.
+fn kubeconfig_through(cluster: &Cluster, relay: SocketAddr) -> PathBuf {
+    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    for named in &mut config.clusters {
+        if let Some(c) = named.cluster.as_mut() {
+            c.server = Some(format!("https://{relay}"));
+        }
+    }
+    let relayed = std::env::temp_dir().join(format!(
+        "rts-e2e-relay-{}.kubeconfig",
+        rand::random::<u64>()
+    ));
+    std::fs::write(&relayed, serde_yaml::to_string(&config).unwrap()).unwrap();
+    relayed
+}
+
 /// A TCP relay to the API server whose traffic can be held back.
 struct Relay {
     address: SocketAddr,
@@ -525,30 +559,8 @@ impl Relay {
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn not_ready_until_the_api_server_answers() {
     let cluster = Cluster::new("readyz").await;
-    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
-    let server = config.clusters[0]
-        .cluster
-        .as_ref()
-        .unwrap()
-        .server
-        .clone()
-        .unwrap();
-    let upstream: SocketAddr = server
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("the e2e cluster's server is an IP:port URL");
-    let relay = Relay::start(upstream).await;
-    for named in &mut config.clusters {
-        if let Some(c) = named.cluster.as_mut() {
-            c.server = Some(format!("https://{}", relay.address));
-        }
-    }
-    let relayed = std::env::temp_dir().join(format!(
-        "rts-e2e-relay-{}.kubeconfig",
-        rand::random::<u64>()
-    ));
-    std::fs::write(&relayed, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let relay = Relay::start(api_server_address(&cluster)).await;
+    let relayed = kubeconfig_through(&cluster, relay.address);
 
     let controller = Controller::start(&relayed, &cluster.namespace, &[]);
     let (status, body) = controller.probe("/readyz").await;
@@ -635,28 +647,8 @@ impl BlackHole {
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn liveness_fails_when_the_api_server_is_black_holed() {
     let cluster = Cluster::new("stall").await;
-    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
-    let server = config.clusters[0]
-        .cluster
-        .as_ref()
-        .unwrap()
-        .server
-        .clone()
-        .unwrap();
-    let upstream: SocketAddr = server
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("the e2e cluster's server is an IP:port URL");
-    let hole = BlackHole::start(upstream).await;
-    for named in &mut config.clusters {
-        if let Some(c) = named.cluster.as_mut() {
-            c.server = Some(format!("https://{}", hole.address));
-        }
-    }
-    let relayed =
-        std::env::temp_dir().join(format!("rts-e2e-hole-{}.kubeconfig", rand::random::<u64>()));
-    std::fs::write(&relayed, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let hole = BlackHole::start(api_server_address(&cluster)).await;
+    let relayed = kubeconfig_through(&cluster, hole.address);
 
     let standin = standin_with("app", "s3cr3t-stall", HOUR).await;
     cluster
