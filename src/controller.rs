@@ -4,7 +4,10 @@
 use std::{collections::HashSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::{
+    ByteString,
+    api::{coordination::v1::Lease, core::v1::Secret},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, ObjectMeta, PartialObjectMeta, PostParams},
@@ -407,7 +410,14 @@ async fn run_elected(
     // manager renews `grace` before expiry.
     let renew_window = Duration::from_secs((election.lease_duration.as_secs() / 3).max(2))
         .saturating_sub(Duration::from_secs(1));
-    let lease_task = tokio::spawn(hold_lease(manager, leading_tx, release_rx, renew_window));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.controller_namespace);
+    let lease_task = tokio::spawn(hold_lease(
+        manager,
+        (leases, election.lease_name.clone()),
+        leading_tx,
+        release_rx,
+        renew_window,
+    ));
     // A follower is ready: it must not block a rolling update.
     health.set_ready(true);
     ctx.metrics.set_leader(false);
@@ -464,6 +474,7 @@ const FOLLOWER_POLL: Duration = Duration::from_secs(1);
 /// takes over at once.
 async fn hold_lease(
     manager: LeaseManager,
+    (leases, lease_name): (Api<Lease>, String),
     leading: tokio::sync::watch::Sender<bool>,
     mut release: tokio::sync::watch::Receiver<bool>,
     renew_window: Duration,
@@ -495,11 +506,24 @@ async fn hold_lease(
                 }
             },
             // A follower's `changed` re-reads the lease only once its cached
-            // copy expired. `release` re-reads it at once, and leaves a lease
-            // held by another replica as it is.
+            // copy expired. A lease its holder released is taken at once;
+            // one with a holder is left alone here, whatever this replica's
+            // clock says of its renewal time (`release` would clear a lease
+            // it judges expired by its own clock).
             _ = tokio::time::sleep(FOLLOWER_POLL), if !is_leader => {
-                if let Err(e) = manager.release().await {
-                    warn!(error = %e, "cannot read the leader lease");
+                match leases.get_opt(&lease_name).await {
+                    Ok(lease) if lease
+                        .as_ref()
+                        .and_then(|l| l.spec.as_ref())
+                        .and_then(|spec| spec.holder_identity.as_deref())
+                        .is_none_or(str::is_empty) =>
+                    {
+                        if let Err(e) = manager.release().await {
+                            warn!(error = %e, "cannot take the released leader lease");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "cannot read the leader lease"),
                 }
             }
             _ = wait_until_true(&mut release) => break,
