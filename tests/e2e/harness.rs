@@ -471,6 +471,12 @@ impl Controller {
 
     /// Stops with SIGTERM and waits for the exit; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
+        self.stop_within(Duration::from_secs(10))
+    }
+
+    /// Stops with SIGTERM, waiting at most `within` for the exit (then
+    /// SIGKILL); returns whether it exited cleanly in time.
+    pub fn stop_within(&mut self, within: Duration) -> bool {
         let Some(mut child) = self.child.take() else {
             return true;
         };
@@ -478,7 +484,7 @@ impl Controller {
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.success();

@@ -778,3 +778,43 @@ async fn started_before_its_crd_the_controller_waits_and_then_serves() {
     drop(again);
     drop(controller);
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_graceful_shutdown_is_bounded() {
+    let cluster = Cluster::new("shutdown").await;
+    let standin = standin_with("app", "s3cr3t-shutdown", HOUR).await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-shutdown")
+        .await;
+    // A token request that takes a minute, within a 90 s request timeout.
+    standin.set_fault(Some(runai_standin::Fault::Delay(Duration::from_secs(60))));
+    let mut controller = Controller::start(
+        &cluster.kubeconfig,
+        &cluster.namespace,
+        &["--request-timeout-seconds", "90"],
+    );
+    cluster
+        .create_credential("slow", spec_for(&standin, "creds"))
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "the token request under way",
+        || async { (standin.requests("app") == 1).then_some(()) },
+    )
+    .await;
+    let asked = Instant::now();
+    assert!(
+        controller.stop_within(Duration::from_secs(40)),
+        "exited cleanly while a reconciliation was still waiting"
+    );
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(18) && took < Duration::from_secs(30),
+        "the 20 s grace period, then out: {took:?}"
+    );
+    assert!(
+        cluster.secret("slow").await.is_none(),
+        "nothing written meanwhile"
+    );
+}
