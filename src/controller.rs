@@ -32,7 +32,7 @@ use crate::{
         CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL,
         credential_label_value,
     },
-    token_client::{self, TokenClients},
+    token_client::TokenClients,
 };
 
 /// Name of the Secret, in the controller's namespace, holding the hash key.
@@ -650,11 +650,11 @@ async fn run_controllers(
                 .collect();
             pruned.metrics.retain_credentials(&labels);
             pruned.retain_credentials(&live.iter().filter_map(|cr| cr.uid()).collect());
-            let trusted: HashSet<_> = live
+            let bundles: HashSet<&str> = live
                 .iter()
-                .filter_map(|cr| token_client::trust_key(cr.spec.ca_bundle.as_deref()).ok())
+                .filter_map(|cr| cr.spec.ca_bundle.as_deref())
                 .collect();
-            pruned.token_clients.retain(&trusted);
+            pruned.token_clients.retain(&bundles);
         }
     });
     // Liveness: the API server answers (or reconciliations succeed) while

@@ -738,6 +738,9 @@ pub fn trust_key(ca_bundle: Option<&str>) -> Result<TrustKey, Error> {
 pub struct TokenClients {
     timeout: Duration,
     clients: Mutex<HashMap<TrustKey, TokenClient>>,
+    /// The key of each `caBundle` text seen, so that a resync finds its
+    /// client without parsing PEM again.
+    keys: Mutex<HashMap<String, TrustKey>>,
 }
 
 impl TokenClients {
@@ -746,6 +749,7 @@ impl TokenClients {
         TokenClients {
             timeout,
             clients: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -761,7 +765,21 @@ impl TokenClients {
     /// [`Error::InvalidSpec`] for a `caBundle` that cannot be used;
     /// [`Error::Startup`] when no client can be built at all.
     pub async fn get(&self, ca_bundle: Option<&str>) -> Result<TokenClient, Error> {
-        let key = trust_key(ca_bundle)?;
+        let known = ca_bundle.and_then(|pem| {
+            let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.get(pem).copied()
+        });
+        let key = match known {
+            Some(key) => key,
+            None => {
+                let key = trust_key(ca_bundle)?;
+                if let Some(pem) = ca_bundle {
+                    let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+                    keys.insert(pem.to_owned(), key);
+                }
+                key
+            }
+        };
         if let Some(client) = self.lock().get(&key) {
             return Ok(client.clone());
         }
@@ -772,10 +790,15 @@ impl TokenClients {
         Ok(self.lock().entry(key).or_insert(client).clone())
     }
 
-    /// Forgets the clients of CA sets no live RunaiCredential uses.
-    pub fn retain(&self, live: &std::collections::HashSet<TrustKey>) {
+    /// Forgets the clients (and known bundle texts) that no live
+    /// RunaiCredential uses; `live` holds their `caBundle` texts.
+    pub fn retain(&self, live: &std::collections::HashSet<&str>) {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|pem, _| live.contains(pem.as_str()));
+        let used: std::collections::HashSet<TrustKey> = keys.values().copied().collect();
+        drop(keys);
         self.lock()
-            .retain(|key, _| key.is_none() || live.contains(key));
+            .retain(|key, _| key.is_none() || used.contains(key));
     }
 
     /// How many clients are kept.
@@ -1258,7 +1281,7 @@ mod tests {
             assert_eq!(clients.len(), 3);
         });
         // Pruned to what live credentials use; the system roots' client stays.
-        clients.retain(&[trust_key(Some(&a)).unwrap()].into());
+        clients.retain(&[a.as_str()].into());
         assert_eq!(clients.len(), 2);
         clients.retain(&Default::default());
         assert_eq!(clients.len(), 1);

@@ -347,14 +347,7 @@ impl Controller {
     /// Starts `runai-token-sync run` watching `namespace` (which is also its
     /// own namespace), with `extra_args`.
     pub fn start(kubeconfig: &std::path::Path, namespace: &str, extra_args: &[&str]) -> Controller {
-        let mut args = vec![
-            "--namespace",
-            namespace,
-            "--controller-namespace",
-            namespace,
-        ];
-        args.extend_from_slice(extra_args);
-        Controller::start_raw(kubeconfig, &args)
+        Controller::start_with_env(kubeconfig, namespace, extra_args, &[])
     }
 
     /// Starts `runai-token-sync run` watching `namespace`, with `extra_args`
