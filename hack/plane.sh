@@ -165,5 +165,7 @@ case "$cmd" in
   down) down ;;
   env) echo "export KUBECONFIG=$STATE/kubeconfig" ;;
   restart-apiserver) restart_apiserver ;;
-  *) echo "usage: $0 up|down|env|restart-apiserver [STATE_DIR]" >&2; exit 2 ;;
+  # Without it, a deleted namespace stays Terminating with its objects.
+  stop-controller-manager) stop_one kube-controller-manager ;;
+  *) echo "usage: $0 up|down|env|restart-apiserver|stop-controller-manager [STATE_DIR]" >&2; exit 2 ;;
 esac

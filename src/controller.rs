@@ -19,11 +19,11 @@ use kube::{
         watcher,
     },
 };
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::{info, warn};
 
 use crate::{
     error::Error,
+    leader,
     metrics::{CredentialLabels, Metrics},
     reconciler::{self, Context, FIELD_MANAGER, Policy},
     resource::RunaiCredential,
@@ -394,29 +394,16 @@ async fn run_elected(
     health: &Arc<Health>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
-        .with_namespace(&settings.controller_namespace)
-        .with_identity(&election.identity)
-        .with_duration(election.lease_duration.as_secs().max(5))
-        // Renew at a third of the duration before expiry.
-        .with_grace((election.lease_duration.as_secs() / 3).max(2))
-        .with_field_manager(FIELD_MANAGER)
-        .build()
-        .await
-        .map_err(|e| Error::Startup(format!("cannot set up leader election: {e}")))?;
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
     let (release, release_rx) = tokio::sync::watch::channel(false);
-    // Renewal is retried until shortly before the lease would lapse: the
-    // manager renews `grace` before expiry.
-    let renew_window = Duration::from_secs((election.lease_duration.as_secs() / 3).max(2))
-        .saturating_sub(Duration::from_secs(1));
     let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.controller_namespace);
-    let lease_task = tokio::spawn(hold_lease(
-        manager,
-        (leases, election.lease_name.clone()),
+    let lease_task = tokio::spawn(leader::hold(
+        leases,
+        election.lease_name.clone(),
+        election.identity.clone(),
+        leader::Timing::for_duration(election.lease_duration),
         leading_tx,
         release_rx,
-        renew_window,
     ));
     // A follower is ready: it must not block a rolling update.
     health.set_ready(true);
@@ -462,77 +449,6 @@ async fn run_elected(
         warn!(error = %e, "the leader election task failed");
     }
     result
-}
-
-/// How often a follower looks whether the lease was released. The lease
-/// manager alone would wait until the lease expires, which would make a
-/// graceful handover as slow as a crash.
-const FOLLOWER_POLL: Duration = Duration::from_secs(1);
-
-/// Holds (or waits for) the lease, publishing whether this replica leads,
-/// until `release` turns true; then releases the lease so that a successor
-/// takes over at once.
-async fn hold_lease(
-    manager: LeaseManager,
-    (leases, lease_name): (Api<Lease>, String),
-    leading: tokio::sync::watch::Sender<bool>,
-    mut release: tokio::sync::watch::Receiver<bool>,
-    renew_window: Duration,
-) {
-    // When renewing first failed, in the current run of failures.
-    let mut failing_since: Option<tokio::time::Instant> = None;
-    loop {
-        let is_leader = *leading.borrow();
-        tokio::select! {
-            changed = manager.changed() => match changed {
-                Ok(lead) => {
-                    failing_since = None;
-                    leading.send_replace(lead);
-                }
-                Err(e) => {
-                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                    if !*leading.borrow() {
-                        warn!(error = %e, "leader election failed; retrying");
-                    } else if since.elapsed() < renew_window {
-                        // A short API-server blip: keep leading and retry.
-                        warn!(error = %e, "cannot renew the leader lease yet; retrying");
-                    } else {
-                        // The lease is about to lapse: step down rather than
-                        // risk two leaders.
-                        warn!(error = %e, "cannot renew the leader lease before it lapses; stepping down");
-                        leading.send_replace(false);
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            // A follower's `changed` re-reads the lease only once its cached
-            // copy expired. A lease its holder released is taken at once;
-            // one with a holder is left alone here, whatever this replica's
-            // clock says of its renewal time (`release` would clear a lease
-            // it judges expired by its own clock).
-            _ = tokio::time::sleep(FOLLOWER_POLL), if !is_leader => {
-                match leases.get_opt(&lease_name).await {
-                    Ok(lease) if lease
-                        .as_ref()
-                        .and_then(|l| l.spec.as_ref())
-                        .and_then(|spec| spec.holder_identity.as_deref())
-                        .is_none_or(str::is_empty) =>
-                    {
-                        if let Err(e) = manager.release().await {
-                            warn!(error = %e, "cannot take the released leader lease");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "cannot read the leader lease"),
-                }
-            }
-            _ = wait_until_true(&mut release) => break,
-        }
-    }
-    match manager.release().await {
-        Ok(()) => info!("released the leader lease"),
-        Err(e) => warn!(error = %e, "could not release the leader lease"),
-    }
 }
 
 /// Resolves once the channel holds `true` (or its sender is gone).

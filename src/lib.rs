@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod error;
 pub mod fuzzing;
+pub mod leader;
 pub mod metrics;
 pub mod proxy;
 pub mod reconciler;

@@ -73,6 +73,18 @@ impl OwnPlane {
         Some(OwnPlane { state, kubeconfig })
     }
 
+    /// Stops its kube-controller-manager: a namespace deleted afterwards
+    /// stays Terminating, with its objects, for as long as the plane runs.
+    pub fn stop_controller_manager(&self) -> bool {
+        Command::new(plane_script())
+            .args([
+                "stop-controller-manager",
+                self.state.to_str().unwrap_or_default(),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     fn restart_apiserver(&self) -> bool {
         Command::new(plane_script())
             .args(["restart-apiserver", self.state.to_str().unwrap_or_default()])

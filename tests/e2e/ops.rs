@@ -378,6 +378,76 @@ async fn one_leader_writes_and_a_successor_takes_over() {
     assert_eq!(standin.requests("app-ha"), 3);
 }
 
+/// A Lease held by a replica whose renewals carry times far in the past (its
+/// clock runs an hour behind ours, or ours an hour ahead): as long as it keeps
+/// renewing, the controller waits; once it stops, the lease is taken one lease
+/// duration after the last change this controller saw.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_lease_renewed_by_a_skewed_holder_is_not_taken() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    let cluster = Cluster::new("skew").await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let an_hour_ago = |offset: i64| {
+        MicroTime(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600 - offset))
+    };
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "runai-token-sync"},
+        "spec": {"holderIdentity": "skewed-replica", "leaseDurationSeconds": 10, "leaseTransitions": 0},
+    }))
+    .unwrap();
+    let mut lease = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let renew = |lease: &mut Lease, offset: i64| {
+        lease.spec.as_mut().unwrap().renew_time = Some(an_hour_ago(offset));
+    };
+    renew(&mut lease, 0);
+    let mut lease = leases
+        .replace("runai-token-sync", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+
+    let args = ["--leader-elect", "--lease-duration-seconds", "10"];
+    let controller = Controller::start(&cluster.kubeconfig, &cluster.namespace, &args);
+    eventually(Duration::from_secs(10), "the controller is up", || async {
+        (controller.probe("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // The skewed holder renews every 2 s for 25 s, two and a half lease
+    // durations: the controller never leads.
+    let renewing = Instant::now();
+    let mut offset = 0;
+    while renewing.elapsed() < Duration::from_secs(25) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        offset += 2;
+        renew(&mut lease, offset);
+        lease = leases
+            .replace("runai-token-sync", &PostParams::default(), &lease)
+            .await
+            .unwrap();
+        assert!(
+            !leads(&controller).await,
+            "took a lease that is still being renewed"
+        );
+    }
+    // Positive control: once the holder stops, the lease is taken after one
+    // lease duration (10 s) of seeing no change, not before.
+    let stopped = Instant::now();
+    eventually(Duration::from_secs(25), "the controller leads", || async {
+        leads(&controller).await.then_some(())
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(16)).contains(&took),
+        "took the lease {took:?} after the last renewal"
+    );
+    let holder = leases.get("runai-token-sync").await.unwrap().spec.unwrap();
+    assert_ne!(holder.holder_identity.as_deref(), Some("skewed-replica"));
+    assert_eq!(holder.lease_transitions, Some(1));
+}
+
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn metrics_and_json_logs_show_what_happens() {

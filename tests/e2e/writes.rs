@@ -7,9 +7,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ResourceQuota, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use runai_standin::Fault;
+use runai_token_sync::RunaiCredential;
 use serde_json::json;
 
-use crate::harness::{Cluster, eventually, spec_for, standin_with, stays};
+use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -263,4 +264,116 @@ async fn an_immutable_secret_is_replaced_on_refresh() {
         .wait_condition("frozen", "Degraded", "False", Duration::from_secs(10))
         .await;
     assert_eq!(standin.requests("app"), 2);
+}
+
+/// A RunaiCredential in a namespace being deleted gets no token request and
+/// no write, even when a refresh is asked for; one in a live namespace, asked
+/// at the same moment, is refreshed (the positive control).
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_terminating_namespace_gets_no_request_and_no_write() {
+    use k8s_openapi::api::core::v1::Namespace;
+    // Its own plane: its namespace controller is stopped so that the deleted
+    // namespace stays Terminating with its objects.
+    let Some(plane) = crate::chaos::OwnPlane::start() else {
+        eprintln!("skipped: no local Kubernetes binaries for a plane of this test's own");
+        return;
+    };
+    let cluster = Cluster::on(plane.kubeconfig.clone(), "terminating").await;
+    let doomed_ns = cluster.extra_namespace("doomed").await;
+    let standin = standin_with("app-alive", "s3cr3t-alive", HOUR).await;
+    standin.set_client("app-doomed", "s3cr3t-doomed", HOUR);
+    cluster
+        .put_credentials("creds", "app-alive", "s3cr3t-alive")
+        .await;
+    crate::harness::put_credentials_in(
+        &cluster.client,
+        &doomed_ns,
+        "creds",
+        "app-doomed",
+        "s3cr3t-doomed",
+    )
+    .await;
+    let doomed: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &doomed_ns);
+    let spec = spec_for(&standin, "creds");
+    doomed
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+                "metadata": {"name": "doomed"}, "spec": spec.clone(),
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    cluster.create_credential("alive", spec).await;
+    // Watching every namespace.
+    let controller = Controller::start_raw(
+        &plane.kubeconfig,
+        &["--controller-namespace", &cluster.namespace],
+    );
+    cluster.wait_ready("alive").await;
+    let doomed_secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &doomed_ns);
+    let written = eventually(
+        Duration::from_secs(20),
+        "the doomed namespace's token",
+        || async { doomed_secrets.get_opt("doomed").await.ok().flatten() },
+    )
+    .await;
+    assert_eq!(
+        (
+            standin.requests("app-alive"),
+            standin.requests("app-doomed")
+        ),
+        (1, 1)
+    );
+
+    assert!(
+        plane.stop_controller_manager(),
+        "the namespace controller stops"
+    );
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    namespaces
+        .delete(&doomed_ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the namespace is Terminating",
+        || async {
+            let ns = namespaces.get(&doomed_ns).await.ok()?;
+            (ns.status?.phase.as_deref() == Some("Terminating")).then_some(())
+        },
+    )
+    .await;
+
+    let refresh =
+        json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "now"}}});
+    doomed
+        .patch("doomed", &PatchParams::default(), &Patch::Merge(&refresh))
+        .await
+        .unwrap();
+    cluster.patch_credential("alive", refresh).await;
+    eventually(
+        Duration::from_secs(20),
+        "the live namespace's refresh",
+        || async { (standin.requests("app-alive") == 2).then_some(()) },
+    )
+    .await;
+    stays(
+        Duration::from_secs(5),
+        "no request for the Terminating namespace",
+        || async { standin.requests("app-doomed") == 1 },
+    )
+    .await;
+    let after = doomed_secrets.get("doomed").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, written.metadata.resource_version,
+        "the Secret in the Terminating namespace was written"
+    );
+    assert!(
+        controller.logs().contains("the namespace is being deleted"),
+        "the controller says why it does nothing"
+    );
 }
