@@ -23,9 +23,10 @@ use tracing::{info, warn};
 
 use crate::{
     error::Error,
+    exchange::Exchange,
     leader,
     metrics::{CredentialLabels, Metrics},
-    reconciler::{self, Context, FIELD_MANAGER, Policy},
+    reconcile::{self, Context, FIELD_MANAGER, Policy},
     resource::RunaiCredential,
     server::{self, Health},
     target_secret::{
@@ -51,9 +52,10 @@ pub struct Settings {
     pub policy: Policy,
     /// Timeout of each token request.
     pub request_timeout: Duration,
-    /// Reconciliations running at once (per watched namespace), which bounds
-    /// concurrent token requests.
+    /// Reconciliations at once, per controller (see `--concurrency`).
     pub concurrency: u16,
+    /// Token requests in flight at once, for the whole process.
+    pub max_concurrent_token_requests: usize,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: SocketAddr,
     /// `/healthz` fails when the leader has made no progress for this long
@@ -337,7 +339,10 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             metrics.clone(),
             settings.policy.clone(),
         )
-        .with_health(health.clone()),
+        .with_health(health.clone())
+        .with_exchange(Arc::new(Exchange::new(
+            settings.max_concurrent_token_requests,
+        ))),
     );
 
     // Bounded: reconciliations still running after the grace period are
@@ -510,8 +515,13 @@ async fn run_controllers(
                 .watches_stream(secret_changes, move |secret| {
                     credentials_for_secret(&store, &secret)
                 })
+                // A new token of a group reaches its other members at once.
+                .reconcile_on(futures::stream::unfold(
+                    ctx.exchange.subscribe(namespace.map(str::to_owned)),
+                    |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+                ))
                 .graceful_shutdown_on(stop.clone())
-                .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
+                .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
                 .scan(WatchErrors::default(), |errors, result| {
                     match result {
                         Ok(_)
@@ -528,6 +538,7 @@ async fn run_controllers(
     // Ready once every watch has listed what exists.
     let sync_stores = stores.clone();
     let probe_stores = stores.clone();
+    let sharing_stores = stores.clone();
     let sync_health = health.clone();
     let readiness = tokio::spawn(async move {
         for store in &sync_stores {
@@ -573,6 +584,29 @@ async fn run_controllers(
             pruned.token_clients.retain(&bundles);
         }
     });
+    // `status.sharedWith` of members reconciled before their group was
+    // complete is put right once the group is: only those whose count
+    // differs are reconciled again.
+    let counted = (ctx.clone(), sharing_stores);
+    let counting = tokio::spawn(async move {
+        let (ctx, stores) = counted;
+        let mut tick = tokio::time::interval(SHARED_WITH_CHECK);
+        loop {
+            tick.tick().await;
+            let stale: Vec<ObjectRef<RunaiCredential>> = stores
+                .iter()
+                .flat_map(|store| store.state())
+                .filter(|cr| cr.metadata.deletion_timestamp.is_none())
+                .filter(|cr| {
+                    let shown = cr.status.as_ref().map(|s| s.shared_with);
+                    let members = cr.uid().and_then(|uid| ctx.exchange.settled_members_of(&uid));
+                    matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
+                })
+                .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+                .collect();
+            ctx.exchange.nudge(stale);
+        }
+    });
     // Liveness: the API server answers (or reconciliations succeed) while
     // there are RunaiCredentials to keep; see `Settings::stall_limit`.
     let probed = (client.clone(), health.clone(), probe_stores);
@@ -595,11 +629,15 @@ async fn run_controllers(
     futures::future::join_all(controllers).await;
     readiness.abort();
     pruning.abort();
+    counting.abort();
     probing.abort();
 }
 
 /// How long a shutdown waits for the reconciliations under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// How often `status.sharedWith` is compared with the groups.
+const SHARED_WITH_CHECK: Duration = Duration::from_secs(5);
 
 /// How often the leader checks that the API server answers.
 const LIVENESS_PROBE: Duration = Duration::from_secs(30);

@@ -6,11 +6,12 @@
 
 pub mod controller;
 pub mod error;
+pub mod exchange;
 pub mod fuzzing;
 pub mod leader;
 pub mod metrics;
 pub mod proxy;
-pub mod reconciler;
+pub mod reconcile;
 pub mod resource;
 pub mod schedule;
 pub mod server;

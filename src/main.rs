@@ -7,7 +7,7 @@ use runai_token_sync::{
     Error,
     controller::{self, LeaderElection, Settings},
     proxy,
-    reconciler::Policy,
+    reconcile::Policy,
     resource::crd_yaml,
     telemetry::{LogFormat, init_logging},
     trust::AllowedUrls,
@@ -68,9 +68,18 @@ struct RunArgs {
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 15)]
     request_timeout_seconds: u64,
 
-    /// RunaiCredentials reconciled at once.
+    /// Reconciliations run at once by each controller: one controller per
+    /// namespace in --namespace, or one for all namespaces. Token requests
+    /// are limited separately, across all controllers, by
+    /// --max-concurrent-token-requests.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+
+    /// Token requests in flight at once, across all namespaces and Run:ai
+    /// applications (RunaiCredentials with identical url, token API, CA
+    /// certificates and client credentials share one request).
+    #[arg(long, env = "MAX_CONCURRENT_TOKEN_REQUESTS", default_value_t = 8)]
+    max_concurrent_token_requests: u16,
 
     /// Address of the /metrics, /healthz and /readyz listener.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
@@ -136,6 +145,9 @@ async fn main() -> ExitCode {
                 },
                 request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
                 concurrency: args.concurrency.max(1),
+                max_concurrent_token_requests: usize::from(
+                    args.max_concurrent_token_requests.max(1),
+                ),
                 metrics_address: args.metrics_address,
                 stall_limit: Duration::from_secs(args.stall_timeout_seconds.max(5)),
                 leader_election: args.leader_elect.then(|| LeaderElection {

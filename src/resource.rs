@@ -264,6 +264,12 @@ pub struct RunaiCredentialStatus {
     /// Consecutive failed refresh attempts since the last success.
     #[serde(default)]
     pub failed_attempts: u32,
+
+    /// How many other RunaiCredentials share this one's token exchange (the
+    /// same url, token API, CA certificates, client ID and client secret);
+    /// 0 when none.
+    #[serde(default)]
+    pub shared_with: u32,
 }
 
 impl RunaiCredential {
@@ -322,4 +328,248 @@ pub fn crd()
 /// The CRD as YAML, as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&crd()).expect("a CRD always serializes")
+}
+
+// Validation of what the CRD schema cannot check.
+
+/// What a valid spec resolves to.
+#[derive(Debug)]
+pub struct ValidSpec {
+    pub url: url::Url,
+    /// `spec.refreshInterval`, parsed.
+    pub refresh_interval: Option<std::time::Duration>,
+}
+
+/// Checks what the CRD schema cannot: URL details, duration syntax, names.
+///
+/// # Errors
+///
+/// [`crate::Error::InvalidSpec`] naming the field and what is wrong with it.
+pub fn validate_spec(
+    cr: &RunaiCredential,
+    allow_insecure_http: bool,
+) -> Result<ValidSpec, crate::Error> {
+    let invalid = |field, message: String| crate::Error::InvalidSpec { field, message };
+    let url = url::Url::parse(cr.spec.url.trim())
+        .map_err(|e| invalid("spec.url", format!("{:?} is not a URL: {e}", cr.spec.url)))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => {
+            return Err(invalid(
+                "spec.url",
+                "http:// is refused because the client secret would travel in clear text; use https:// (the controller accepts http:// only when started with --allow-insecure-http, for local testing)".to_owned(),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "spec.url",
+                format!("scheme {other:?} is not supported; use https://"),
+            ));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("spec.url", "has no host".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "spec.url",
+            "must not contain credentials; put them in the credentials Secret".to_owned(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "spec.url",
+            "must not have a query or fragment".to_owned(),
+        ));
+    }
+    let refresh_interval = cr
+        .spec
+        .refresh_interval
+        .as_deref()
+        .map(crate::schedule::parse_refresh_interval)
+        .transpose()
+        .map_err(|m| invalid("spec.refreshInterval", m))?;
+    let key = &cr.spec.target.key;
+    if key == crate::target_secret::EXPIRES_AT_KEY
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(invalid(
+            "spec.target.key",
+            format!(
+                "{key:?} is not a usable Secret key (letters, digits, '-', '_', '.'; not {:?})",
+                crate::target_secret::EXPIRES_AT_KEY
+            ),
+        ));
+    }
+    // Checked here too, not only by the schema: a Secret write that the API
+    // server refuses would otherwise cost a token request on every retry.
+    let target = &cr.spec.target;
+    if let Some(name) = &target.name
+        && !is_dns_subdomain(name)
+    {
+        return Err(invalid(
+            "spec.target.name",
+            format!(
+                "{name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.')"
+            ),
+        ));
+    }
+    if let Some((key, value)) = target
+        .labels
+        .iter()
+        .find(|(k, v)| !is_qualified_name(k) || !is_label_value(v))
+    {
+        return Err(invalid(
+            "spec.target.labels",
+            format!(
+                "{key:?}: {value:?} is not a valid label (keys like example.com/name, values of at most 63 letters, digits, '-', '_', '.')"
+            ),
+        ));
+    }
+    if let Some(key) = target.annotations.keys().find(|k| !is_qualified_name(k)) {
+        return Err(invalid(
+            "spec.target.annotations",
+            format!("{key:?} is not a valid annotation key (like example.com/name)"),
+        ));
+    }
+    Ok(ValidSpec {
+        url,
+        refresh_interval,
+    })
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes object names are.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A label value: empty, or up to 63 alphanumerics, '-', '_', '.', starting
+/// and ending with an alphanumeric.
+fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and '/', then
+/// a name of the label-value shape.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use crate::Error;
+
+    fn cr(url: &str) -> RunaiCredential {
+        let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({
+            "url": url,
+            "clientCredentialsSecretRef": {"name": "c"},
+        }))
+        .unwrap();
+        RunaiCredential::new("trainer", spec)
+    }
+
+    fn field_of(result: Result<ValidSpec, Error>) -> &'static str {
+        match result {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spec_validation_names_the_field() {
+        assert!(validate_spec(&cr("https://acme.run.ai"), false).is_ok());
+        assert_eq!(
+            field_of(validate_spec(&cr("http://acme.run.ai"), false)),
+            "spec.url"
+        );
+        assert!(validate_spec(&cr("http://127.0.0.1:8080"), true).is_ok());
+        assert_eq!(
+            field_of(validate_spec(&cr("https://u:p@acme.run.ai"), false)),
+            "spec.url"
+        );
+        assert_eq!(
+            field_of(validate_spec(&cr("https://acme.run.ai/?a=b"), false)),
+            "spec.url"
+        );
+        let mut bad_interval = cr("https://acme.run.ai");
+        bad_interval.spec.refresh_interval = Some("often".into());
+        assert_eq!(
+            field_of(validate_spec(&bad_interval, false)),
+            "spec.refreshInterval"
+        );
+        let mut bad_key = cr("https://acme.run.ai");
+        bad_key.spec.target.key = "expiresAt".into();
+        assert_eq!(field_of(validate_spec(&bad_key, false)), "spec.target.key");
+        let mut bad_name = cr("https://acme.run.ai");
+        bad_name.spec.target.name = Some("Not_A_Name".into());
+        assert_eq!(
+            field_of(validate_spec(&bad_name, false)),
+            "spec.target.name"
+        );
+        let mut bad_label = cr("https://acme.run.ai");
+        bad_label.spec.target.labels = [("team".to_owned(), "has space".to_owned())].into();
+        assert_eq!(
+            field_of(validate_spec(&bad_label, false)),
+            "spec.target.labels"
+        );
+        let mut bad_annotation = cr("https://acme.run.ai");
+        bad_annotation.spec.target.annotations = [("/oops".to_owned(), "x".to_owned())].into();
+        assert_eq!(
+            field_of(validate_spec(&bad_annotation, false)),
+            "spec.target.annotations"
+        );
+        let mut fine = cr("https://acme.run.ai");
+        fine.spec.target.name = Some("trainer-token.v1".into());
+        fine.spec.target.labels = [
+            ("example.com/team".to_owned(), "ml_1".to_owned()),
+            ("empty".to_owned(), String::new()),
+        ]
+        .into();
+        fine.spec.target.annotations =
+            [("example.com/owner".to_owned(), "any text at all".to_owned())].into();
+        assert!(validate_spec(&fine, false).is_ok());
+        let mut long = cr("https://acme.run.ai");
+        long.metadata.name = Some("x".repeat(70));
+        assert!(validate_spec(&long, false).is_ok(), "long names work");
+        for url in [
+            "https://host/runai",
+            "https://host/runai/",
+            "https://host:8443/a/b/",
+        ] {
+            assert!(validate_spec(&cr(url), false).is_ok(), "{url}");
+        }
+        for url in [
+            "https://host/runai?x=1",
+            "https://host/runai#top",
+            "https://host/?",
+        ] {
+            assert_eq!(
+                field_of(validate_spec(&cr(url), false)),
+                "spec.url",
+                "{url}"
+            );
+        }
+    }
 }

@@ -78,6 +78,8 @@ pub enum RefreshReason {
     SpecChanged,
     RefreshRequested,
     Due,
+    /// Another RunaiCredential of the same group obtained a new token.
+    Shared,
 }
 
 impl RefreshReason {
@@ -89,6 +91,9 @@ impl RefreshReason {
             RefreshReason::SpecChanged => "the spec changed",
             RefreshReason::RefreshRequested => "a refresh was requested",
             RefreshReason::Due => "the token is due for refresh",
+            RefreshReason::Shared => {
+                "another RunaiCredential with the same credentials obtained a new token"
+            }
         }
     }
 }
@@ -231,7 +236,7 @@ pub fn wake_at(next: Timestamp, valid_until: Option<Timestamp>, now: Timestamp) 
 /// refresh request, and a recovery after failures. A routine refresh, due by
 /// the schedule, is only counted by the metrics.
 pub fn announce_token(reason: RefreshReason, recovering: bool) -> bool {
-    recovering || reason != RefreshReason::Due
+    recovering || !matches!(reason, RefreshReason::Due | RefreshReason::Shared)
 }
 
 /// Whether the `attempts`-th failure in a row deserves a Warning Event: when

@@ -140,6 +140,8 @@ pub fn token_status(
         expiration_time: record.and_then(|r| r.expires_at).map(rfc3339),
         next_refresh_time: Some(rfc3339(next_refresh)),
         failed_attempts: failure.map_or(0, |f| f.attempts),
+        // Set by the caller, which knows the group.
+        shared_with: 0,
     }
 }
 

@@ -764,7 +764,7 @@ impl TokenClients {
     ///
     /// [`Error::InvalidSpec`] for a `caBundle` that cannot be used;
     /// [`Error::Startup`] when no client can be built at all.
-    pub async fn get(&self, ca_bundle: Option<&str>) -> Result<TokenClient, Error> {
+    pub async fn get(&self, ca_bundle: Option<&str>) -> Result<(TrustKey, TokenClient), Error> {
         let known = ca_bundle.and_then(|pem| {
             let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             keys.get(pem).copied()
@@ -781,13 +781,13 @@ impl TokenClients {
             }
         };
         if let Some(client) = self.lock().get(&key) {
-            return Ok(client.clone());
+            return Ok((key, client.clone()));
         }
         let (pem, timeout) = (ca_bundle.map(str::to_owned), self.timeout);
         let client = tokio::task::spawn_blocking(move || TokenClient::new(pem.as_deref(), timeout))
             .await
             .map_err(|e| Error::Startup(format!("building an HTTP client failed: {e}")))??;
-        Ok(self.lock().entry(key).or_insert(client).clone())
+        Ok((key, self.lock().entry(key).or_insert(client).clone()))
     }
 
     /// Forgets the clients (and known bundle texts) that no live

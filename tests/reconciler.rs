@@ -21,7 +21,7 @@ use kube::{
 };
 use runai_token_sync::{
     RunaiCredential,
-    reconciler::{self, Context},
+    reconcile::{self as reconciler, Context},
     target_secret::HashKey,
     token_client::TokenClients,
 };
@@ -309,7 +309,7 @@ fn context(client: Client) -> Arc<Context> {
         TokenClients::new(Duration::from_secs(2)),
         HashKey::new(vec![7; 32]),
         Arc::new(runai_token_sync::metrics::Metrics::new()),
-        runai_token_sync::reconciler::Policy {
+        runai_token_sync::reconcile::Policy {
             allow_insecure_http: true,
             ..Default::default()
         },

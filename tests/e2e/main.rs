@@ -10,6 +10,7 @@ mod chaos;
 mod edge;
 mod harness;
 mod ops;
+mod shared;
 mod writes;
 
 use std::time::Duration;
@@ -459,6 +460,8 @@ async fn a_tampered_or_deleted_secret_is_put_right() {
         )
         .await
         .unwrap();
+    // The shared exchange still holds the valid token: it is written back
+    // with no request.
     let replaced = eventually(
         Duration::from_secs(10),
         "the forged token is replaced",
@@ -466,11 +469,13 @@ async fn a_tampered_or_deleted_secret_is_put_right() {
             cluster
                 .token("guarded", "accessToken")
                 .await
-                .filter(|t| t != "forged" && *t != token)
+                .filter(|t| t != "forged")
         },
     )
     .await;
+    assert_eq!(replaced, token);
     assert_eq!(jwt_claims(&replaced)["sub"], "app-tamper");
+    assert_eq!(standin.requests("app-tamper"), 1);
 
     // A deleted Secret comes back.
     cluster
@@ -558,7 +563,25 @@ async fn a_restart_requests_no_fresh_token() {
     for name in ["one", "two", "three"] {
         cluster.wait_ready(name).await;
     }
-    assert_eq!(standin.requests("app-restart"), 3);
+    // One Run:ai application: one exchange serves all three.
+    assert_eq!(standin.requests("app-restart"), 1);
+    let one = cluster.token("one", "accessToken").await;
+    assert!(one.is_some());
+    for name in ["two", "three"] {
+        assert_eq!(
+            cluster.token(name, "accessToken").await,
+            one,
+            "{name} holds the shared token"
+        );
+    }
+    let status = cluster
+        .credentials()
+        .get("three")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.shared_with, 2);
     let versions = |secrets: Vec<Option<Secret>>| {
         secrets
             .into_iter()
@@ -581,7 +604,7 @@ async fn a_restart_requests_no_fresh_token() {
     stays(
         Duration::from_secs(2),
         "no token requested for fresh credentials",
-        || async { standin.requests("app-restart") == 3 },
+        || async { standin.requests("app-restart") == 1 },
     )
     .await;
     let after = versions(vec![
@@ -733,6 +756,19 @@ async fn many_credentials_in_steady_state_write_nothing() {
     for name in &names {
         cluster.wait_ready(name).await;
     }
+    // Once the group's membership settled, each shows the 19 others.
+    eventually(
+        Duration::from_secs(40),
+        "sharedWith settles at 19",
+        || async {
+            let list = cluster.credentials().list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|cr| cr.status.as_ref().is_some_and(|s| s.shared_with == 19))
+                .then_some(())
+        },
+    )
+    .await;
     // Every object of the namespace but the credentials Secret, by version.
     let snapshot = || async {
         let crs = cluster
@@ -773,7 +809,8 @@ async fn many_credentials_in_steady_state_write_nothing() {
         (snapshot().await == first).then_some(first)
     })
     .await;
-    assert_eq!(standin.requests("app-steady"), 20);
+    // One application: the shared exchange asked once for all 20.
+    assert_eq!(standin.requests("app-steady"), 1);
 
     // Touching the shared credentials Secret's metadata makes the controller
     // look at all 20 again: nothing is due, so nothing is written or requested.
@@ -789,7 +826,7 @@ async fn many_credentials_in_steady_state_write_nothing() {
     stays(
         Duration::from_secs(4),
         "no write and no token request",
-        || async { snapshot().await == settled && standin.requests("app-steady") == 20 },
+        || async { snapshot().await == settled && standin.requests("app-steady") == 1 },
     )
     .await;
 }

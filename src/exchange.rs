@@ -1,0 +1,594 @@
+//! The shared token exchange (api.md, "Shared token exchange").
+//!
+//! RunaiCredentials with the same URL, token API, trusted CAs, client ID and
+//! client secret form one *group*, keyed by [`GroupKey`] (a keyed hash: the
+//! secret itself is never a key). A group holds the last token obtained for
+//! it and, while its requests fail, one backoff for all members:
+//!
+//! - one request at a time per group (single flight): a member that needs a
+//!   token while another member's request is in flight waits for it and takes
+//!   its answer if it suits it;
+//! - a failed request holds back the whole group until its retry time, so
+//!   that a rate-limited Run:ai application is asked once, not once per
+//!   RunaiCredential;
+//! - a token obtained by a request is offered to every other member, which is
+//!   reconciled at once to write it ([`Exchange::subscribe`]);
+//! - after a restart, the members' Secrets seed the group ([`Exchange::offer`]),
+//!   so that no request is made while their token is fresh.
+//!
+//! Token requests of all groups together are limited by one semaphore
+//! (`--max-concurrent-token-requests`).
+//!
+//! This module holds state and does no decision of a member's own: what a
+//! member accepts is the caller's predicate, and the retry time of a failure
+//! comes from [`crate::schedule::retry_at`].
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{
+    error::Error, resource::RunaiCredential, schedule, status::Failure, token_client::TrustKey,
+};
+
+/// The identity of a group: the keyed hash of url, token API and client
+/// credentials (the one kept in each Secret's record) and the hash of the
+/// trusted CA certificates. Holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey(String);
+
+impl GroupKey {
+    /// The key of the group of credentials whose keyed hash is
+    /// `credentials_hash` and which trust `trust`.
+    #[must_use]
+    pub fn new(credentials_hash: &str, trust: &TrustKey) -> Self {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(credentials_hash.len() + 65);
+        key.push_str(credentials_hash);
+        key.push('/');
+        if let Some(hash) = trust {
+            for byte in hash {
+                let _ = write!(key, "{byte:02x}");
+            }
+        }
+        GroupKey(key)
+    }
+}
+
+/// A group's token. `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupToken {
+    pub access_token: String,
+    /// When it was obtained, to the second.
+    pub issued_at: Timestamp,
+    /// When it expires, if known.
+    pub expires_at: Option<Timestamp>,
+    /// Increases with every token the exchange takes in; 0 for none.
+    pub serial: u64,
+    /// Obtained by a request of this process (not recovered from a Secret).
+    pub requested: bool,
+}
+
+impl std::fmt::Debug for GroupToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupToken")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("serial", &self.serial)
+            .field("requested", &self.requested)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The last failed request of a group, held against every member until
+/// `retry_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupFailure {
+    pub failure: Failure,
+    pub retry_at: Timestamp,
+}
+
+/// What a member sees of its group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupView {
+    pub token: Option<GroupToken>,
+    pub failure: Option<GroupFailure>,
+    /// How many RunaiCredentials the group serves, this one included.
+    pub members: usize,
+    /// No member joined or left for [`MEMBERS_SETTLE`]: `members` is worth
+    /// showing (right after a start, groups fill up as their members are
+    /// reconciled one by one).
+    pub settled: bool,
+}
+
+/// How long a group's membership must stay unchanged to count as settled.
+pub const MEMBERS_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Default)]
+struct Group {
+    /// Held while a request is in flight: the single flight.
+    flight: tokio::sync::Mutex<()>,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    token: Option<GroupToken>,
+    failure: Option<GroupFailure>,
+    members: HashMap<String, ObjectRef<RunaiCredential>>,
+    /// When a member last joined or left.
+    changed_at: Option<std::time::Instant>,
+}
+
+/// The outcome of [`Exchange::obtain`].
+#[derive(Debug)]
+pub enum Exchanged {
+    /// The group's token suited the member: no request was made for it.
+    Shared(GroupToken),
+    /// This member's request obtained the token.
+    Requested(GroupToken),
+    /// This member's request failed; a refresh failure is now the group's.
+    Failed(Error),
+    /// A request of another member failed while this one waited: the group
+    /// is backing off.
+    HeldBack,
+}
+
+/// A stream of members to reconcile, limited to one namespace or not.
+type Subscriber = (
+    Option<String>,
+    mpsc::UnboundedSender<ObjectRef<RunaiCredential>>,
+);
+
+/// The groups of all RunaiCredentials of this process.
+pub struct Exchange {
+    groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
+    /// The group of each member, by uid.
+    member_of: Mutex<HashMap<String, GroupKey>>,
+    in_flight: Semaphore,
+    serial: std::sync::atomic::AtomicU64,
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("groups", &lock(&self.groups).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Exchange {
+    /// An exchange allowing at most `max_in_flight` token requests at once
+    /// (at least 1).
+    #[must_use]
+    pub fn new(max_in_flight: usize) -> Self {
+        Exchange {
+            groups: Mutex::default(),
+            member_of: Mutex::default(),
+            in_flight: Semaphore::new(max_in_flight.max(1)),
+            serial: std::sync::atomic::AtomicU64::new(0),
+            subscribers: Mutex::default(),
+        }
+    }
+
+    /// A stream of RunaiCredentials to reconcile because their group got a
+    /// new token; `namespace` limits it to one namespace (`None`: all).
+    pub fn subscribe(
+        &self,
+        namespace: Option<String>,
+    ) -> mpsc::UnboundedReceiver<ObjectRef<RunaiCredential>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.subscribers).push((namespace, tx));
+        rx
+    }
+
+    fn group(&self, key: &GroupKey) -> Arc<Group> {
+        lock(&self.groups).entry(key.clone()).or_default().clone()
+    }
+
+    /// Makes `uid` (the RunaiCredential `member`) a member of the group `key`,
+    /// leaving any group it was in before, and returns what it sees of it.
+    pub fn join(&self, uid: &str, member: ObjectRef<RunaiCredential>, key: &GroupKey) -> GroupView {
+        let previous = lock(&self.member_of).insert(uid.to_owned(), key.clone());
+        if let Some(old) = previous.filter(|old| old != key) {
+            self.leave_group(uid, &old);
+        }
+        let group = self.group(key);
+        let mut state = lock(&group.state);
+        if state.members.insert(uid.to_owned(), member).is_none() {
+            state.changed_at = Some(std::time::Instant::now());
+        }
+        view(&state)
+    }
+
+    /// What the group `key` holds now.
+    #[must_use]
+    pub fn view(&self, key: &GroupKey) -> GroupView {
+        let group = lock(&self.groups).get(key).cloned();
+        group.map(|g| view(&lock(&g.state))).unwrap_or_default()
+    }
+
+    /// Removes `uid` from whatever group it is in (its credentials can no
+    /// longer be read, or it is gone).
+    pub fn leave(&self, uid: &str) {
+        if let Some(key) = lock(&self.member_of).remove(uid) {
+            self.leave_group(uid, &key);
+        }
+    }
+
+    fn leave_group(&self, uid: &str, key: &GroupKey) {
+        let mut groups = lock(&self.groups);
+        if let Some(group) = groups.get(key) {
+            let empty = {
+                let mut state = lock(&group.state);
+                if state.members.remove(uid).is_some() {
+                    state.changed_at = Some(std::time::Instant::now());
+                }
+                state.members.is_empty()
+            };
+            // A group with a request in flight is kept until it ends.
+            if empty && group.flight.try_lock().is_ok() {
+                groups.remove(key);
+            }
+        }
+    }
+
+    /// Forgets every member not in `live` (uids of existing
+    /// RunaiCredentials), and groups left without members.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let gone: Vec<String> = lock(&self.member_of)
+            .keys()
+            .filter(|uid| !live.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.leave(&uid);
+        }
+    }
+
+    /// How many RunaiCredentials the group of `uid` serves (it included),
+    /// once its membership has settled; `None` when it is in none or not
+    /// settled.
+    #[must_use]
+    pub fn settled_members_of(&self, uid: &str) -> Option<usize> {
+        let key = lock(&self.member_of).get(uid).cloned()?;
+        let group = lock(&self.groups).get(&key).cloned()?;
+        let view = view(&lock(&group.state));
+        view.settled.then_some(view.members)
+    }
+
+    /// Has these RunaiCredentials reconciled (through [`Exchange::subscribe`]).
+    pub fn nudge(&self, refs: Vec<ObjectRef<RunaiCredential>>) {
+        self.notify(refs);
+    }
+
+    /// How many groups are kept.
+    #[must_use]
+    pub fn groups(&self) -> usize {
+        lock(&self.groups).len()
+    }
+
+    /// Offers a token found in a member's Secret (after a restart): kept as
+    /// the group's token when the group has none or an older one. Returns
+    /// the group's view afterwards.
+    pub fn offer(
+        &self,
+        key: &GroupKey,
+        access_token: &str,
+        issued_at: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> GroupView {
+        let group = self.group(key);
+        let mut state = lock(&group.state);
+        if state.token.as_ref().is_none_or(|t| t.issued_at < issued_at) {
+            state.token = Some(GroupToken {
+                access_token: access_token.to_owned(),
+                issued_at,
+                expires_at,
+                serial: self.next_serial(),
+                requested: false,
+            });
+        }
+        view(&state)
+    }
+
+    fn next_serial(&self) -> u64 {
+        self.serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// Obtains a token for the group `key` on behalf of member `uid`: waits
+    /// for a request of another member in flight, then takes the group's
+    /// token if `accept` says it suits, holds back while the group backs off
+    /// after a failure that came after `seen_failure`, or else makes one
+    /// request with `request` (within the global limit). A successful
+    /// request's token becomes the group's and the other members are
+    /// reconciled; a failed one becomes the group's failure, retried at the
+    /// time [`schedule::retry_at`] gives from `now` (`jitter` in `[0, 1)`).
+    pub async fn obtain<F, Fut>(
+        &self,
+        key: &GroupKey,
+        uid: &str,
+        accept: impl Fn(&GroupToken) -> bool,
+        seen_failure: Option<&GroupFailure>,
+        (now, jitter): (Timestamp, f64),
+        request: F,
+    ) -> Exchanged
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(crate::token_client::IssuedToken, Timestamp), Error>>,
+    {
+        let group = self.group(key);
+        let _flight = group.flight.lock().await;
+        {
+            let state = lock(&group.state);
+            if let Some(token) = state.token.as_ref().filter(|t| accept(t)) {
+                return Exchanged::Shared(token.clone());
+            }
+            if let Some(failure) = &state.failure
+                && Some(failure) != seen_failure
+            {
+                return Exchanged::HeldBack;
+            }
+        }
+        let permit = self.in_flight.acquire().await;
+        let result = request().await;
+        drop(permit);
+        match result {
+            Ok((issued, now)) => {
+                let token = GroupToken {
+                    access_token: issued.access_token,
+                    issued_at: crate::target_secret::whole_seconds(now),
+                    expires_at: issued.expires_at.map(crate::target_secret::whole_seconds),
+                    serial: self.next_serial(),
+                    requested: true,
+                };
+                let others: Vec<ObjectRef<RunaiCredential>> = {
+                    let mut state = lock(&group.state);
+                    state.token = Some(token.clone());
+                    state.failure = None;
+                    state
+                        .members
+                        .iter()
+                        .filter(|(member, _)| member.as_str() != uid)
+                        .map(|(_, r)| r.clone())
+                        .collect()
+                };
+                self.notify(others);
+                Exchanged::Requested(token)
+            }
+            Err(err) if err.is_refresh_failure() => {
+                let mut state = lock(&group.state);
+                let attempts = state
+                    .failure
+                    .as_ref()
+                    .map_or(0, |f| f.failure.attempts)
+                    .saturating_add(1);
+                let valid_until = state
+                    .token
+                    .as_ref()
+                    .and_then(|t| t.expires_at)
+                    .filter(|at| *at > now);
+                state.failure = Some(GroupFailure {
+                    failure: Failure {
+                        reason: err.reason(),
+                        message: err.to_string(),
+                        attempts,
+                    },
+                    retry_at: schedule::retry_at(
+                        now,
+                        attempts,
+                        err.retry_after(),
+                        valid_until,
+                        jitter,
+                    ),
+                });
+                Exchanged::Failed(err)
+            }
+            Err(err) => Exchanged::Failed(err),
+        }
+    }
+
+    fn notify(&self, refs: Vec<ObjectRef<RunaiCredential>>) {
+        if refs.is_empty() {
+            return;
+        }
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|(_, tx)| !tx.is_closed());
+        for r in refs {
+            if let Some((_, tx)) = subscribers
+                .iter()
+                .find(|(ns, _)| ns.is_none() || ns.as_deref() == r.namespace.as_deref())
+            {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+fn view(state: &GroupState) -> GroupView {
+    GroupView {
+        token: state.token.clone(),
+        failure: state.failure.clone(),
+        members: state.members.len(),
+        settled: state
+            .changed_at
+            .is_none_or(|at| at.elapsed() >= MEMBERS_SETTLE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token_client::IssuedToken;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn key(n: u8) -> GroupKey {
+        GroupKey::new(&format!("hash{n}"), &None)
+    }
+
+    fn member(name: &str) -> ObjectRef<RunaiCredential> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    fn issued(token: &str) -> Result<(IssuedToken, Timestamp), Error> {
+        Ok((
+            IssuedToken {
+                access_token: token.to_owned(),
+                expires_at: None,
+            },
+            Timestamp::from_second(1_000).unwrap(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn concurrent_members_share_one_request() {
+        let exchange = Arc::new(Exchange::new(4));
+        let requests = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (exchange, requests) = (exchange.clone(), requests.clone());
+            exchange.join(&format!("uid{i}"), member(&format!("m{i}")), &key(1));
+            tasks.push(tokio::spawn(async move {
+                exchange
+                    .obtain(
+                        &key(1),
+                        &format!("uid{i}"),
+                        |_| true,
+                        None,
+                        (Timestamp::now(), 0.0),
+                        || async {
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            issued("tok")
+                        },
+                    )
+                    .await
+            }));
+        }
+        let mut requested = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Exchanged::Requested(t) => {
+                    requested += 1;
+                    assert_eq!(t.access_token, "tok");
+                }
+                Exchanged::Shared(t) => assert_eq!(t.access_token, "tok"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((requests.load(Ordering::SeqCst), requested), (1, 1));
+        assert_eq!(exchange.view(&key(1)).members, 6);
+    }
+
+    #[tokio::test]
+    async fn a_token_that_does_not_suit_is_requested_again_and_others_are_told() {
+        let exchange = Exchange::new(1);
+        let mut told = exchange.subscribe(None);
+        exchange.join("a", member("a"), &key(1));
+        exchange.join("b", member("b"), &key(1));
+        exchange.offer(&key(1), "old", Timestamp::from_second(10).unwrap(), None);
+        let outcome = exchange
+            .obtain(
+                &key(1),
+                "a",
+                |t| t.access_token != "old",
+                None,
+                (Timestamp::now(), 0.0),
+                || async { issued("new") },
+            )
+            .await;
+        assert!(
+            matches!(outcome, Exchanged::Requested(ref t) if t.access_token == "new"),
+            "{outcome:?}"
+        );
+        assert_eq!(told.try_recv().unwrap(), member("b"));
+        assert!(told.try_recv().is_err(), "the requester itself is not told");
+    }
+
+    #[tokio::test]
+    async fn a_failure_holds_back_the_group_until_seen() {
+        let exchange = Exchange::new(1);
+        let failed = exchange
+            .obtain(
+                &key(1),
+                "a",
+                |_| false,
+                None,
+                (Timestamp::now(), 0.0),
+                || async {
+                    Err(Error::RateLimited {
+                        retry_after: Some(std::time::Duration::from_secs(90)),
+                        detail: String::new(),
+                    })
+                },
+            )
+            .await;
+        assert!(matches!(failed, Exchanged::Failed(_)), "{failed:?}");
+        let view = exchange.view(&key(1));
+        let failure = view.failure.clone().expect("the group's failure");
+        assert_eq!(failure.failure.attempts, 1);
+        assert!(failure.retry_at >= Timestamp::now() + jiff::SignedDuration::from_secs(89));
+        // Another member that had not seen it is held back, with no request.
+        let held = exchange
+            .obtain(
+                &key(1),
+                "b",
+                |_| false,
+                None,
+                (Timestamp::now(), 0.0),
+                || async { panic!("no request") },
+            )
+            .await;
+        assert!(matches!(held, Exchanged::HeldBack), "{held:?}");
+        // Positive control: one that saw it (its retry time came) asks again.
+        let retried = exchange
+            .obtain(
+                &key(1),
+                "b",
+                |_| false,
+                Some(&failure),
+                (Timestamp::now(), 0.0),
+                || async { issued("t") },
+            )
+            .await;
+        assert!(matches!(retried, Exchanged::Requested(_)), "{retried:?}");
+        assert_eq!(exchange.view(&key(1)).failure, None);
+    }
+
+    #[test]
+    fn members_move_between_groups_and_empty_groups_go() {
+        let exchange = Exchange::new(1);
+        exchange.join("a", member("a"), &key(1));
+        exchange.join("b", member("b"), &key(1));
+        assert_eq!(exchange.join("a", member("a"), &key(2)).members, 1);
+        assert_eq!(exchange.view(&key(1)).members, 1);
+        exchange.retain(&["a".to_owned()].into());
+        assert_eq!(exchange.groups(), 1);
+        assert_eq!(exchange.view(&key(2)).members, 1);
+    }
+
+    #[test]
+    fn keys_differ_by_trusted_cas() {
+        assert_ne!(
+            GroupKey::new("h", &None),
+            GroupKey::new("h", &Some([1; 32]))
+        );
+        assert_eq!(
+            GroupKey::new("h", &Some([1; 32])),
+            GroupKey::new("h", &Some([1; 32]))
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! The I/O of a reconciliation: Kubernetes writes and reads that the
+//! decision asks for. No decision is made here.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::events::{Event, EventType},
+};
+use tracing::{info, warn};
+
+use super::{Context, FIELD_MANAGER};
+use crate::{
+    error::Error,
+    metrics::CredentialLabels,
+    resource::{RunaiCredential, RunaiCredentialStatus},
+    target_secret,
+};
+
+/// Deletes (`deletionPolicy: Delete`) or releases (`Retain`) the Secrets this
+/// RunaiCredential manages under another name than `current`: those left
+/// behind by a change of `spec.target.name`. Releasing removes the
+/// controller's labels, its `tokensync.dev/` annotations and its owner
+/// reference, and leaves the data and the user's labels and annotations.
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the Secrets cannot be listed, deleted or patched.
+pub(super) async fn release_old_targets(
+    cr: &RunaiCredential,
+    secrets: &Api<Secret>,
+    current: &str,
+) -> Result<(), Error> {
+    let selector = format!(
+        "{}={},{}={}",
+        target_secret::MANAGED_BY_LABEL,
+        target_secret::MANAGED_BY,
+        target_secret::CREDENTIAL_LABEL,
+        target_secret::credential_label_value(&cr.name_any())
+    );
+    let listed = secrets
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("listing the Secrets of earlier target names"))?;
+    for old in listed.items {
+        let name = old.name_any();
+        if name == current {
+            continue;
+        }
+        match cr.spec.target.deletion_policy {
+            crate::resource::DeletionPolicy::Delete => {
+                info!(secret = %name, "deleting the Secret of an earlier target name");
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: old.metadata.uid.clone(),
+                        resource_version: old.metadata.resource_version.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                match secrets.delete(&name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(
+                            Error::kube("deleting the Secret of an earlier target name")(e),
+                        );
+                    }
+                }
+            }
+            crate::resource::DeletionPolicy::Retain => {
+                info!(secret = %name, "releasing the Secret of an earlier target name");
+                let patch = target_secret::release_patch(&old, cr.uid().as_deref());
+                secrets
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(Error::kube(
+                        "releasing the Secret of an earlier target name",
+                    ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the namespace is being deleted. Unknown (the controller may not
+/// read namespaces, as with `watchNamespaces`, where the API server then
+/// refuses the write instead) counts as not.
+pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> bool {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    match namespaces.get_opt(namespace).await {
+        Ok(Some(ns)) => {
+            ns.metadata.deletion_timestamp.is_some()
+                || ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+        }
+        Ok(None) | Err(_) => false,
+    }
+}
+
+/// Writes the target Secret, never into an object that was not seen as
+/// ours: a missing Secret is created (if someone else creates it first, the
+/// answer is [`Error::SecretConflict`]); a managed one is updated only if it
+/// is still the version that was read (a server-side apply with its
+/// `resourceVersion` as precondition); one made `immutable`, or whose type
+/// was changed, is deleted (with the same precondition) and created again.
+///
+/// # Errors
+///
+/// [`Error::SecretConflict`] when another object took the name,
+/// [`Error::SecretWriteFailed`] when the API server refuses the write (400,
+/// 403, 422), [`Error::Kube`] otherwise (a changed Secret, an outage).
+pub(super) async fn write_secret(
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    mut desired: Secret,
+    token: &str,
+) -> Result<(), Error> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    let refused = |err: kube::Error| match err {
+        kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => {
+            Error::SecretWriteFailed {
+                secret: name.clone(),
+                status: status.code,
+                message: crate::error::sanitize_detail(&status.message, &[token])
+                    .trim_start_matches(": ")
+                    .to_owned(),
+            }
+        }
+        kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists" => {
+            Error::SecretConflict {
+                secret: name.clone(),
+            }
+        }
+        other => Error::Kube {
+            action: "writing the target Secret",
+            source: other,
+        },
+    };
+    let create = |secret: Secret| async move {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        secrets.create(&params, &secret).await.map(drop)
+    };
+    match existing {
+        None => create(desired).await.map_err(refused),
+        Some(current) if target_secret::needs_replacement(current) => {
+            info!(secret = %name, "replacing the target Secret (made immutable or of another type)");
+            let preconditions = Preconditions {
+                uid: current.metadata.uid.clone(),
+                resource_version: current.metadata.resource_version.clone(),
+            };
+            secrets
+                .delete(
+                    &name,
+                    &DeleteParams {
+                        preconditions: Some(preconditions),
+                        ..DeleteParams::default()
+                    },
+                )
+                .await
+                .map_err(refused)?;
+            create(desired).await.map_err(refused)
+        }
+        Some(current) => {
+            // The precondition: a Secret changed since it was read (by
+            // someone else, or recreated) is read again, not overwritten.
+            desired.metadata.resource_version = current.metadata.resource_version.clone();
+            secrets
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map(drop)
+                .map_err(refused)
+        }
+    }
+}
+
+/// Records the status in the metrics and writes it when `changed` (the
+/// decision compared it with the stored one).
+///
+/// # Errors
+///
+/// [`Error::LeaseLost`] after the lease was lost, [`Error::Kube`] when the
+/// API server refuses the write (a 404 after deletion is no error).
+pub(super) async fn write_status(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    new: &RunaiCredentialStatus,
+    changed: bool,
+) -> Result<(), Error> {
+    let expires_at = new
+        .expiration_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|t| t.as_second());
+    let credential = CredentialLabels {
+        namespace: cr.namespace().unwrap_or_default(),
+        name: cr.name_any(),
+    };
+    ctx.metrics
+        .observe_credential(credential, expires_at, new.failed_attempts);
+    ctx.ensure_acting()?;
+    if !changed {
+        return Ok(());
+    }
+    let api: Api<RunaiCredential> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": RunaiCredential::api_version(&()),
+        "kind": RunaiCredential::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &cr.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .or_else(|err| match err {
+        // Deleted meanwhile: there is no status left to write.
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        other => Err(Error::kube("writing the status")(other)),
+    })
+}
+
+/// Publishes an Event about `cr`; a failure to publish is logged only.
+pub(super) async fn publish(
+    ctx: &Context,
+    cr: &RunaiCredential,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "RefreshToken".to_owned(),
+        secondary: None,
+    };
+    // An Event is a courtesy: failing to publish one must not fail the work.
+    if let Err(err) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+        warn!(error = %err, "could not publish an Event");
+    }
+}

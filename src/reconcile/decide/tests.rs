@@ -1,0 +1,524 @@
+//! The decision with plain values and a fixed clock: every path from what
+//! was read to what is done, without an API server.
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::{
+    exchange::{GroupFailure, GroupKey, GroupToken, GroupView},
+    resource::{RunaiCredential, validate_spec},
+    schedule::{Desired, RefreshReason, TokenRecord},
+    status::Failure,
+    target_secret::{HashKey, TargetSecret},
+    token_client::ClientCredentials,
+};
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn secs(n: i64) -> SignedDuration {
+    SignedDuration::from_secs(n)
+}
+
+fn key() -> HashKey {
+    HashKey::new(vec![7; 32])
+}
+
+fn credential() -> RunaiCredential {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "RunaiCredential",
+        "metadata": {"name": "trainer", "namespace": "ml", "uid": "uid-1", "generation": 1},
+        "spec": {"url": "https://acme.run.ai", "clientCredentialsSecretRef": {"name": "creds"}},
+    }))
+    .unwrap()
+}
+
+fn creds() -> ClientCredentials {
+    ClientCredentials {
+        client_id: "app".into(),
+        client_secret: "s3cr3t".into(),
+    }
+}
+
+fn hash(k: &HashKey) -> String {
+    k.credentials_hash(
+        "https://acme.run.ai/",
+        crate::resource::TokenApi::default(),
+        &creds(),
+    )
+}
+
+fn record(k: &HashKey, issued: Timestamp, lifetime: i64) -> TokenRecord {
+    TokenRecord {
+        issued_at: issued,
+        expires_at: Some(issued + secs(lifetime)),
+        credentials_hash: hash(k),
+        generation: 1,
+        refresh_request: None,
+    }
+}
+
+/// A credential with no Secret yet, its credentials readable, alone in its group.
+fn observed<'a>(cr: &'a RunaiCredential, k: &'a HashKey) -> Observed<'a> {
+    Observed {
+        cr,
+        hash_key: k,
+        now: now(),
+        jitter: 0.0,
+        spec: validate_spec(cr, false),
+        old_targets: false,
+        target: TargetSecret::Missing,
+        stored: None,
+        token_client: None,
+        credentials: Ok(creds()),
+        desired: Desired {
+            credentials_hash: Some(hash(k)),
+            generation: 1,
+            refresh_request: cr.refresh_request().map(str::to_owned),
+        },
+        backoff: None,
+        pending: None,
+        group: Some((
+            GroupKey::new(&hash(k), &None),
+            GroupView {
+                members: 1,
+                ..GroupView::default()
+            },
+        )),
+        namespace_terminating: None,
+        obtained: None,
+        written: None,
+    }
+}
+
+/// The same, with a managed Secret holding `token` as recorded.
+fn with_stored<'a>(mut o: Observed<'a>, token: &str, rec: TokenRecord) -> Observed<'a> {
+    let secret = crate::target_secret::desired_secret(o.cr, token, &rec, o.hash_key);
+    o.stored = crate::target_secret::stored_token(&secret, &o.cr.spec.target.key, o.hash_key);
+    o.target = TargetSecret::Managed(Box::new(secret));
+    o
+}
+
+fn finish(step: Step) -> Finish {
+    match step {
+        Step::Finish(f) => *f,
+        other => panic!("expected Finish, got {other:?}"),
+    }
+}
+
+fn condition<'a>(
+    f: &'a Finish,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    f.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap()
+}
+
+fn group_token(token: &str, issued: Timestamp, lifetime: i64, serial: u64) -> GroupToken {
+    GroupToken {
+        access_token: token.into(),
+        issued_at: issued,
+        expires_at: Some(issued + secs(lifetime)),
+        serial,
+        requested: true,
+    }
+}
+
+#[test]
+fn a_first_token_is_requested_written_and_announced() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    assert!(matches!(decide(&o), Step::ReadNamespace));
+    o.namespace_terminating = Some(false);
+    assert!(matches!(
+        decide(&o),
+        Step::RequestToken {
+            reason: RefreshReason::NoToken
+        }
+    ));
+    let token = adopt(&o, &group_token("tok-1", now(), 3600, 1));
+    o.obtained = Some(Obtained::Token(token));
+    match decide(&o) {
+        Step::WriteSecret {
+            secret,
+            token,
+            repair,
+        } => {
+            assert!(!repair);
+            assert_eq!(token, "tok-1");
+            assert_eq!(secret.metadata.name.as_deref(), Some("trainer"));
+        }
+        other => panic!("{other:?}"),
+    }
+    o.written = Some(Ok(()));
+    let f = finish(decide(&o));
+    assert!(f.status_changed);
+    assert_eq!(condition(&f, "Ready").status, "True");
+    assert_eq!(
+        f.event.as_ref().map(|e| (e.warning, e.reason)),
+        Some((false, "TokenIssued"))
+    );
+    assert_eq!(f.pending, Update::Clear);
+    // Due at 2/3 of the hour (no jitter beyond a small share).
+    let Requeue::At(at) = f.requeue else {
+        panic!("{:?}", f.requeue)
+    };
+    assert!(at <= now() + secs(2400) && at > now() + secs(2000), "{at}");
+}
+
+#[test]
+fn deletion_and_a_terminating_namespace_mean_no_request_and_no_write() {
+    let (mut cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.namespace_terminating = Some(true);
+    let f = finish(decide(&o));
+    assert_eq!(
+        (f.note, f.status.is_none(), f.event.is_none()),
+        (Note::NamespaceTerminating, true, true)
+    );
+    cr.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    let o = observed(&cr, &k);
+    let f = finish(decide(&o));
+    assert_eq!(
+        (f.note, f.status.is_none(), f.requeue),
+        (Note::Deleting, true, Requeue::OnChange)
+    );
+}
+
+#[test]
+fn an_invalid_spec_blocks_and_warns_once() {
+    let (mut cr, k) = (credential(), key());
+    cr.spec.refresh_interval = Some("often".into());
+    let o = observed(&cr, &k);
+    let f = finish(decide(&o));
+    assert_eq!(condition(&f, "Ready").reason, "InvalidSpec");
+    assert_eq!(f.event.as_ref().map(|e| e.warning), Some(true));
+    assert_eq!(f.requeue, Requeue::OnChange);
+    // The same status stored: no write, no second Warning.
+    cr.status = f.status.clone();
+    let f = finish(decide(&observed(&cr, &k)));
+    assert!(!f.status_changed && f.event.is_none(), "{f:?}");
+}
+
+#[test]
+fn a_foreign_secret_is_a_conflict_looked_at_again_later() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.target = TargetSecret::Foreign;
+    let f = finish(decide(&o));
+    assert_eq!(condition(&f, "Ready").reason, "SecretConflict");
+    assert_eq!(f.requeue, Requeue::After(CONFLICT_RECHECK));
+}
+
+#[test]
+fn a_fresh_token_costs_nothing() {
+    let (mut cr, k) = (credential(), key());
+    let issued = now() - secs(600);
+    let o = with_stored(observed(&cr, &k), "tok-1", record(&k, issued, 3600));
+    let f = finish(decide(&o));
+    assert_eq!(f.note, Note::Fresh);
+    assert_eq!(f.backoff, Update::Clear);
+    // Positive control above (a first pass writes the status); now stored.
+    cr.status = f.status.clone();
+    let o = with_stored(observed(&cr, &k), "tok-1", record(&k, issued, 3600));
+    let f = finish(decide(&o));
+    assert!(!f.status_changed && f.event.is_none());
+}
+
+#[test]
+fn an_edited_secret_is_repaired_with_the_same_token() {
+    let (cr, k) = (credential(), key());
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    if let TargetSecret::Managed(secret) = &mut o.target {
+        secret
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove("tokensync.dev/refresh-requested-at");
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("app.kubernetes.io/managed-by".into(), "someone".into());
+    }
+    match decide(&o) {
+        Step::WriteSecret { token, repair, .. } => {
+            assert_eq!((token.as_str(), repair), ("tok-1", true))
+        }
+        other => panic!("{other:?}"),
+    }
+    o.written = Some(Ok(()));
+    assert_eq!(finish(decide(&o)).note, Note::Fresh);
+}
+
+#[test]
+fn a_newer_token_of_the_group_is_written_without_a_request_or_an_event() {
+    let (cr, k) = (credential(), key());
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    let view = &mut o.group.as_mut().unwrap().1;
+    view.members = 6;
+    view.token = Some(group_token("tok-2", now() - secs(5), 3600, 7));
+    match decide(&o) {
+        Step::WriteSecret { token, repair, .. } => {
+            assert_eq!((token.as_str(), repair), ("tok-2", false))
+        }
+        other => panic!("{other:?}"),
+    }
+    o.written = Some(Ok(()));
+    let f = finish(decide(&o));
+    assert!(
+        f.event.is_none(),
+        "a routine group refresh is not announced"
+    );
+    assert_eq!(f.status.as_ref().unwrap().shared_with, 5);
+    // Positive control: the group's token being the stored one changes nothing.
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    o.group.as_mut().unwrap().1.token = Some(group_token("tok-1", now() - secs(60), 3600, 7));
+    assert_eq!(finish(decide(&o)).note, Note::Fresh);
+}
+
+#[test]
+fn a_member_that_joins_takes_the_groups_fresh_token() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.group.as_mut().unwrap().1.token = Some(group_token("tok-g", now() - secs(60), 3600, 3));
+    match decide(&o) {
+        Step::WriteSecret { token, .. } => assert_eq!(token, "tok-g"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_shortest_refresh_interval_of_a_group_wins() {
+    let (mut cr, k) = (credential(), key());
+    cr.spec.refresh_interval = Some("5m".into());
+    let mut o = observed(&cr, &k);
+    // Ten minutes old: fresh for the group, due for this member.
+    o.group.as_mut().unwrap().1.token = Some(group_token("tok-g", now() - secs(600), 3600, 3));
+    o.namespace_terminating = Some(false);
+    assert!(matches!(
+        decide(&o),
+        Step::RequestToken {
+            reason: RefreshReason::NoToken
+        }
+    ));
+    let token = o.group.as_ref().unwrap().1.token.clone().unwrap();
+    assert!(!accepts(&o, RefreshReason::NoToken, &token));
+    assert!(accepts(
+        &o,
+        RefreshReason::NoToken,
+        &group_token("new", now(), 3600, 4)
+    ));
+}
+
+#[test]
+fn a_refresh_request_needs_a_newer_token_than_the_group_had() {
+    let (mut cr, k) = (credential(), key());
+    cr.metadata.annotations = Some(
+        [(
+            "tokensync.dev/refresh-requested-at".to_owned(),
+            "1".to_owned(),
+        )]
+        .into(),
+    );
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    o.group.as_mut().unwrap().1.token = Some(group_token("tok-1", now() - secs(60), 3600, 3));
+    o.namespace_terminating = Some(false);
+    assert!(matches!(
+        decide(&o),
+        Step::RequestToken {
+            reason: RefreshReason::RefreshRequested
+        }
+    ));
+    let seen = o.group.as_ref().unwrap().1.token.clone().unwrap();
+    assert!(!accepts(&o, RefreshReason::RefreshRequested, &seen));
+    // Another member's forced refresh that finished meanwhile serves this one.
+    assert!(accepts(
+        &o,
+        RefreshReason::RefreshRequested,
+        &group_token("tok-2", now(), 3600, 4)
+    ));
+}
+
+#[test]
+fn the_group_backing_off_holds_back_a_member_and_warns_it_once() {
+    let (mut cr, k) = (credential(), key());
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(3000), 3600),
+    );
+    let failure = GroupFailure {
+        failure: Failure {
+            reason: "TokenEndpointError",
+            message: "HTTP 429".into(),
+            attempts: 1,
+        },
+        retry_at: now() + secs(90),
+    };
+    o.group.as_mut().unwrap().1.failure = Some(failure.clone());
+    let f = finish(decide(&o));
+    assert_eq!(f.note, Note::Waiting);
+    assert_eq!(condition(&f, "Degraded").status, "True");
+    assert_eq!(
+        condition(&f, "Ready").status,
+        "True",
+        "the token is still valid"
+    );
+    assert_eq!(f.requeue, Requeue::At(now() + secs(90)));
+    assert_eq!(
+        f.event.as_ref().map(|e| e.reason),
+        Some("TokenEndpointError")
+    );
+    cr.status = f.status.clone();
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(3000), 3600),
+    );
+    o.group.as_mut().unwrap().1.failure = Some(failure.clone());
+    assert!(finish(decide(&o)).event.is_none(), "shown already");
+    // Past its retry time, the member asks (the exchange holds back the rest).
+    o.now = now() + secs(91);
+    o.namespace_terminating = Some(false);
+    assert!(matches!(decide(&o), Step::RequestToken { .. }));
+}
+
+#[test]
+fn an_expired_token_with_failing_refreshes_is_not_ready() {
+    let (cr, k) = (credential(), key());
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(4000), 3600),
+    );
+    o.namespace_terminating = Some(false);
+    o.obtained = Some(Obtained::Failed(GroupFailure {
+        failure: Failure {
+            reason: "TokenEndpointError",
+            message: "HTTP 503".into(),
+            attempts: 3,
+        },
+        retry_at: now() + secs(20),
+    }));
+    let f = finish(decide(&o));
+    let ready = condition(&f, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TokenExpired")
+    );
+    assert_eq!(f.status.as_ref().unwrap().failed_attempts, 3);
+}
+
+#[test]
+fn a_refused_write_keeps_the_token_and_the_truth() {
+    let (cr, k) = (credential(), key());
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(3590), 3600),
+    );
+    o.namespace_terminating = Some(false);
+    let token = adopt(&o, &group_token("tok-2", now(), 3600, 2));
+    o.obtained = Some(Obtained::Token(token.clone()));
+    o.written = Some(Err(Error::SecretWriteFailed {
+        secret: "trainer".into(),
+        status: 403,
+        message: "quota".into(),
+    }));
+    let f = finish(decide(&o));
+    assert_eq!(f.pending, Update::Set(token.clone()));
+    assert!(matches!(f.backoff, Update::Set(_)));
+    assert_eq!(
+        condition(&f, "Ready").status,
+        "True",
+        "the old token has 10 s left"
+    );
+    assert_eq!(condition(&f, "Degraded").reason, "SecretWriteFailed");
+    // The next pass writes the kept token with no request.
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(3590), 3600),
+    );
+    o.pending = Some(token);
+    match decide(&o) {
+        Step::WriteSecret { token, .. } => assert_eq!(token, "tok-2"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unreadable_credentials_back_off_and_warn_at_a_decaying_rate() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.credentials = Err(Error::CredentialsNotFound("Secret creds not found".into()));
+    o.desired.credentials_hash = None;
+    o.group = None;
+    let f = finish(decide(&o));
+    assert_eq!(condition(&f, "Ready").reason, "CredentialsNotFound");
+    assert!(f.event.is_some());
+    let Update::Set((backoff, failure)) = f.backoff.clone() else {
+        panic!("{:?}", f.backoff)
+    };
+    assert_eq!(failure.attempts, 1);
+    // The third attempt in a row is not warned about; the fourth is.
+    let mut third = observed(&cr, &k);
+    third.credentials = Err(Error::CredentialsNotFound("Secret creds not found".into()));
+    third.desired.credentials_hash = None;
+    third.group = None;
+    third.now = backoff.retry_at;
+    third.backoff = Some((
+        Backoff {
+            retry_at: backoff.retry_at,
+            ..backoff.clone()
+        },
+        Failure {
+            attempts: 2,
+            ..failure.clone()
+        },
+    ));
+    assert!(finish(decide(&third)).event.is_none());
+    third.backoff = Some((
+        backoff.clone(),
+        Failure {
+            attempts: 3,
+            ..failure
+        },
+    ));
+    assert!(finish(decide(&third)).event.is_some());
+}
+
+#[test]
+fn a_renamed_target_releases_the_old_secret_first() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.old_targets = true;
+    assert!(matches!(decide(&o), Step::ReleaseOldTargets));
+}

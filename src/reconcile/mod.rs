@@ -1,0 +1,583 @@
+//! The reconciler: observe what exists → decide ([`decide::decide`], pure) →
+//! act ([`act`]) → write the status.
+//!
+//! A reconciliation that finds everything as it should be makes no write and
+//! no token request: it reads the target and credentials Secrets and requeues
+//! at the next refresh deadline.
+
+pub mod act;
+pub mod decide;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::FutureExt as _;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        events::{EventType, Recorder},
+        reflector::ObjectRef,
+    },
+};
+use tracing::{info, instrument, warn};
+
+pub use decide::PendingToken;
+use decide::{Finish, Note, Observed, Obtained, Requeue, Step, Update, uid_of};
+
+use crate::{
+    error::Error,
+    exchange::{Exchange, Exchanged, GroupFailure, GroupKey},
+    metrics::Metrics,
+    resource::{RunaiCredential, validate_spec},
+    schedule::{self, Backoff, Desired},
+    status::Failure,
+    target_secret::{self, HashKey, TargetSecret},
+    token_client::TokenClients,
+    trust::AllowedUrls,
+};
+
+/// The one field manager for every write of the controller.
+pub const FIELD_MANAGER: &str = "runai-token-sync";
+
+/// Default of `--max-concurrent-token-requests`.
+pub const DEFAULT_MAX_CONCURRENT_TOKEN_REQUESTS: usize = 8;
+
+/// Shared state of all reconciliations.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub token_clients: TokenClients,
+    pub hash_key: HashKey,
+    pub metrics: Arc<Metrics>,
+    /// What RunaiCredentials may ask for.
+    pub policy: Policy,
+    /// Where progress is recorded for `/healthz`.
+    pub health: Arc<crate::server::Health>,
+    /// Cleared when this replica lost the leader lease: from then on no
+    /// token is requested and nothing is written.
+    acting: std::sync::atomic::AtomicBool,
+    /// Failed refreshes being backed off, by RunaiCredential uid. Kept in
+    /// memory: after a restart, a failing credential is retried once at once.
+    backoffs: Mutex<HashMap<String, (Backoff, Failure)>>,
+    /// Consecutive Kubernetes API errors, by uid, for `error_policy`'s backoff.
+    api_errors: Mutex<HashMap<String, u32>>,
+    /// Tokens obtained but not yet written (the write failed), by uid: the
+    /// next attempt writes them again instead of requesting new ones.
+    pending: Mutex<HashMap<String, PendingToken>>,
+    /// The shared token exchange: one request per group of identical
+    /// credentials, and the global limit on requests in flight.
+    pub exchange: Arc<Exchange>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        token_clients: TokenClients,
+        hash_key: HashKey,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+    ) -> Self {
+        Context {
+            client,
+            recorder,
+            token_clients,
+            hash_key,
+            metrics,
+            policy,
+            health: Arc::default(),
+            acting: std::sync::atomic::AtomicBool::new(true),
+            backoffs: Mutex::default(),
+            api_errors: Mutex::default(),
+            pending: Mutex::default(),
+            exchange: Arc::new(Exchange::new(DEFAULT_MAX_CONCURRENT_TOKEN_REQUESTS)),
+        }
+    }
+
+    /// Uses `exchange` (its limit of requests in flight set from the flags).
+    #[must_use]
+    pub fn with_exchange(mut self, exchange: Arc<Exchange>) -> Self {
+        self.exchange = exchange;
+        self
+    }
+
+    /// Records progress in `health` (the one `/healthz` reads).
+    pub fn with_health(mut self, health: Arc<crate::server::Health>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Stops all requests and writes at once (the leader lease is lost).
+    pub fn stop_acting(&self) {
+        self.acting
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// [`Error::LeaseLost`] once [`Context::stop_acting`] was called.
+    fn ensure_acting(&self) -> Result<(), Error> {
+        if self.acting.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost)
+        }
+    }
+
+    /// Forgets the in-memory state of RunaiCredentials that no longer exist.
+    pub fn retain_credentials(&self, live_uids: &std::collections::HashSet<String>) {
+        lock(&self.backoffs).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
+        self.exchange.retain(live_uids);
+    }
+
+    fn backoff(&self, uid: &str) -> Option<(Backoff, Failure)> {
+        lock(&self.backoffs).get(uid).cloned()
+    }
+
+    fn pending(&self, uid: &str) -> Option<PendingToken> {
+        lock(&self.pending).get(uid).cloned()
+    }
+
+    fn set_pending(&self, uid: &str, token: Option<PendingToken>) {
+        let mut pending = lock(&self.pending);
+        match token {
+            Some(t) => pending.insert(uid.to_owned(), t),
+            None => pending.remove(uid),
+        };
+    }
+
+    fn set_backoff(&self, uid: &str, backoff: Option<(Backoff, Failure)>) {
+        let mut backoffs = lock(&self.backoffs);
+        match backoff {
+            Some(b) => backoffs.insert(uid.to_owned(), b),
+            None => backoffs.remove(uid),
+        };
+    }
+}
+
+/// What the platform team allows RunaiCredentials to do (the trust model).
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Accept `http://` URLs (local testing only).
+    pub allow_insecure_http: bool,
+    /// URLs credentials may be sent to; empty allows any `https://` URL.
+    pub allowed_urls: AllowedUrls,
+    /// Credentials Secrets must carry [`target_secret::CREDENTIALS_LABEL`]`: "true"`.
+    pub credentials_label_required: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not stop every later reconciliation.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The longest a reconciliation may take: two token requests (the one retry)
+/// at the longest timeout and a few API calls, with room to spare.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Reconciles one RunaiCredential.
+#[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any()))]
+pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    // kube-runtime turns a panicking reconciliation into the end of the
+    // controller; one odd object must not stop every other one.
+    // A reconciliation that hangs (a half-open connection) is abandoned and
+    // retried rather than holding its object forever.
+    let bounded = tokio::time::timeout(
+        RECONCILE_DEADLINE,
+        reconcile_at(&cr, &ctx, Timestamp::now()),
+    );
+    let result = std::panic::AssertUnwindSafe(bounded)
+        .catch_unwind()
+        .await
+        .map(|finished| {
+            finished.unwrap_or(Err(Error::ReconcileTimeout {
+                after: RECONCILE_DEADLINE,
+            }))
+        })
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Panicked(what))
+        });
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    let action = result?;
+    ctx.health.record_progress();
+    lock(&ctx.api_errors).remove(&uid_of(&cr));
+    Ok(action)
+}
+
+/// Decides the requeue after an error of the controller itself (a failing
+/// Kubernetes API): exponential backoff with jitter, per RunaiCredential.
+pub fn error_policy(cr: Arc<RunaiCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = {
+        let mut errors = lock(&ctx.api_errors);
+        let count = errors.entry(uid_of(&cr)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    warn!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), error = %err, attempts, "reconciliation failed");
+    let now = Timestamp::now();
+    let at = schedule::retry_at(now, attempts, None, None, rand::random());
+    Action::requeue(schedule::delay_until(now, at))
+}
+
+/// Reconciles one RunaiCredential as of `now`: what [`reconcile`] does with
+/// the clock passed in, so that tests can move time.
+///
+/// # Errors
+///
+/// Errors of the controller itself (a failing Kubernetes API), which
+/// [`error_policy`] retries; failures of the token endpoint and refused
+/// writes are reported in the status instead.
+pub async fn reconcile_at(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    ctx.ensure_acting()?;
+    let mut observed = observe(cr, ctx, now).await?;
+    // Each I/O step is taken at most once; the bound only guards the loop.
+    for _ in 0..8 {
+        match decide::decide(&observed) {
+            Step::Finish(finish) => return finish_with(cr, ctx, *finish, now).await,
+            Step::ReleaseOldTargets => {
+                let secrets: Api<Secret> =
+                    Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+                act::release_old_targets(cr, &secrets, &cr.target_secret_name()).await?;
+                observed.old_targets = false;
+            }
+            Step::ReadNamespace => {
+                observed.namespace_terminating = Some(
+                    act::namespace_terminating(ctx, &cr.namespace().unwrap_or_default()).await,
+                );
+            }
+            Step::RequestToken { reason } => {
+                ctx.ensure_acting()?;
+                observed.obtained = Some(obtain(ctx, &observed, reason).await?);
+                if matches!(observed.obtained, Some(Obtained::Failed(_)))
+                    || observed.obtained.is_none()
+                {
+                    refresh_group(ctx, &mut observed);
+                }
+            }
+            Step::WriteSecret {
+                secret,
+                token,
+                repair,
+            } => {
+                ctx.ensure_acting()?;
+                let secrets: Api<Secret> =
+                    Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+                let existing = match &observed.target {
+                    TargetSecret::Managed(s) => Some(s.as_ref()),
+                    _ => None,
+                };
+                if repair {
+                    info!(secret = %cr.target_secret_name(), "repairing the target Secret");
+                }
+                match act::write_secret(&secrets, existing, *secret, &token).await {
+                    Ok(()) => observed.written = Some(Ok(())),
+                    Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. }))
+                        if !repair =>
+                    {
+                        observed.written = Some(Err(err));
+                    }
+                    Err(err) => {
+                        // Kept, so that retrying the write costs no new token request.
+                        if let Some(Obtained::Token(token)) = observed.obtained.take() {
+                            ctx.set_pending(&uid_of(cr), Some(token));
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    }
+    Err(Error::Startup(
+        "the reconciliation did not settle".to_owned(),
+    ))
+}
+
+/// Reads what the decision needs: the spec checked, the target and
+/// credentials Secrets, the controller's memory and the group.
+async fn observe<'a>(
+    cr: &'a RunaiCredential,
+    ctx: &'a Context,
+    now: Timestamp,
+) -> Result<Observed<'a>, Error> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let uid = uid_of(cr);
+    let secret_name = cr.target_secret_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut observed = Observed {
+        cr,
+        hash_key: &ctx.hash_key,
+        now,
+        jitter: rand::random(),
+        spec: Err(Error::Startup(String::new())),
+        old_targets: false,
+        target: TargetSecret::Missing,
+        stored: None,
+        token_client: None,
+        credentials: Err(Error::Startup(String::new())),
+        desired: Desired {
+            credentials_hash: None,
+            generation: cr.meta().generation.unwrap_or_default(),
+            refresh_request: cr.refresh_request().map(str::to_owned),
+        },
+        backoff: None,
+        pending: None,
+        group: None,
+        namespace_terminating: None,
+        obtained: None,
+        written: None,
+    };
+    if cr.meta().deletion_timestamp.is_some() {
+        return Ok(observed);
+    }
+    // The allowed URLs are checked before the credentials Secret is read.
+    let spec = validate_spec(cr, ctx.policy.allow_insecure_http).and_then(|spec| {
+        ctx.policy.allowed_urls.check(&spec.url)?;
+        Ok(spec)
+    });
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(err) => {
+            observed.spec = Err(err);
+            return Ok(observed);
+        }
+    };
+    let (trust, token_client) = match ctx.token_clients.get(cr.spec.ca_bundle.as_deref()).await {
+        Ok(found) => found,
+        Err(err @ Error::InvalidSpec { .. }) => {
+            observed.spec = Err(err);
+            return Ok(observed);
+        }
+        // Not the user's doing: retried by `error_policy`.
+        Err(err) => return Err(err),
+    };
+    // A change of target.name (also one made while the controller was down,
+    // which the status remembers): the Secrets left under other names go.
+    observed.old_targets = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+        .is_some_and(|old| old != secret_name);
+    let existing = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(Error::kube("reading the target Secret"))?;
+    observed.target = TargetSecret::classify(existing, cr);
+    if let TargetSecret::Managed(secret) = &observed.target {
+        observed.stored = target_secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key);
+    }
+    let reference = &cr.spec.client_credentials_secret_ref;
+    let credentials_secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(Error::kube("reading the credentials Secret"))?;
+    let credentials = if ctx.policy.credentials_label_required {
+        target_secret::require_credentials_label(credentials_secret.as_ref(), reference)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| target_secret::read_credentials(credentials_secret.as_ref(), reference));
+    observed.desired.credentials_hash = credentials.as_ref().ok().map(|c| {
+        ctx.hash_key
+            .credentials_hash(spec.url.as_str(), cr.spec.token_api, c)
+    });
+    observed.group = match &observed.desired.credentials_hash {
+        Some(hash) => {
+            let key = GroupKey::new(hash, &trust);
+            let member = ObjectRef::new(&cr.name_any()).within(&namespace);
+            let mut view = ctx.exchange.join(&uid, member, &key);
+            // After a restart, the members' Secrets seed their group.
+            if let Some(stored) = observed.stored.as_ref().filter(|s| {
+                s.intact && target_secret::hashes_equal(hash, &s.record.credentials_hash)
+            }) && view
+                .token
+                .as_ref()
+                .is_none_or(|t| t.issued_at < stored.record.issued_at)
+            {
+                view = ctx.exchange.offer(
+                    &key,
+                    &stored.access_token,
+                    stored.record.issued_at,
+                    stored.record.expires_at,
+                );
+            }
+            Some((key, view))
+        }
+        None => {
+            ctx.exchange.leave(&uid);
+            None
+        }
+    };
+    observed.credentials = credentials;
+    observed.backoff = ctx.backoff(&uid);
+    observed.pending = ctx.pending(&uid);
+    observed.spec = Ok(spec);
+    observed.token_client = Some(token_client);
+    Ok(observed)
+}
+
+/// Reads the group again (after a request failed or was held back).
+fn refresh_group(ctx: &Context, observed: &mut Observed<'_>) {
+    if let Some((key, view)) = observed.group.as_mut() {
+        *view = ctx.exchange.view(key);
+    }
+}
+
+/// The token request step, through the shared exchange.
+///
+/// # Errors
+///
+/// Errors that are not refresh failures (the lease was lost).
+async fn obtain(
+    ctx: &Context,
+    o: &Observed<'_>,
+    reason: schedule::RefreshReason,
+) -> Result<Obtained, Error> {
+    let (Ok(spec), Ok(credentials), Some((key, view)), Some(client)) =
+        (&o.spec, &o.credentials, &o.group, &o.token_client)
+    else {
+        return Err(Error::Startup(
+            "a token request without a checked spec and credentials".to_owned(),
+        ));
+    };
+    let api = o.cr.spec.token_api;
+    let now = o.now;
+    let outcome = ctx
+        .exchange
+        .obtain(
+            key,
+            &uid_of(o.cr),
+            |token| decide::accepts(o, reason, token),
+            view.failure.as_ref(),
+            (now, o.jitter),
+            || async move {
+                ctx.ensure_acting()?;
+                info!(
+                    reason = reason.as_str(),
+                    token_api = api.as_str(),
+                    "requesting a token"
+                );
+                let started = std::time::Instant::now();
+                let issued = client.request_token(&spec.url, api, credentials, now).await;
+                let result = issued.as_ref().map_or_else(Error::class, |_| "success");
+                ctx.metrics.token_requested(api, result, started.elapsed());
+                issued.map(|issued| (issued, now))
+            },
+        )
+        .await;
+    match outcome {
+        Exchanged::Shared(token) => {
+            info!(
+                reason = reason.as_str(),
+                "taking the token of the shared exchange"
+            );
+            Ok(Obtained::Token(decide::adopt(o, &token)))
+        }
+        Exchanged::Requested(token) => Ok(Obtained::Token(decide::adopt(o, &token))),
+        Exchanged::Failed(err) if err.is_refresh_failure() => {
+            let failure = ctx
+                .exchange
+                .view(key)
+                .failure
+                .unwrap_or_else(|| GroupFailure {
+                    retry_at: schedule::retry_at(now, 1, err.retry_after(), None, o.jitter),
+                    failure: Failure {
+                        reason: err.reason(),
+                        message: err.to_string(),
+                        attempts: 1,
+                    },
+                });
+            Ok(Obtained::Failed(failure))
+        }
+        Exchanged::Failed(err) => Err(err),
+        Exchanged::HeldBack => {
+            let view = ctx.exchange.view(key);
+            Ok(match view.failure {
+                Some(failure) => Obtained::Failed(failure),
+                None => {
+                    return Err(Error::Startup(
+                        "the exchange held back without a failure".to_owned(),
+                    ));
+                }
+            })
+        }
+    }
+}
+
+/// The last step: remember, write the status, publish, log, requeue.
+async fn finish_with(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    finish: Finish,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let uid = uid_of(cr);
+    match finish.backoff {
+        Update::Keep => {}
+        Update::Set(b) => ctx.set_backoff(&uid, Some(b)),
+        Update::Clear => ctx.set_backoff(&uid, None),
+    }
+    match finish.pending {
+        Update::Keep => {}
+        Update::Set(p) => ctx.set_pending(&uid, Some(p)),
+        Update::Clear => ctx.set_pending(&uid, None),
+    }
+    match &finish.note {
+        Note::Deleting => {}
+        Note::NamespaceTerminating => {
+            info!("the namespace is being deleted; no token is requested")
+        }
+        Note::Blocked { reason, message } => {
+            if finish.status_changed {
+                warn!(reason, error = %message, "cannot proceed until the spec or the cluster changes");
+            }
+        }
+        Note::Fresh | Note::Waiting => {}
+        Note::Written {
+            why,
+            expires_at,
+            next_refresh,
+        } => {
+            info!(reason = why, expires_at = ?expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(*next_refresh), "token written to the Secret");
+        }
+        Note::Failed { failure, retry_at } => {
+            warn!(reason = failure.reason, attempts = failure.attempts, retry_at = %target_secret::rfc3339(*retry_at), error = %failure.message, "token refresh failed");
+        }
+    }
+    if let Some(status) = &finish.status {
+        act::write_status(cr, ctx, status, finish.status_changed).await?;
+    }
+    if let Some(event) = finish.event {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        act::publish(ctx, cr, type_, event.reason, event.note).await;
+    }
+    Ok(match finish.requeue {
+        Requeue::OnChange => Action::await_change(),
+        Requeue::After(after) => Action::requeue(after),
+        // Never a hot loop, even if the time is already past.
+        Requeue::At(at) => {
+            Action::requeue(schedule::delay_until(now, at).max(Duration::from_secs(1)))
+        }
+    })
+}
