@@ -3,19 +3,22 @@
 
 use std::{collections::HashSet, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::{
     ByteString,
-    api::{coordination::v1::Lease, core::v1::Secret},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Namespace, Secret},
+    },
 };
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, ObjectMeta, PartialObjectMeta, PostParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, PredicateConfig, WatchStreamExt,
         controller::Config as ControllerConfig,
         events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -24,15 +27,13 @@ use tracing::{info, warn};
 use crate::{
     error::Error,
     exchange::Exchange,
+    index::SecretIndex,
     leader,
     metrics::{CredentialLabels, Metrics},
     reconcile::{self, Context, FIELD_MANAGER, Policy},
     resource::RunaiCredential,
     server::{self, Health},
-    target_secret::{
-        CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL,
-        credential_label_value,
-    },
+    target_secret::{CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
     token_client::TokenClients,
 };
 
@@ -256,41 +257,45 @@ pub async fn load_or_create_hash_key(client: &Client, namespace: &str) -> Result
     ))
 }
 
-/// The RunaiCredentials a change of this Secret concerns: the one that
-/// manages it (by label), those that write to it (by target name, so that a
-/// conflicting Secret going away is noticed), and those reading their client
-/// credentials from it.
-pub fn credentials_for_secret(
-    store: &Store<RunaiCredential>,
+/// The annotation `kubectl apply` keeps a copy of the whole object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What of a RunaiCredential is worth a reconciliation when it changes: its
+/// identity, its generation (the spec), the refresh annotation and deletion.
+/// A change of the status alone is not.
+fn reconcile_trigger(cr: &RunaiCredential) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        cr.uid(),
+        cr.metadata.generation,
+        cr.refresh_request(),
+        cr.metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The RunaiCredentials a change of this Secret concerns (see
+/// [`SecretIndex`]); none for the echo of the controller's own write.
+fn credentials_for_secret(
+    index: &SecretIndex,
+    ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<RunaiCredential>> {
     let Some(namespace) = secret.namespace() else {
         return Vec::new();
     };
     let name = secret.name_any();
+    if ctx.is_own_echo(&namespace, &name, secret.resource_version().as_deref()) {
+        return Vec::new();
+    }
     let labels = secret.labels();
-    let mut refs: Vec<ObjectRef<RunaiCredential>> = Vec::new();
     let owner = labels
         .get(MANAGED_BY_LABEL)
         .filter(|v| v.as_str() == MANAGED_BY)
         .and(labels.get(CREDENTIAL_LABEL));
-    // A label value shorter than 63 is the name itself; a longer name's is
-    // hashed and found through the store below.
-    if let Some(owner) = owner.filter(|o| o.len() < 63) {
-        refs.push(ObjectRef::new(owner).within(&namespace));
-    }
-    for cr in store.state() {
-        if cr.namespace().as_deref() == Some(namespace.as_str())
-            && (cr.spec.client_credentials_secret_ref.name == name
-                || cr.target_secret_name() == name
-                // A name longer than a label value is labelled with its hash.
-                || owner.is_some_and(|o| *o == credential_label_value(&cr.name_any())))
-        {
-            refs.push(ObjectRef::from(cr.as_ref()));
-        }
-    }
-    refs.dedup();
-    refs
+    index.lookup(&namespace, &name, owner.map(String::as_str))
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -330,20 +335,33 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         controller: "runai-token-sync".to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            Recorder::new(client.clone(), reporter),
-            TokenClients::new(settings.request_timeout),
-            hash_key,
-            metrics.clone(),
-            settings.policy.clone(),
-        )
-        .with_health(health.clone())
-        .with_exchange(Arc::new(Exchange::new(
-            settings.max_concurrent_token_requests,
-        ))),
-    );
+    let mut context = Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        TokenClients::new(settings.request_timeout),
+        hash_key,
+        metrics.clone(),
+        settings.policy.clone(),
+    )
+    .with_health(health.clone())
+    .with_exchange(Arc::new(Exchange::new(
+        settings.max_concurrent_token_requests,
+    )));
+    // Serving all namespaces: their metadata is watched, so that whether
+    // one is being deleted costs no read before a token request.
+    if settings.namespaces.is_empty() {
+        let (store, writer) = reflector::store();
+        let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(namespaces, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
+                .reflect(writer)
+                .for_each(|_| futures::future::ready(())),
+        );
+        context = context.with_namespaces(store);
+    }
+    let ctx = Arc::new(context);
 
     // Bounded: reconciliations still running after the grace period are
     // dropped (a Pod's default termination grace period is 30 s).
@@ -479,10 +497,29 @@ async fn run_controllers(
         let namespace = namespace.as_deref();
         let credentials: Api<RunaiCredential> = scoped(client, namespace);
         let secrets: Api<PartialObjectMeta<Secret>> = scoped(client, namespace);
-        let controller = Controller::new(credentials, watcher::Config::default().any_semantic())
-            .with_config(ControllerConfig::default().concurrency(settings.concurrency));
-        let store = controller.store();
+        // The cache holds what decisions read: no managedFields and no
+        // last-applied copy of the spec. The index maps Secret events to
+        // RunaiCredentials without a scan; status-only changes (the echo of
+        // the controller's own status writes) trigger nothing.
+        let (store, writer) = reflector::store();
         stores.push(store.clone());
+        let index = Arc::new(SecretIndex::default());
+        let indexed = index.clone();
+        let credential_changes = watcher(credentials, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|cr: &mut RunaiCredential| {
+                cr.managed_fields_mut().clear();
+                cr.annotations_mut().remove(LAST_APPLIED);
+            })
+            .map_ok(move |event| {
+                indexed.observe(&event);
+                event
+            })
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(reconcile_trigger, PredicateConfig::default());
+        let controller = Controller::for_stream(credential_changes, store.clone())
+            .with_config(ControllerConfig::default().concurrency(settings.concurrency));
         // Metadata only: a change of any Secret's data bumps its resourceVersion,
         // which is all a trigger needs, and no Secret's data is ever held.
         let secret_changes = if settings.policy.credentials_label_required {
@@ -512,8 +549,9 @@ async fn run_controllers(
         );
         controllers.push(
             controller
-                .watches_stream(secret_changes, move |secret| {
-                    credentials_for_secret(&store, &secret)
+                .watches_stream(secret_changes, {
+                    let ctx = ctx.clone();
+                    move |secret| credentials_for_secret(&index, &ctx, &secret)
                 })
                 // A new token of a group reaches its other members at once.
                 .reconcile_on(futures::stream::unfold(
@@ -663,74 +701,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::resource::RunaiCredentialSpec;
-    use kube::runtime::reflector;
-
-    fn credential(name: &str, namespace: &str, target: Option<&str>) -> RunaiCredential {
-        let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({
-            "url": "https://acme.run.ai",
-            "clientCredentialsSecretRef": {"name": "creds"},
-            "target": {"name": target},
-        }))
-        .unwrap();
-        let mut cr = RunaiCredential::new(name, spec);
-        cr.metadata.namespace = Some(namespace.to_owned());
-        cr
-    }
-
-    fn secret(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Secret> {
-        let mut meta = PartialObjectMeta::<Secret>::default();
-        meta.metadata.name = Some(name.to_owned());
-        meta.metadata.namespace = Some("ml".to_owned());
-        meta.metadata.labels = Some(
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        meta
-    }
-
-    #[test]
-    fn secret_events_map_to_their_credentials_also_for_long_names() {
-        let long = format!("long-{}", "x".repeat(70));
-        let (store, mut writer) = reflector::store();
-        for cr in [
-            credential(&long, "ml", Some("elsewhere")),
-            credential("short", "ml", None),
-            credential(&long, "other-namespace", Some("elsewhere")),
-        ] {
-            writer.apply_watcher_event(&watcher::Event::Apply(cr));
-        }
-        let label = credential_label_value(&long);
-        // A Secret under a name that is not the current target (an old
-        // target), found only through the hashed label.
-        let refs = credentials_for_secret(
-            &store,
-            &secret(
-                "old-target",
-                &[(MANAGED_BY_LABEL, MANAGED_BY), (CREDENTIAL_LABEL, &label)],
-            ),
-        );
-        assert_eq!(refs, vec![ObjectRef::new(&long).within("ml")]);
-        // A short name is its own label value.
-        let refs = credentials_for_secret(
-            &store,
-            &secret(
-                "x",
-                &[(MANAGED_BY_LABEL, MANAGED_BY), (CREDENTIAL_LABEL, "short")],
-            ),
-        );
-        assert_eq!(refs, vec![ObjectRef::new("short").within("ml")]);
-        // The credentials Secret concerns everyone reading it, in its namespace.
-        let refs = credentials_for_secret(&store, &secret("creds", &[]));
-        assert_eq!(refs.len(), 2, "{refs:?}");
-        // An unrelated Secret concerns no one.
-        assert!(credentials_for_secret(&store, &secret("unrelated", &[])).is_empty());
-    }
 }

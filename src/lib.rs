@@ -8,6 +8,7 @@ pub mod controller;
 pub mod error;
 pub mod exchange;
 pub mod fuzzing;
+pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod proxy;

@@ -1,12 +1,16 @@
 //! The I/O of a reconciliation: Kubernetes writes and reads that the
 //! decision asks for. No decision is made here.
 
+use futures::FutureExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
-    runtime::events::{Event, EventType},
+    runtime::{
+        events::{Event, EventType},
+        reflector::ObjectRef,
+    },
 };
 use tracing::{info, warn};
 
@@ -87,6 +91,14 @@ pub(super) async fn release_old_targets(
 /// read namespaces, as with `watchNamespaces`, where the API server then
 /// refuses the write instead) counts as not.
 pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> bool {
+    // Served from the watch when all namespaces are (no API call).
+    if let Some(namespaces) = &ctx.namespaces
+        && matches!(namespaces.wait_until_ready().now_or_never(), Some(Ok(())))
+    {
+        return namespaces
+            .get(&ObjectRef::new(namespace))
+            .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some());
+    }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
     match namespaces.get_opt(namespace).await {
         Ok(Some(ns)) => {
@@ -109,12 +121,13 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
 /// [`Error::SecretConflict`] when another object took the name,
 /// [`Error::SecretWriteFailed`] when the API server refuses the write (400,
 /// 403, 422), [`Error::Kube`] otherwise (a changed Secret, an outage).
+/// Returns the resourceVersion of the Secret written.
 pub(super) async fn write_secret(
     secrets: &Api<Secret>,
     existing: Option<&Secret>,
     mut desired: Secret,
     token: &str,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let name = desired.metadata.name.clone().unwrap_or_default();
     let refused = |err: kube::Error| match err {
         kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => {
@@ -141,7 +154,10 @@ pub(super) async fn write_secret(
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PostParams::default()
         };
-        secrets.create(&params, &secret).await.map(drop)
+        secrets
+            .create(&params, &secret)
+            .await
+            .map(|s| s.metadata.resource_version)
     };
     match existing {
         None => create(desired).await.map_err(refused),
@@ -174,7 +190,7 @@ pub(super) async fn write_secret(
                     &Patch::Apply(&desired),
                 )
                 .await
-                .map(drop)
+                .map(|s| s.metadata.resource_version)
                 .map_err(refused)
         }
     }

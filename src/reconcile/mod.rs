@@ -73,6 +73,17 @@ pub struct Context {
     /// The shared token exchange: one request per group of identical
     /// credentials, and the global limit on requests in flight.
     pub exchange: Arc<Exchange>,
+    /// The resourceVersion of the last write to each target Secret
+    /// (namespace, name), so that its watch event, the echo of that write,
+    /// triggers no reconciliation.
+    own_writes: Mutex<HashMap<(String, String), String>>,
+    /// The metadata of all namespaces, when all are served: whether one is
+    /// being deleted is then known without a read.
+    pub namespaces: Option<
+        kube::runtime::reflector::Store<
+            kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>,
+        >,
+    >,
 }
 
 impl Context {
@@ -97,7 +108,46 @@ impl Context {
             api_errors: Mutex::default(),
             pending: Mutex::default(),
             exchange: Arc::new(Exchange::new(DEFAULT_MAX_CONCURRENT_TOKEN_REQUESTS)),
+            own_writes: Mutex::default(),
+            namespaces: None,
         }
+    }
+
+    /// Knows namespaces being deleted from this store (a metadata watch of
+    /// all namespaces) instead of reading each.
+    #[must_use]
+    pub fn with_namespaces(
+        mut self,
+        namespaces: kube::runtime::reflector::Store<
+            kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>,
+        >,
+    ) -> Self {
+        self.namespaces = Some(namespaces);
+        self
+    }
+
+    /// Whether a Secret event is the echo of the controller's own last write
+    /// to it (then forgotten: a later event with that version is someone
+    /// else's doing only if the version changed, which it then has).
+    pub fn is_own_echo(&self, namespace: &str, name: &str, resource_version: Option<&str>) -> bool {
+        let mut writes = lock(&self.own_writes);
+        let key = (namespace.to_owned(), name.to_owned());
+        match (writes.get(&key), resource_version) {
+            (Some(written), Some(seen)) if written == seen => {
+                writes.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn record_own_write(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut writes = lock(&self.own_writes);
+        match resource_version {
+            Some(rv) => writes.insert(key, rv),
+            None => writes.remove(&key),
+        };
     }
 
     /// Uses `exchange` (its limit of requests in flight set from the flags).
@@ -288,7 +338,14 @@ pub async fn reconcile_at(
                     info!(secret = %cr.target_secret_name(), "repairing the target Secret");
                 }
                 match act::write_secret(&secrets, existing, *secret, &token).await {
-                    Ok(()) => observed.written = Some(Ok(())),
+                    Ok(version) => {
+                        ctx.record_own_write(
+                            &cr.namespace().unwrap_or_default(),
+                            &cr.target_secret_name(),
+                            version,
+                        );
+                        observed.written = Some(Ok(()));
+                    }
                     Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. }))
                         if !repair =>
                     {

@@ -29,10 +29,17 @@ async fn one_application_one_exchange_across_namespaces() {
     for ns in &namespaces {
         put_credentials_in(&cluster.client, ns, "creds", "app-shared", "s3cr3t-shared").await;
     }
-    // Watching every namespace, keeping its own state in the first.
+    // One controller per namespace, in one process, keeping its own state
+    // in the first: a new token of the group reaches all three.
+    let watched = namespaces.join(",");
     let controller = Controller::start_raw(
         &cluster.kubeconfig,
-        &["--controller-namespace", &namespaces[0]],
+        &[
+            "--namespace",
+            &watched,
+            "--controller-namespace",
+            &namespaces[0],
+        ],
     );
     let spec = spec_for(&standin, "creds");
     let mut members = Vec::new();

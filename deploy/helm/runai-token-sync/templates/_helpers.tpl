@@ -49,9 +49,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# Whether a namespace is being deleted, before a token is requested for it
+# Whether a namespace is being deleted, before a token is requested for it:
+# watched (metadata only) when all namespaces are served, else read one by one
 # (granted by the ClusterRole only; without it the write is refused instead).
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}
