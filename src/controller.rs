@@ -347,13 +347,18 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     .with_exchange(Arc::new(Exchange::new(
         settings.max_concurrent_token_requests,
     )));
-    // Serving all namespaces: their metadata is watched, so that whether
-    // one is being deleted costs no read before a token request.
-    if settings.namespaces.is_empty() {
+    // Namespaces' metadata is watched when the controller may list them (a
+    // ClusterRole), so that whether one is being deleted costs no read
+    // before a token request; otherwise each is read when needed.
+    let namespaces_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    if namespaces_api
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .is_ok()
+    {
         let (store, writer) = reflector::store();
-        let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
         tokio::spawn(
-            watcher(namespaces, watcher::Config::default().any_semantic())
+            watcher(namespaces_api, watcher::Config::default().any_semantic())
                 .default_backoff()
                 .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
                 .reflect(writer)

@@ -99,11 +99,19 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
             .get(&ObjectRef::new(namespace))
             .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some());
     }
+    if !ctx.may_read_namespaces() {
+        return false;
+    }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
     match namespaces.get_opt(namespace).await {
         Ok(Some(ns)) => {
             ns.metadata.deletion_timestamp.is_some()
                 || ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+        }
+        // Not granted (Roles only, as with `watchNamespaces`): not asked again.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            ctx.namespaces_unreadable();
+            false
         }
         Ok(None) | Err(_) => false,
     }

@@ -76,7 +76,7 @@ pub struct Context {
     /// The resourceVersion of the last write to each target Secret
     /// (namespace, name), so that its watch event, the echo of that write,
     /// triggers no reconciliation.
-    own_writes: Mutex<HashMap<(String, String), String>>,
+    own_writes: Mutex<HashMap<(String, String), OwnWrite>>,
     /// The metadata of all namespaces, when all are served: whether one is
     /// being deleted is then known without a read.
     pub namespaces: Option<
@@ -84,6 +84,8 @@ pub struct Context {
             kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>,
         >,
     >,
+    /// Cleared once reading a Namespace was refused (403).
+    namespaces_readable: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -110,7 +112,18 @@ impl Context {
             exchange: Arc::new(Exchange::new(DEFAULT_MAX_CONCURRENT_TOKEN_REQUESTS)),
             own_writes: Mutex::default(),
             namespaces: None,
+            namespaces_readable: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    fn may_read_namespaces(&self) -> bool {
+        self.namespaces_readable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn namespaces_unreadable(&self) {
+        self.namespaces_readable
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Knows namespaces being deleted from this store (a metadata watch of
@@ -126,14 +139,19 @@ impl Context {
         self
     }
 
-    /// Whether a Secret event is the echo of the controller's own last write
-    /// to it (then forgotten: a later event with that version is someone
-    /// else's doing only if the version changed, which it then has).
+    /// Whether a Secret event is the echo of the controller's own write to
+    /// it: one that arrives while the write is in flight (its version is
+    /// checked once the write returns), or one of the version last written
+    /// (then forgotten: a later change has another version).
     pub fn is_own_echo(&self, namespace: &str, name: &str, resource_version: Option<&str>) -> bool {
         let mut writes = lock(&self.own_writes);
         let key = (namespace.to_owned(), name.to_owned());
-        match (writes.get(&key), resource_version) {
-            (Some(written), Some(seen)) if written == seen => {
+        match (writes.get_mut(&key), resource_version) {
+            (Some(OwnWrite::InFlight { seen }), Some(version)) => {
+                *seen = Some(version.to_owned());
+                true
+            }
+            (Some(OwnWrite::Done(written)), Some(version)) if written == version => {
                 writes.remove(&key);
                 true
             }
@@ -141,13 +159,34 @@ impl Context {
         }
     }
 
-    fn record_own_write(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+    fn begin_own_write(&self, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), name.to_owned());
+        lock(&self.own_writes).insert(key, OwnWrite::InFlight { seen: None });
+    }
+
+    /// Records the end of a write (the version written, `None` when it
+    /// failed). An event swallowed while it was in flight that was not its
+    /// echo has the RunaiCredential reconciled again.
+    fn end_own_write(&self, cr: &RunaiCredential, name: &str, written: Option<String>) {
+        let namespace = cr.namespace().unwrap_or_default();
+        let key = (namespace.clone(), name.to_owned());
         let mut writes = lock(&self.own_writes);
-        match resource_version {
-            Some(rv) => writes.insert(key, rv),
-            None => writes.remove(&key),
+        let seen = match writes.remove(&key) {
+            Some(OwnWrite::InFlight { seen }) => seen,
+            _ => None,
         };
+        match (&written, &seen) {
+            (Some(w), Some(s)) if w == s => {}
+            (Some(w), _) => {
+                writes.insert(key, OwnWrite::Done(w.clone()));
+            }
+            (None, _) => {}
+        }
+        drop(writes);
+        if seen.is_some_and(|s| written.as_deref() != Some(s.as_str())) {
+            self.exchange
+                .nudge(vec![ObjectRef::new(&cr.name_any()).within(&namespace)]);
+        }
     }
 
     /// Uses `exchange` (its limit of requests in flight set from the flags).
@@ -209,6 +248,15 @@ impl Context {
             None => backoffs.remove(uid),
         };
     }
+}
+
+/// The controller's own write to a target Secret, to know its echo.
+#[derive(Debug)]
+enum OwnWrite {
+    /// Under way; the version of an event that arrived meanwhile.
+    InFlight { seen: Option<String> },
+    /// Done; the version written.
+    Done(String),
 }
 
 /// What the platform team allows RunaiCredentials to do (the trust model).
@@ -337,15 +385,12 @@ pub async fn reconcile_at(
                 if repair {
                     info!(secret = %cr.target_secret_name(), "repairing the target Secret");
                 }
-                match act::write_secret(&secrets, existing, *secret, &token).await {
-                    Ok(version) => {
-                        ctx.record_own_write(
-                            &cr.namespace().unwrap_or_default(),
-                            &cr.target_secret_name(),
-                            version,
-                        );
-                        observed.written = Some(Ok(()));
-                    }
+                let name = cr.target_secret_name();
+                ctx.begin_own_write(&cr.namespace().unwrap_or_default(), &name);
+                let result = act::write_secret(&secrets, existing, *secret, &token).await;
+                ctx.end_own_write(cr, &name, result.as_ref().ok().cloned().flatten());
+                match result {
+                    Ok(_) => observed.written = Some(Ok(())),
                     Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. }))
                         if !repair =>
                     {
@@ -432,19 +477,19 @@ async fn observe<'a>(
         .as_ref()
         .and_then(|s| s.secret_name.as_deref())
         .is_some_and(|old| old != secret_name);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube("reading the target Secret"))?;
+    // Both reads at once: they are most of a reconciliation's time.
+    let reference = &cr.spec.client_credentials_secret_ref;
+    let (existing, credentials_secret) = tokio::join!(
+        secrets.get_opt(&secret_name),
+        secrets.get_opt(&reference.name)
+    );
+    let existing = existing.map_err(Error::kube("reading the target Secret"))?;
+    let credentials_secret =
+        credentials_secret.map_err(Error::kube("reading the credentials Secret"))?;
     observed.target = TargetSecret::classify(existing, cr);
     if let TargetSecret::Managed(secret) = &observed.target {
         observed.stored = target_secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key);
     }
-    let reference = &cr.spec.client_credentials_secret_ref;
-    let credentials_secret = secrets
-        .get_opt(&reference.name)
-        .await
-        .map_err(Error::kube("reading the credentials Secret"))?;
     let credentials = if ctx.policy.credentials_label_required {
         target_secret::require_credentials_label(credentials_secret.as_ref(), reference)
     } else {

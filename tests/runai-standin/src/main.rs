@@ -12,8 +12,11 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// An accepted client, as ID:SECRET. Repeat for more.
-    #[arg(long = "client", value_parser = parse_client, required = true)]
+    #[arg(long = "client", value_parser = parse_client, required_unless_present = "clients_file")]
     clients: Vec<(String, String)>,
+    /// A file of accepted clients, one ID:SECRET per line.
+    #[arg(long)]
+    clients_file: Option<PathBuf>,
     /// Lifetime of issued tokens, in seconds.
     #[arg(long, default_value_t = 3600)]
     lifetime_seconds: u64,
@@ -33,7 +36,17 @@ fn parse_client(text: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(path) = &args.clients_file {
+        for line in std::fs::read_to_string(path)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            let client = parse_client(line.trim())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            args.clients.push(client);
+        }
+    }
     let standin = StandIn::start_on(args.listen).await?;
     for (id, secret) in &args.clients {
         standin.set_client(id, secret, Duration::from_secs(args.lifetime_seconds));

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Benchmark driver for hack/bench.sh (standard library only).
+
+Talks to the API server directly (bearer token), creates N RunaiCredentials
+sharing K credentials Secrets before the controller starts, then measures:
+cold start to all Ready, token requests, RSS, the API server's own request
+counters (writes and reads per RunaiCredential), 60 s of steady state, a
+forced refresh, a restart with everything fresh, and apply-to-Ready of single
+new RunaiCredentials while the N exist.
+"""
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+GROUP = "tokensync.dev"
+VERSION = "v1alpha1"
+
+
+def say(text):
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+class Api:
+    """A tiny Kubernetes API client: one keep-alive connection per thread."""
+
+    def __init__(self, server, token, ca):
+        url = urllib.parse.urlparse(server)
+        self.host, self.port = url.hostname, url.port or 443
+        self.token = token
+        self.context = ssl.create_default_context(cafile=ca)
+        self.local = threading.local()
+
+    def connection(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=60)
+            self.local.conn = conn
+        return conn
+
+    def request(self, method, path, body=None, content_type="application/json"):
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        for attempt in range(5):
+            try:
+                conn = self.connection()
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                if response.status == 429 or response.status >= 500:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                return response.status, payload
+            except (http.client.HTTPException, OSError):
+                self.local.conn = None
+                time.sleep(0.2 * (attempt + 1))
+        raise RuntimeError(f"{method} {path} kept failing")
+
+    def json(self, method, path, body=None, content_type="application/json"):
+        status, payload = self.request(method, path, body, content_type)
+        if status >= 300 and status != 409:
+            raise RuntimeError(f"{method} {path}: {status} {payload[:300]!r}")
+        return json.loads(payload) if payload else {}
+
+    def metrics(self):
+        """apiserver_request_total, summed by (verb, resource, subresource)."""
+        _, payload = self.request("GET", "/metrics")
+        counts = {}
+        pattern = re.compile(r"^apiserver_request_total\{(.*)\} ([0-9.e+]+)$")
+        for line in payload.decode().splitlines():
+            m = pattern.match(line)
+            if not m:
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+            counts[key] = counts.get(key, 0) + float(m.group(2))
+        return counts
+
+
+def delta(after, before, verbs, resources):
+    return int(sum(v - before.get(k, 0) for k, v in after.items() if k[0] in verbs and k[1] in resources))
+
+
+WRITE = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"}
+READ = {"GET"}
+OURS = {"secrets", "runaicredentials"}
+
+
+class Readiness:
+    """Watches RunaiCredentials and records when each first became Ready."""
+
+    def __init__(self, api, namespace, resource_version):
+        self.api, self.namespace = api, namespace
+        self.ready_at = {}
+        self.lock = threading.Lock()
+        self.rv = resource_version
+        self.stop = False
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/runaicredentials"
+        while not self.stop:
+            url = urllib.parse.urlparse(f"https://{self.api.host}:{self.api.port}")
+            conn = http.client.HTTPSConnection(url.hostname, url.port, context=self.api.context, timeout=3600)
+            query = f"?watch=1&allowWatchBookmarks=true&resourceVersion={self.rv}"
+            try:
+                conn.request("GET", path + query, headers={"Authorization": f"Bearer {self.api.token}"})
+                response = conn.getresponse()
+                while not self.stop:
+                    line = response.readline()
+                    if not line:
+                        break
+                    event = json.loads(line)
+                    obj = event.get("object", {})
+                    self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
+                    if event.get("type") not in ("ADDED", "MODIFIED"):
+                        continue
+                    conditions = (obj.get("status") or {}).get("conditions") or []
+                    if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                        name = obj["metadata"]["name"]
+                        with self.lock:
+                            self.ready_at.setdefault(name, time.monotonic())
+            except (http.client.HTTPException, OSError, ValueError):
+                time.sleep(0.2)
+
+    def count(self, names=None):
+        with self.lock:
+            if names is None:
+                return len(self.ready_at)
+            return sum(1 for n in names if n in self.ready_at)
+
+    def at(self, name):
+        with self.lock:
+            return self.ready_at.get(name)
+
+
+class Controller:
+    def __init__(self, binary, kubeconfig, namespace, log):
+        self.binary, self.kubeconfig, self.namespace, self.log = binary, kubeconfig, namespace, log
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, RUST_LOG="info")
+        for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            env.pop(name, None)
+        self.proc = subprocess.Popen(
+            [self.binary, "run", "--namespace", self.namespace, "--controller-namespace", self.namespace,
+             "--metrics-address", f"127.0.0.1:{self.port}"],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+        return time.monotonic()
+
+    def metrics(self):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        except OSError:
+            return ""
+
+    def metric_sum(self, name, text=None):
+        text = self.metrics() if text is None else text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def requests(self):
+        return int(self.metric_sum("runai_token_sync_token_requests_total"))
+
+    def reconciliations(self):
+        return int(self.metric_sum("runai_token_sync_reconciliations_total"))
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+    def wait_idle(self, quiet=3.0, limit=600):
+        """Waits until no reconciliation ran for `quiet` seconds; returns when the last one ended."""
+        last_count, last_change = self.reconciliations(), time.monotonic()
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            count = self.reconciliations()
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change >= quiet:
+                return last_change
+        raise RuntimeError("the controller did not become idle")
+
+
+def credential(name, namespace, url, ca, secret):
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "RunaiCredential",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"url": url, "caBundle": ca, "clientCredentialsSecretRef": {"name": secret}},
+    }
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--clients", type=int, required=True)
+    p.add_argument("--server", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--binary", required=True)
+    p.add_argument("--standin-url", required=True)
+    p.add_argument("--standin-ca", required=True)
+    p.add_argument("--state", required=True)
+    p.add_argument("--probes", type=int, default=20)
+    args = p.parse_args()
+    n, k = args.count, args.clients
+    ns = "bench"
+    api = Api(args.server, args.token, args.ca)
+    url = open(args.standin_url).read().strip()
+    ca = open(args.standin_ca).read()
+
+    api.json("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    say(f"creating {k} credentials Secrets and {n} RunaiCredentials")
+    pool = concurrent.futures.ThreadPoolExecutor(16)
+
+    def make_secret(i):
+        api.json("POST", f"/api/v1/namespaces/{ns}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"creds-{i}"},
+            "stringData": {"clientId": f"app-{i}", "clientSecret": f"secret-{i}"}})
+
+    def make_credential(i):
+        api.json("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/runaicredentials",
+                 credential(f"c{i}", ns, url, ca, f"creds-{i % k}"))
+
+    created = time.monotonic()
+    list(pool.map(make_secret, range(k)))
+    list(pool.map(make_credential, range(n)))
+    say(f"created in {time.monotonic() - created:.0f} s")
+    listed = api.json("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/runaicredentials?limit=1")
+    watch = Readiness(api, ns, listed["metadata"]["resourceVersion"])
+
+    controller = Controller(args.binary, args.kubeconfig, ns, os.path.join(args.state, "controller.log"))
+    before = api.metrics()
+    started = controller.start()
+    while watch.count() < n:
+        if controller.proc.poll() is not None:
+            raise RuntimeError("the controller exited; see " + controller.log)
+        time.sleep(0.2)
+    all_ready = max(watch.ready_at.values()) - started
+    requests_cold = controller.requests()
+    rss_ready = controller.rss_mib()
+    cpu_ready = controller.cpu_seconds()
+    # Late status writes (sharedWith once groups settle) belong to the cold start.
+    controller.wait_idle(quiet=3.0)
+    time.sleep(12 if k < n else 0)
+    controller.wait_idle(quiet=3.0)
+    after = api.metrics()
+    writes_cold = delta(after, before, WRITE, OURS)
+    events_cold = delta(after, before, WRITE, {"events"})
+    reads_cold = delta(after, before, READ, OURS | {"namespaces"})
+
+    say("steady state: 60 s")
+    before, req_before = api.metrics(), controller.requests()
+    time.sleep(60)
+    after = api.metrics()
+    steady_writes = delta(after, before, WRITE, OURS | {"events"})
+    steady_requests = controller.requests() - req_before
+    rss_steady = controller.rss_mib()
+
+    # A forced refresh: of 100 RunaiCredentials with K = N (each its own
+    # exchange), of one member of a group with K < N (the group follows).
+    forced = [f"c{i}" for i in range(min(100, n))] if k == n else ["c0"]
+    refreshed = forced if k == n else [f"c{i}" for i in range(0, n, k)]
+    say(f"forced refresh of {len(forced)}; {len(refreshed)} RunaiCredentials refresh")
+    before, req_before = api.metrics(), controller.requests()
+    for name in forced:
+        api.json("PATCH", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/runaicredentials/{name}",
+                 {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "bench"}}},
+                 "application/merge-patch+json")
+    controller.wait_idle(quiet=3.0)
+    after = api.metrics()
+    refresh_requests = controller.requests() - req_before
+    # The bench's own annotation patches are not the controller's writes.
+    refresh_writes = (delta(after, before, WRITE, OURS) - len(forced)) / len(refreshed)
+    refresh_reads = delta(after, before, READ, OURS | {"namespaces"}) / len(refreshed)
+
+    say("restart with every token fresh")
+    controller.stop()
+    before = api.metrics()
+    restarted = controller.start()
+    idle_at = controller.wait_idle(quiet=3.0)
+    restart_idle = idle_at - restarted
+    after = api.metrics()
+    restart_writes = delta(after, before, WRITE, OURS | {"events"})
+    restart_requests = controller.requests()
+    rss_restart = controller.rss_mib()
+
+    say(f"apply→Ready of {args.probes} single new RunaiCredentials, one at a time")
+    latencies = []
+    endpoint_before = controller.metric_sum("runai_token_sync_token_request_duration_seconds_sum")
+    endpoint_count_before = controller.metric_sum("runai_token_sync_token_request_duration_seconds_count")
+    reconcile_before = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_sum")
+    reconcile_count_before = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_count")
+    for i in range(args.probes):
+        api.json("POST", f"/api/v1/namespaces/{ns}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"probe-creds-{i}"},
+            "stringData": {"clientId": f"probe-{i}", "clientSecret": f"probe-secret-{i}"}})
+        name = f"probe-{i}"
+        applied = time.monotonic()
+        api.json("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/runaicredentials",
+                 credential(name, ns, url, ca, f"probe-creds-{i}"))
+        while watch.at(name) is None:
+            time.sleep(0.001)
+        latencies.append(watch.at(name) - applied)
+    endpoint_sum = controller.metric_sum("runai_token_sync_token_request_duration_seconds_sum") - endpoint_before
+    endpoint_count = controller.metric_sum("runai_token_sync_token_request_duration_seconds_count") - endpoint_count_before
+    endpoint_ms = 1000 * endpoint_sum / max(endpoint_count, 1)
+    reconcile_sum = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_sum") - reconcile_before
+    reconcile_count = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_count") - reconcile_count_before
+    reconcile_ms = 1000 * reconcile_sum / max(reconcile_count, 1)
+    p50_ms = 1000 * statistics.median(latencies)
+    controller.stop()
+    watch.stop = True
+
+    shared = "each its own application" if k == n else f"{k} applications, {n // k} RunaiCredentials each"
+    rows = [
+        ("cold start (controller started with all present) to all Ready", f"{all_ready:.1f} s"),
+        ("token requests in the cold start", f"{requests_cold}"),
+        ("controller RSS when all are Ready", f"{rss_ready:.1f} MiB"),
+        ("controller CPU per RunaiCredential in the cold start", f"{1000 * cpu_ready / n:.2f} ms"),
+        ("writes per RunaiCredential in the cold start (Secret, status)", f"{writes_cold / n:.2f}"),
+        ("Events per RunaiCredential in the cold start", f"{events_cold / n:.2f}"),
+        ("reads per RunaiCredential in the cold start", f"{reads_cold / n:.2f}"),
+        ("writes per refreshed RunaiCredential (forced refresh)", f"{refresh_writes:.2f}"),
+        ("reads per refreshed RunaiCredential", f"{refresh_reads:.2f}"),
+        ("token requests for that refresh", f"{refresh_requests}"),
+        ("writes in 60 s of steady state", f"{steady_writes}"),
+        ("token requests in 60 s of steady state", f"{steady_requests}"),
+        ("controller RSS in steady state", f"{rss_steady:.1f} MiB"),
+        ("restart with all fresh: token requests", f"{restart_requests}"),
+        ("restart with all fresh: writes", f"{restart_writes}"),
+        ("restart with all fresh: time until idle", f"{restart_idle:.1f} s"),
+        ("controller RSS after the restart", f"{rss_restart:.1f} MiB"),
+        (f"apply→Ready of a new RunaiCredential, p50 of {args.probes}", f"{p50_ms:.1f} ms"),
+        ("  of which the token endpoint (mean)", f"{endpoint_ms:.1f} ms"),
+        ("  controller and API server overhead (p50 − endpoint)", f"{p50_ms - endpoint_ms:.1f} ms"),
+        (f"  reconciliation time (mean of {int(reconcile_count)}), its 4 API calls included", f"{reconcile_ms:.1f} ms"),
+        ("  reconciliation time less the token endpoint", f"{reconcile_ms - endpoint_ms:.1f} ms"),
+    ]
+    print(f"runai-token-sync, N = {n} RunaiCredentials, K = {k} ({shared}), release build, local kube-apiserver v1.20.2")
+    print("| measure | value |")
+    print("| --- | --- |")
+    for measure, value in rows:
+        print(f"| {measure} | {value} |")
+    print("(writes and reads: the API server's apiserver_request_total, on secrets, runaicredentials and namespaces)")
+
+
+if __name__ == "__main__":
+    main()
