@@ -208,12 +208,15 @@ class Controller:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
 
-    def wait_idle(self, quiet=3.0, limit=600):
-        """Waits until no reconciliation ran for `quiet` seconds; returns when the last one ended."""
-        last_count, last_change = self.reconciliations(), time.monotonic()
+    def wait_idle(self, quiet=3.0, limit=600, minimum=0):
+        """Waits until at least `minimum` reconciliations ran and then none for
+        `quiet` seconds; returns when the last one ended."""
         deadline = time.monotonic() + limit
+        while self.reconciliations() < minimum and time.monotonic() < deadline:
+            time.sleep(0.05)
+        last_count, last_change = self.reconciliations(), time.monotonic()
         while time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.1)
             count = self.reconciliations()
             if count != last_count:
                 last_count, last_change = count, time.monotonic()
@@ -319,7 +322,7 @@ def main():
     controller.stop()
     before = api.metrics()
     restarted = controller.start()
-    idle_at = controller.wait_idle(quiet=3.0)
+    idle_at = controller.wait_idle(quiet=3.0, minimum=n)
     restart_idle = idle_at - restarted
     after = api.metrics()
     restart_writes = delta(after, before, WRITE, OURS | {"events"})

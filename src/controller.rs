@@ -508,8 +508,9 @@ async fn run_controllers(
         // the controller's own status writes) trigger nothing.
         let (store, writer) = reflector::store();
         stores.push(store.clone());
-        let index = Arc::new(SecretIndex::default());
+        let index = ctx.index.clone();
         let indexed = index.clone();
+        let scope = namespace.map(str::to_owned);
         let credential_changes = watcher(credentials, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|cr: &mut RunaiCredential| {
@@ -517,7 +518,7 @@ async fn run_controllers(
                 cr.annotations_mut().remove(LAST_APPLIED);
             })
             .map_ok(move |event| {
-                indexed.observe(&event);
+                indexed.observe(scope.as_deref(), &event);
                 event
             })
             .reflect(writer)

@@ -40,24 +40,23 @@ use crate::{
 /// The identity of a group: the keyed hash of url, token API and client
 /// credentials (the one kept in each Secret's record) and the hash of the
 /// trusted CA certificates. Holds no secret.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct GroupKey(String);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey([u8; 32]);
 
 impl GroupKey {
     /// The key of the group of credentials whose keyed hash is
-    /// `credentials_hash` and which trust `trust`.
+    /// `credentials_hash` and which trust `trust`: SHA-256 over both, 32
+    /// bytes per member whatever the lengths.
     #[must_use]
     pub fn new(credentials_hash: &str, trust: &TrustKey) -> Self {
-        use std::fmt::Write as _;
-        let mut key = String::with_capacity(credentials_hash.len() + 65);
-        key.push_str(credentials_hash);
-        key.push('/');
-        if let Some(hash) = trust {
-            for byte in hash {
-                let _ = write!(key, "{byte:02x}");
-            }
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        hash.update(credentials_hash.as_bytes());
+        hash.update([u8::from(trust.is_some())]);
+        if let Some(trust) = trust {
+            hash.update(trust);
         }
-        GroupKey(key)
+        GroupKey(hash.finalize().into())
     }
 }
 
@@ -194,13 +193,13 @@ impl Exchange {
     }
 
     fn group(&self, key: &GroupKey) -> Arc<Group> {
-        lock(&self.groups).entry(key.clone()).or_default().clone()
+        lock(&self.groups).entry(*key).or_default().clone()
     }
 
     /// Makes `uid` (the RunaiCredential `member`) a member of the group `key`,
     /// leaving any group it was in before, and returns what it sees of it.
     pub fn join(&self, uid: &str, member: ObjectRef<RunaiCredential>, key: &GroupKey) -> GroupView {
-        let previous = lock(&self.member_of).insert(uid.to_owned(), key.clone());
+        let previous = lock(&self.member_of).insert(uid.to_owned(), *key);
         if let Some(old) = previous.filter(|old| old != key) {
             self.leave_group(uid, &old);
         }

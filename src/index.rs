@@ -20,18 +20,26 @@ use crate::{resource::RunaiCredential, target_secret::credential_label_value};
 type Key = (String, String);
 
 /// What a RunaiCredential is indexed under: (namespace, Secret name) of its
-/// credentials and target Secrets, and (namespace, label value).
+/// credentials and target Secrets, (namespace, label value), and what it
+/// reads its token with (see [`SecretIndex::readers_like`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     secrets: [Key; 2],
     label: Key,
+    reading: Reading,
 }
+
+/// The credentials Secret (namespace, name) and a hash of url, token API
+/// and `caBundle` text: RunaiCredentials alike in these share a token
+/// exchange whenever the Secret can be read.
+type Reading = (String, String, u64);
 
 #[derive(Debug, Default)]
 struct Inner {
     by_secret: HashMap<Key, HashSet<ObjectRef<RunaiCredential>>>,
     by_label: HashMap<Key, HashSet<ObjectRef<RunaiCredential>>>,
     entries: HashMap<ObjectRef<RunaiCredential>, Entry>,
+    readers: HashMap<Reading, usize>,
     /// Seen since the last relist began (`Init`), to drop what went away.
     relisted: Option<HashSet<ObjectRef<RunaiCredential>>>,
 }
@@ -42,9 +50,32 @@ pub struct SecretIndex {
     inner: Mutex<Inner>,
 }
 
+/// A RunaiCredential's reference without its uid and resourceVersion, which
+/// equality ignores anyway: a few bytes less per entry.
+fn key_of(cr: &RunaiCredential) -> ObjectRef<RunaiCredential> {
+    ObjectRef::new(&cr.name_any()).within(&cr.namespace().unwrap_or_default())
+}
+
+fn reading_of(cr: &RunaiCredential) -> Reading {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        cr.spec.url.trim(),
+        cr.spec.token_api.as_str(),
+        cr.spec.ca_bundle.as_deref(),
+    )
+        .hash(&mut hasher);
+    (
+        cr.namespace().unwrap_or_default(),
+        cr.spec.client_credentials_secret_ref.name.clone(),
+        hasher.finish(),
+    )
+}
+
 fn entry_of(cr: &RunaiCredential) -> Entry {
     let namespace = cr.namespace().unwrap_or_default();
     Entry {
+        reading: reading_of(cr),
         secrets: [
             (
                 namespace.clone(),
@@ -72,11 +103,17 @@ fn remove(inner: &mut Inner, r: &ObjectRef<RunaiCredential>) {
                 inner.by_label.remove(&old.label);
             }
         }
+        if let Some(count) = inner.readers.get_mut(&old.reading) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                inner.readers.remove(&old.reading);
+            }
+        }
     }
 }
 
 fn insert(inner: &mut Inner, cr: &RunaiCredential) {
-    let r = ObjectRef::from_obj(cr);
+    let r = key_of(cr);
     let entry = entry_of(cr);
     if inner.entries.get(&r) == Some(&entry) {
         return;
@@ -94,20 +131,22 @@ fn insert(inner: &mut Inner, cr: &RunaiCredential) {
         .entry(entry.label.clone())
         .or_default()
         .insert(r.clone());
+    *inner.readers.entry(entry.reading.clone()).or_default() += 1;
     inner.entries.insert(r, entry);
 }
 
 impl SecretIndex {
-    /// Takes in one event of the RunaiCredential watch.
-    pub fn observe(&self, event: &watcher::Event<RunaiCredential>) {
+    /// Takes in one event of the RunaiCredential watch of `scope` (one
+    /// namespace, or `None` for all): a relist forgets only what it covers.
+    pub fn observe(&self, scope: Option<&str>, event: &watcher::Event<RunaiCredential>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match event {
             watcher::Event::Apply(cr) => insert(&mut inner, cr),
-            watcher::Event::Delete(cr) => remove(&mut inner, &ObjectRef::from_obj(cr)),
+            watcher::Event::Delete(cr) => remove(&mut inner, &key_of(cr)),
             watcher::Event::Init => inner.relisted = Some(HashSet::new()),
             watcher::Event::InitApply(cr) => {
                 insert(&mut inner, cr);
-                let r = ObjectRef::from_obj(cr);
+                let r = key_of(cr);
                 if let Some(seen) = inner.relisted.as_mut() {
                     seen.insert(r);
                 }
@@ -117,6 +156,7 @@ impl SecretIndex {
                     let gone: Vec<_> = inner
                         .entries
                         .keys()
+                        .filter(|r| scope.is_none_or(|ns| r.namespace.as_deref() == Some(ns)))
                         .filter(|r| !seen.contains(*r))
                         .cloned()
                         .collect();
@@ -156,6 +196,16 @@ impl SecretIndex {
             }
         }
         refs
+    }
+
+    /// How many RunaiCredentials read their client credentials from the same
+    /// Secret with the same url, token API and `caBundle` as `cr` (it
+    /// included, once indexed): all of them share its token exchange when the
+    /// Secret can be read, so this is known before any of them is reconciled.
+    #[must_use]
+    pub fn readers_like(&self, cr: &RunaiCredential) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.readers.get(&reading_of(cr)).copied().unwrap_or(0)
     }
 
     /// How many RunaiCredentials are indexed.
@@ -201,10 +251,16 @@ mod tests {
             credential("short", "ml", None),
             credential("other", "other-ns", None),
         ] {
-            index.observe(&watcher::Event::Apply(cr));
+            index.observe(None, &watcher::Event::Apply(cr));
         }
         // The credentials Secret concerns both readers in its namespace only.
         assert_eq!(index.lookup("ml", "creds", None).len(), 2);
+        // Both read the same Secret with the same spec: one exchange.
+        assert_eq!(index.readers_like(&credential("short", "ml", None)), 2);
+        assert_eq!(
+            index.readers_like(&credential("other", "other-ns", None)),
+            1
+        );
         // A target name, and a hashed label (an earlier target's Secret).
         assert_eq!(
             index.lookup("ml", "elsewhere", None),
@@ -217,26 +273,25 @@ mod tests {
         );
         assert!(index.lookup("ml", "unrelated", None).is_empty());
         // A renamed target: the old name no longer maps.
-        index.observe(&watcher::Event::Apply(credential(
-            "short",
-            "ml",
-            Some("renamed"),
-        )));
+        index.observe(
+            None,
+            &watcher::Event::Apply(credential("short", "ml", Some("renamed"))),
+        );
         assert!(index.lookup("ml", "short", None).is_empty());
         assert_eq!(index.lookup("ml", "renamed", None).len(), 1);
         // Deleted: nothing maps to it, not even its label.
-        index.observe(&watcher::Event::Delete(credential(
-            "short",
-            "ml",
-            Some("renamed"),
-        )));
+        index.observe(
+            None,
+            &watcher::Event::Delete(credential("short", "ml", Some("renamed"))),
+        );
         assert!(index.lookup("ml", "renamed", Some("short")).is_empty());
         // A relist drops what it no longer lists.
-        index.observe(&watcher::Event::Init);
-        index.observe(&watcher::Event::InitApply(credential(
-            "other", "other-ns", None,
-        )));
-        index.observe(&watcher::Event::InitDone);
+        index.observe(None, &watcher::Event::Init);
+        index.observe(
+            None,
+            &watcher::Event::InitApply(credential("other", "other-ns", None)),
+        );
+        index.observe(None, &watcher::Event::InitDone);
         assert_eq!(index.len(), 1);
         assert!(index.lookup("ml", "creds", None).is_empty());
     }

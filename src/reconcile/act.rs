@@ -253,7 +253,11 @@ pub(super) async fn write_status(
     })
 }
 
-/// Publishes an Event about `cr`; a failure to publish is logged only.
+/// Publishes an Event about `cr`; a failure to publish is logged only. A
+/// Normal Event goes out only within [`Context`]'s budget for them (a burst of
+/// [`super::NORMAL_EVENT_BURST`], then [`super::NORMAL_EVENTS_PER_SECOND`]), so
+/// that thousands of first tokens at a cold start do not double the API
+/// server's writes; Warnings always go out (they are spaced by the decision).
 pub(super) async fn publish(
     ctx: &Context,
     cr: &RunaiCredential,
@@ -261,6 +265,9 @@ pub(super) async fn publish(
     reason: &str,
     note: String,
 ) {
+    if type_ == EventType::Normal && !ctx.normal_event_allowed() {
+        return;
+    }
     let event = Event {
         type_,
         reason: reason.to_owned(),

@@ -78,6 +78,10 @@ pub struct Observed<'a> {
     pub pending: Option<PendingToken>,
     /// The shared exchange's group, when the credentials could be read.
     pub group: Option<(GroupKey, GroupView)>,
+    /// How many RunaiCredentials (this one included) read the same
+    /// credentials Secret with the same url, token API and `caBundle`: the
+    /// least the group will count once they all joined.
+    pub readers: usize,
     /// Whether the namespace is being deleted, once read.
     pub namespace_terminating: Option<bool>,
     /// The outcome of the token request step, once done.
@@ -729,11 +733,19 @@ fn block(o: &Observed<'_>, err: &Error) -> Step {
     }))
 }
 
-/// Sets `sharedWith`: the other members of the group.
+/// Sets `sharedWith`: the other members of the group. Until its membership
+/// settles (members join one by one as they are reconciled), the count shown
+/// before is kept, so that a restart rewrites no status; a first status counts
+/// at least the RunaiCredentials that read alike, which all join.
 fn with_shared(o: &Observed<'_>, mut status: RunaiCredentialStatus) -> RunaiCredentialStatus {
-    status.shared_with = o.group.as_ref().map_or(0, |(_, view)| {
-        u32::try_from(view.members.saturating_sub(1)).unwrap_or(u32::MAX)
-    });
+    let previous = o.cr.status.as_ref().map(|s| s.shared_with);
+    let others = |members: usize| u32::try_from(members.saturating_sub(1)).unwrap_or(u32::MAX);
+    status.shared_with = match (&o.group, previous) {
+        (None, _) => 0,
+        (Some((_, view)), _) if view.settled => others(view.members),
+        (Some(_), Some(previous)) => previous,
+        (Some((_, view)), None) => others(view.members.max(o.readers)),
+    };
     status
 }
 

@@ -45,6 +45,14 @@ use crate::{
 /// The one field manager for every write of the controller.
 pub const FIELD_MANAGER: &str = "runai-token-sync";
 
+/// Normal Events published at once before the budget applies.
+pub const NORMAL_EVENT_BURST: std::num::NonZeroU32 =
+    std::num::NonZeroU32::new(100).expect("not zero");
+
+/// Normal Events per second once the burst is spent.
+pub const NORMAL_EVENTS_PER_SECOND: std::num::NonZeroU32 =
+    std::num::NonZeroU32::new(2).expect("not zero");
+
 /// Default of `--max-concurrent-token-requests`.
 pub const DEFAULT_MAX_CONCURRENT_TOKEN_REQUESTS: usize = 8;
 
@@ -86,6 +94,11 @@ pub struct Context {
     >,
     /// Cleared once reading a Namespace was refused (403).
     namespaces_readable: std::sync::atomic::AtomicBool,
+    /// Which RunaiCredentials each Secret concerns, and how many read alike
+    /// (kept from the RunaiCredential watches).
+    pub index: Arc<crate::index::SecretIndex>,
+    /// The budget of Normal Events (see [`act::publish`]).
+    normal_events: governor::DefaultDirectRateLimiter,
 }
 
 impl Context {
@@ -113,7 +126,16 @@ impl Context {
             own_writes: Mutex::default(),
             namespaces: None,
             namespaces_readable: std::sync::atomic::AtomicBool::new(true),
+            index: Arc::default(),
+            normal_events: governor::RateLimiter::direct(
+                governor::Quota::per_second(NORMAL_EVENTS_PER_SECOND)
+                    .allow_burst(NORMAL_EVENT_BURST),
+            ),
         }
+    }
+
+    fn normal_event_allowed(&self) -> bool {
+        self.normal_events.check().is_ok()
     }
 
     fn may_read_namespaces(&self) -> bool {
@@ -442,6 +464,7 @@ async fn observe<'a>(
         backoff: None,
         pending: None,
         group: None,
+        readers: ctx.index.readers_like(cr),
         namespace_terminating: None,
         obtained: None,
         written: None,

@@ -87,6 +87,7 @@ fn observed<'a>(cr: &'a RunaiCredential, k: &'a HashKey) -> Observed<'a> {
                 ..GroupView::default()
             },
         )),
+        readers: 1,
         namespace_terminating: None,
         obtained: None,
         written: None,
