@@ -15,9 +15,9 @@ use k8s_openapi::{
 };
 
 use crate::{
-    schedule::{self, MAX_RETRY_AFTER},
-    target_secret::{self, HashKey},
-    token_client,
+    output::secret::{self, HashKey},
+    runai::client,
+    token::schedule::{self, MAX_RETRY_AFTER},
 };
 
 /// The arrival time used by every target, fixed so that runs repeat.
@@ -31,7 +31,7 @@ const PLANTED_SECRET: &str = "s3cr3t-fuzz+/=";
 /// The token answer of every API generation: a 2xx body, and an error body
 /// under the status in the first byte (200 + byte, so 3xx, 4xx and 5xx).
 pub fn token_answer(data: &[u8]) {
-    match token_client::parse_token_response(data, now()) {
+    match client::parse_token_response(data, now()) {
         Ok(issued) => {
             assert!(!issued.access_token.is_empty());
             assert!(issued.access_token.bytes().all(|b| b.is_ascii_graphic()));
@@ -47,14 +47,8 @@ pub fn token_answer(data: &[u8]) {
     };
     let endpoint: url::Url = "https://acme.run.ai/api/v1/token".parse().expect("a URL");
     let location = std::str::from_utf8(body).ok();
-    let err = token_client::classify_http_failure(
-        status,
-        None,
-        location,
-        &endpoint,
-        body,
-        &[PLANTED_SECRET],
-    );
+    let err =
+        client::classify_http_failure(status, None, location, &endpoint, body, &[PLANTED_SECRET]);
     let text = err.to_string();
     assert!(!text.contains(PLANTED_SECRET), "{text}");
     assert!(err.is_refresh_failure());
@@ -65,9 +59,9 @@ pub fn jwt(data: &[u8]) {
     let Ok(token) = std::str::from_utf8(data) else {
         return;
     };
-    if let Some((exp, iat)) = token_client::jwt_claims(token) {
+    if let Some((exp, iat)) = client::jwt_claims(token) {
         assert!(exp.is_none_or(|e| e >= 0) && iat.is_none_or(|i| i >= 0));
-        let expiry = token_client::jwt_expiry(token, now());
+        let expiry = client::jwt_expiry(token, now());
         if let (Some(at), Some(_)) = (expiry, iat) {
             assert!(at >= now(), "with iat, the lifetime counts from arrival");
         }
@@ -80,7 +74,7 @@ pub fn retry_after(data: &[u8]) {
         return;
     };
     let now = UNIX_EPOCH + Duration::from_secs(1_767_225_600);
-    if let Some(delay) = token_client::parse_retry_after(value, now) {
+    if let Some(delay) = client::parse_retry_after(value, now) {
         assert!(delay <= MAX_RETRY_AFTER);
     }
 }
@@ -102,7 +96,7 @@ pub fn ca_bundle(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match token_client::parse_ca_bundle(text) {
+    match client::parse_ca_bundle(text) {
         Ok(certs) => assert!(!certs.is_empty()),
         Err(err) => assert_eq!(err.reason(), "InvalidSpec"),
     }
@@ -135,7 +129,7 @@ pub fn record(data: &[u8]) {
             [
                 ("accessToken".to_owned(), ByteString(token.into_bytes())),
                 (
-                    target_secret::EXPIRES_AT_KEY.to_owned(),
+                    secret::EXPIRES_AT_KEY.to_owned(),
                     ByteString(expires_at.into_bytes()),
                 ),
             ]
@@ -144,7 +138,7 @@ pub fn record(data: &[u8]) {
         ..Secret::default()
     };
     let key = HashKey::new(vec![7; 32]);
-    if let Some(stored) = target_secret::stored_token(&secret, "accessToken", &key) {
+    if let Some(stored) = secret::stored_token(&secret, "accessToken", &key) {
         // A record nobody signed with the key is never taken as intact.
         let signed = key.token_hash(&stored.access_token, &stored.record);
         let annotation =

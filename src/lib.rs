@@ -1,26 +1,28 @@
 //! runai-token-sync: keeps Run:ai API access tokens fresh in Kubernetes Secrets.
 //!
-//! A [`RunaiCredential`](resource::RunaiCredential) names a Run:ai URL and a
+//! A [`RunaiCredential`] names a Run:ai URL and a
 //! Secret with client credentials; the controller requests tokens and writes
 //! them into a target Secret, refreshing them before they expire.
+//!
+//! Each concern has a folder:
+//!
+//! - [`api`]: the CRD types, their validation and the generated CRD;
+//! - [`runai`]: talking to Run:ai (the HTTP client, reading its answers, TLS,
+//!   the allowed URLs, the shared token exchange), no Kubernetes calls;
+//! - [`token`]: when a token is refreshed or retried (pure);
+//! - [`output`]: the target Secret's shape and the keyed record it carries;
+//! - [`reconcile`]: observe → decide (pure) → act, and the status;
+//! - [`runtime`]: watches, leader election, the metrics and health server,
+//!   telemetry and the API server's proxy.
 
-pub mod controller;
+pub mod api;
 pub mod error;
-pub mod exchange;
 pub mod fuzzing;
-pub mod index;
-pub mod leader;
-pub mod metrics;
-pub mod proxy;
+pub mod output;
 pub mod reconcile;
-pub mod resource;
-pub mod schedule;
-pub mod server;
-pub mod status;
-pub mod target_secret;
-pub mod telemetry;
-pub mod token_client;
-pub mod trust;
+pub mod runai;
+pub mod runtime;
+pub mod token;
 
+pub use api::{RunaiCredential, RunaiCredentialSpec, RunaiCredentialStatus};
 pub use error::Error;
-pub use resource::{RunaiCredential, RunaiCredentialSpec, RunaiCredentialStatus};

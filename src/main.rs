@@ -5,12 +5,12 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use runai_token_sync::{
     Error,
-    controller::{self, LeaderElection, Settings},
-    proxy,
+    api::crd_yaml,
     reconcile::Policy,
-    resource::crd_yaml,
-    telemetry::{LogFormat, init_logging},
-    trust::AllowedUrls,
+    runai::allowed_urls::AllowedUrls,
+    runtime::controller::{self, LeaderElection, Settings},
+    runtime::proxy,
+    runtime::telemetry::{LogFormat, init_logging},
 };
 
 #[derive(Parser)]

@@ -7,7 +7,7 @@ fn committed_crd_matches_the_types() {
         "/crds/runaicredentials.tokensync.dev.yaml"
     ))
     .expect("crds/runaicredentials.tokensync.dev.yaml is committed");
-    let generated = runai_token_sync::resource::crd_yaml();
+    let generated = runai_token_sync::api::crd_yaml();
     assert!(
         committed == generated,
         "crds/runaicredentials.tokensync.dev.yaml differs from the types; regenerate it with hack/generate.sh"
@@ -16,7 +16,7 @@ fn committed_crd_matches_the_types() {
 
 #[test]
 fn every_spec_field_is_documented() {
-    let crd = serde_json::to_value(runai_token_sync::resource::crd()).unwrap();
+    let crd = serde_json::to_value(runai_token_sync::api::crd()).unwrap();
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     fn walk(path: &str, node: &serde_json::Value, undocumented: &mut Vec<String>) {
         if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {

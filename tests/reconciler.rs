@@ -21,9 +21,9 @@ use kube::{
 };
 use runai_token_sync::{
     RunaiCredential,
+    output::secret::HashKey,
     reconcile::{self as reconciler, Context},
-    target_secret::HashKey,
-    token_client::TokenClients,
+    runai::client::TokenClients,
 };
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
@@ -308,7 +308,7 @@ fn context(client: Client) -> Arc<Context> {
         recorder,
         TokenClients::new(Duration::from_secs(2)),
         HashKey::new(vec![7; 32]),
-        Arc::new(runai_token_sync::metrics::Metrics::new()),
+        Arc::new(runai_token_sync::runtime::metrics::Metrics::new()),
         runai_token_sync::reconcile::Policy {
             allow_insecure_http: true,
             ..Default::default()

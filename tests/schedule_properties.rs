@@ -7,8 +7,10 @@ use base64::Engine as _;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use runai_token_sync::{
-    schedule::{self, MAX_REFRESH_AFTER, MAX_RETRY_AFTER, MIN_REFRESH_AFTER, RETRY_BEFORE_EXPIRY},
-    token_client,
+    runai::client,
+    token::schedule::{
+        self, MAX_REFRESH_AFTER, MAX_RETRY_AFTER, MIN_REFRESH_AFTER, RETRY_BEFORE_EXPIRY,
+    },
 };
 
 fn now() -> Timestamp {
@@ -88,7 +90,7 @@ proptest! {
         let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let token = format!("{}.{}.sig", enc.encode(r#"{"alg":"RS256"}"#), enc.encode(claims));
         let body = format!(r#"{{"accessToken":"{token}"}}"#);
-        let issued = token_client::parse_token_response(body.as_bytes(), now()).unwrap();
+        let issued = client::parse_token_response(body.as_bytes(), now()).unwrap();
         prop_assert_eq!(issued.expires_at, Some(now() + SignedDuration::from_secs(lifetime)));
     }
 
@@ -99,7 +101,7 @@ proptest! {
         let claims = format!(r#"{{"exp":{}}}"#, now().as_second() + exp_in);
         let token = format!("{}.{}.sig", enc.encode("{}"), enc.encode(claims));
         let body = format!(r#"{{"accessToken":"{token}","expiresIn":"{expires_in}"}}"#);
-        let issued = token_client::parse_token_response(body.as_bytes(), now()).unwrap();
+        let issued = client::parse_token_response(body.as_bytes(), now()).unwrap();
         prop_assert_eq!(issued.expires_at, Some(now() + SignedDuration::from_secs(expires_in.min(exp_in))));
     }
 }

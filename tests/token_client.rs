@@ -7,8 +7,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use jiff::Timestamp;
 use runai_token_sync::{
     Error,
-    resource::TokenApi,
-    token_client::{ClientCredentials, MAX_RESPONSE_BYTES, TokenClient},
+    api::TokenApi,
+    runai::client::{ClientCredentials, MAX_RESPONSE_BYTES, TokenClient},
 };
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
@@ -33,7 +33,7 @@ fn now() -> Timestamp {
 async fn request(
     server: &MockServer,
     api: TokenApi,
-) -> Result<runai_token_sync::token_client::IssuedToken, Error> {
+) -> Result<runai_token_sync::runai::client::IssuedToken, Error> {
     let url = server.uri().parse().unwrap();
     client().request_token(&url, api, &creds(), now()).await
 }

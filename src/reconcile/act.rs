@@ -16,10 +16,10 @@ use tracing::{info, warn};
 
 use super::{Context, FIELD_MANAGER};
 use crate::{
+    api::{RunaiCredential, RunaiCredentialStatus},
     error::Error,
-    metrics::CredentialLabels,
-    resource::{RunaiCredential, RunaiCredentialStatus},
-    target_secret,
+    output::secret,
+    runtime::metrics::CredentialLabels,
 };
 
 /// Deletes (`deletionPolicy: Delete`) or releases (`Retain`) the Secrets this
@@ -38,10 +38,10 @@ pub(super) async fn release_old_targets(
 ) -> Result<(), Error> {
     let selector = format!(
         "{}={},{}={}",
-        target_secret::MANAGED_BY_LABEL,
-        target_secret::MANAGED_BY,
-        target_secret::CREDENTIAL_LABEL,
-        target_secret::credential_label_value(&cr.name_any())
+        secret::MANAGED_BY_LABEL,
+        secret::MANAGED_BY,
+        secret::CREDENTIAL_LABEL,
+        secret::credential_label_value(&cr.name_any())
     );
     let listed = secrets
         .list(&kube::api::ListParams::default().labels(&selector))
@@ -53,7 +53,7 @@ pub(super) async fn release_old_targets(
             continue;
         }
         match cr.spec.target.deletion_policy {
-            crate::resource::DeletionPolicy::Delete => {
+            crate::api::DeletionPolicy::Delete => {
                 info!(secret = %name, "deleting the Secret of an earlier target name");
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {
@@ -72,9 +72,9 @@ pub(super) async fn release_old_targets(
                     }
                 }
             }
-            crate::resource::DeletionPolicy::Retain => {
+            crate::api::DeletionPolicy::Retain => {
                 info!(secret = %name, "releasing the Secret of an earlier target name");
-                let patch = target_secret::release_patch(&old, cr.uid().as_deref());
+                let patch = secret::release_patch(&old, cr.uid().as_deref());
                 secrets
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
@@ -169,7 +169,7 @@ pub(super) async fn write_secret(
     };
     match existing {
         None => create(desired).await.map_err(refused),
-        Some(current) if target_secret::needs_replacement(current) => {
+        Some(current) if secret::needs_replacement(current) => {
             info!(secret = %name, "replacing the target Secret (made immutable or of another type)");
             let preconditions = Preconditions {
                 uid: current.metadata.uid.clone(),

@@ -15,12 +15,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
 
 use crate::{
+    api::{RunaiCredential, RunaiCredentialStatus, ValidSpec},
     error::Error,
-    exchange::{GroupFailure, GroupKey, GroupToken, GroupView},
-    resource::{RunaiCredential, RunaiCredentialStatus, ValidSpec},
-    schedule::{self, Backoff, Desired, Plan, RefreshReason, TokenRecord},
-    status::{self, CurrentToken, Failure},
-    target_secret::{self, HashKey, StoredToken, TargetSecret},
+    output::secret::{self, HashKey, StoredToken, TargetSecret},
+    reconcile::status::{self, CurrentToken, Failure},
+    runai::exchange::{GroupFailure, GroupKey, GroupToken, GroupView},
+    token::schedule::{self, Backoff, Desired, Plan, RefreshReason, TokenRecord},
 };
 
 /// A token obtained for a RunaiCredential, with its record. `Debug` hides
@@ -66,9 +66,9 @@ pub struct Observed<'a> {
     /// The token and record of a managed target Secret.
     pub stored: Option<StoredToken>,
     /// The HTTP client for the spec's CA certificates, once the spec is checked.
-    pub token_client: Option<crate::token_client::TokenClient>,
+    pub token_client: Option<crate::runai::client::TokenClient>,
     /// The client credentials, or why they cannot be read.
-    pub credentials: Result<crate::token_client::ClientCredentials, Error>,
+    pub credentials: Result<crate::runai::client::ClientCredentials, Error>,
     /// What the RunaiCredential asks for now.
     pub desired: Desired,
     /// A failure of this RunaiCredential alone (credentials unreadable, a
@@ -304,7 +304,8 @@ fn suits(o: &Observed<'_>, spec: &ValidSpec, token: &GroupToken) -> bool {
 /// Whether the exchange may answer a token request of this reconciliation
 /// with the group's `token` instead of a new request: for a refresh request,
 /// only a token newer than the one seen before; otherwise one that
-/// [`suits`] and is not the stored one.
+/// suits this RunaiCredential (unexpired, not due by its own schedule) and is
+/// not the stored one.
 #[must_use]
 pub fn accepts(o: &Observed<'_>, reason: RefreshReason, token: &GroupToken) -> bool {
     let Ok(spec) = &o.spec else { return false };
@@ -361,7 +362,7 @@ fn pending_answers(o: &Observed<'_>, spec: &ValidSpec, pending: &PendingToken) -
         .desired
         .credentials_hash
         .as_deref()
-        .is_some_and(|h| target_secret::hashes_equal(h, &record.credentials_hash))
+        .is_some_and(|h| secret::hashes_equal(h, &record.credentials_hash))
         && o.desired.generation == record.generation
         && o.desired.refresh_request == record.refresh_request;
     let due = schedule::refresh_due_at(
@@ -415,7 +416,7 @@ fn write_new(
 ) -> Step {
     match &o.written {
         None => Step::WriteSecret {
-            secret: Box::new(target_secret::desired_secret(
+            secret: Box::new(secret::desired_secret(
                 o.cr,
                 &token.access_token,
                 &token.record,
@@ -508,10 +509,9 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
     if o.written.is_some() {
         return None;
     }
-    let desired =
-        target_secret::desired_secret(o.cr, &stored.access_token, &stored.record, o.hash_key);
+    let desired = secret::desired_secret(o.cr, &stored.access_token, &stored.record, o.hash_key);
     managed
-        .is_none_or(|s| target_secret::needs_repair(s, &desired))
+        .is_none_or(|s| secret::needs_repair(s, &desired))
         .then(|| Step::WriteSecret {
             secret: Box::new(desired),
             token: stored.access_token.clone(),
@@ -558,7 +558,7 @@ fn current_token<'a>(o: &'a Observed<'_>) -> Option<CurrentToken<'a>> {
             && o.desired
                 .credentials_hash
                 .as_deref()
-                .is_none_or(|hash| target_secret::hashes_equal(hash, &s.record.credentials_hash)),
+                .is_none_or(|hash| secret::hashes_equal(hash, &s.record.credentials_hash)),
     })
 }
 
@@ -610,12 +610,12 @@ fn previous_failure_reason<'a>(o: &'a Observed<'_>) -> Option<&'a str> {
     previous
         .conditions
         .iter()
-        .find(|c| c.type_ == crate::resource::CONDITION_DEGRADED && c.status == "True")
+        .find(|c| c.type_ == crate::api::CONDITION_DEGRADED && c.status == "True")
         .or_else(|| {
             previous
                 .conditions
                 .iter()
-                .find(|c| c.type_ == crate::resource::CONDITION_READY)
+                .find(|c| c.type_ == crate::api::CONDITION_READY)
         })
         .map(|c| c.reason.as_str())
 }

@@ -7,6 +7,7 @@
 
 pub mod act;
 pub mod decide;
+pub mod status;
 
 use std::{
     collections::HashMap,
@@ -31,15 +32,15 @@ pub use decide::PendingToken;
 use decide::{Finish, Note, Observed, Obtained, Requeue, Step, Update, uid_of};
 
 use crate::{
+    api::{RunaiCredential, validate_spec},
     error::Error,
-    exchange::{Exchange, Exchanged, GroupFailure, GroupKey},
-    metrics::Metrics,
-    resource::{RunaiCredential, validate_spec},
-    schedule::{self, Backoff, Desired},
-    status::Failure,
-    target_secret::{self, HashKey, TargetSecret},
-    token_client::TokenClients,
-    trust::AllowedUrls,
+    output::secret::{self, HashKey, TargetSecret},
+    reconcile::status::Failure,
+    runai::allowed_urls::AllowedUrls,
+    runai::client::TokenClients,
+    runai::exchange::{Exchange, Exchanged, GroupFailure, GroupKey},
+    runtime::metrics::Metrics,
+    token::schedule::{self, Backoff, Desired},
 };
 
 /// The one field manager for every write of the controller.
@@ -66,7 +67,7 @@ pub struct Context {
     /// What RunaiCredentials may ask for.
     pub policy: Policy,
     /// Where progress is recorded for `/healthz`.
-    pub health: Arc<crate::server::Health>,
+    pub health: Arc<crate::runtime::server::Health>,
     /// Cleared when this replica lost the leader lease: from then on no
     /// token is requested and nothing is written.
     acting: std::sync::atomic::AtomicBool,
@@ -96,7 +97,7 @@ pub struct Context {
     namespaces_readable: std::sync::atomic::AtomicBool,
     /// Which RunaiCredentials each Secret concerns, and how many read alike
     /// (kept from the RunaiCredential watches).
-    pub index: Arc<crate::index::SecretIndex>,
+    pub index: Arc<crate::runtime::index::SecretIndex>,
     /// The budget of Normal Events (see [`act::publish`]).
     normal_events: governor::DefaultDirectRateLimiter,
 }
@@ -219,7 +220,7 @@ impl Context {
     }
 
     /// Records progress in `health` (the one `/healthz` reads).
-    pub fn with_health(mut self, health: Arc<crate::server::Health>) -> Self {
+    pub fn with_health(mut self, health: Arc<crate::runtime::server::Health>) -> Self {
         self.health = health;
         self
     }
@@ -288,7 +289,7 @@ pub struct Policy {
     pub allow_insecure_http: bool,
     /// URLs credentials may be sent to; empty allows any `https://` URL.
     pub allowed_urls: AllowedUrls,
-    /// Credentials Secrets must carry [`target_secret::CREDENTIALS_LABEL`]`: "true"`.
+    /// Credentials Secrets must carry [`secret::CREDENTIALS_LABEL`]`: "true"`.
     pub credentials_label_required: bool,
 }
 
@@ -511,14 +512,14 @@ async fn observe<'a>(
         credentials_secret.map_err(Error::kube("reading the credentials Secret"))?;
     observed.target = TargetSecret::classify(existing, cr);
     if let TargetSecret::Managed(secret) = &observed.target {
-        observed.stored = target_secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key);
+        observed.stored = secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key);
     }
     let credentials = if ctx.policy.credentials_label_required {
-        target_secret::require_credentials_label(credentials_secret.as_ref(), reference)
+        secret::require_credentials_label(credentials_secret.as_ref(), reference)
     } else {
         Ok(())
     }
-    .and_then(|()| target_secret::read_credentials(credentials_secret.as_ref(), reference));
+    .and_then(|()| secret::read_credentials(credentials_secret.as_ref(), reference));
     observed.desired.credentials_hash = credentials.as_ref().ok().map(|c| {
         ctx.hash_key
             .credentials_hash(spec.url.as_str(), cr.spec.token_api, c)
@@ -529,12 +530,14 @@ async fn observe<'a>(
             let member = ObjectRef::new(&cr.name_any()).within(&namespace);
             let mut view = ctx.exchange.join(&uid, member, &key);
             // After a restart, the members' Secrets seed their group.
-            if let Some(stored) = observed.stored.as_ref().filter(|s| {
-                s.intact && target_secret::hashes_equal(hash, &s.record.credentials_hash)
-            }) && view
-                .token
+            if let Some(stored) = observed
+                .stored
                 .as_ref()
-                .is_none_or(|t| t.issued_at < stored.record.issued_at)
+                .filter(|s| s.intact && secret::hashes_equal(hash, &s.record.credentials_hash))
+                && view
+                    .token
+                    .as_ref()
+                    .is_none_or(|t| t.issued_at < stored.record.issued_at)
             {
                 view = ctx.exchange.offer(
                     &key,
@@ -680,10 +683,10 @@ async fn finish_with(
             expires_at,
             next_refresh,
         } => {
-            info!(reason = why, expires_at = ?expires_at.map(target_secret::rfc3339), next_refresh = %target_secret::rfc3339(*next_refresh), "token written to the Secret");
+            info!(reason = why, expires_at = ?expires_at.map(secret::rfc3339), next_refresh = %secret::rfc3339(*next_refresh), "token written to the Secret");
         }
         Note::Failed { failure, retry_at } => {
-            warn!(reason = failure.reason, attempts = failure.attempts, retry_at = %target_secret::rfc3339(*retry_at), error = %failure.message, "token refresh failed");
+            warn!(reason = failure.reason, attempts = failure.attempts, retry_at = %secret::rfc3339(*retry_at), error = %failure.message, "token refresh failed");
         }
     }
     if let Some(status) = &finish.status {

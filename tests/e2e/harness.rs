@@ -19,7 +19,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use runai_standin::StandIn;
-use runai_token_sync::{RunaiCredential, resource::crd};
+use runai_token_sync::{RunaiCredential, api::crd};
 use serde_json::{Value, json};
 
 /// The environment variable naming the kubeconfig of the cluster under test.

@@ -5,12 +5,12 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::*;
 use crate::{
-    exchange::{GroupFailure, GroupKey, GroupToken, GroupView},
-    resource::{RunaiCredential, validate_spec},
-    schedule::{Desired, RefreshReason, TokenRecord},
-    status::Failure,
-    target_secret::{HashKey, TargetSecret},
-    token_client::ClientCredentials,
+    api::{RunaiCredential, validate_spec},
+    output::secret::{HashKey, TargetSecret},
+    reconcile::status::Failure,
+    runai::client::ClientCredentials,
+    runai::exchange::{GroupFailure, GroupKey, GroupToken, GroupView},
+    token::schedule::{Desired, RefreshReason, TokenRecord},
 };
 
 fn now() -> Timestamp {
@@ -45,7 +45,7 @@ fn creds() -> ClientCredentials {
 fn hash(k: &HashKey) -> String {
     k.credentials_hash(
         "https://acme.run.ai/",
-        crate::resource::TokenApi::default(),
+        crate::api::TokenApi::default(),
         &creds(),
     )
 }
@@ -96,8 +96,8 @@ fn observed<'a>(cr: &'a RunaiCredential, k: &'a HashKey) -> Observed<'a> {
 
 /// The same, with a managed Secret holding `token` as recorded.
 fn with_stored<'a>(mut o: Observed<'a>, token: &str, rec: TokenRecord) -> Observed<'a> {
-    let secret = crate::target_secret::desired_secret(o.cr, token, &rec, o.hash_key);
-    o.stored = crate::target_secret::stored_token(&secret, &o.cr.spec.target.key, o.hash_key);
+    let secret = crate::output::secret::desired_secret(o.cr, token, &rec, o.hash_key);
+    o.stored = crate::output::secret::stored_token(&secret, &o.cr.spec.target.key, o.hash_key);
     o.target = TargetSecret::Managed(Box::new(secret));
     o
 }

@@ -15,7 +15,7 @@ use kube::{
     runtime::{reflector::ObjectRef, watcher},
 };
 
-use crate::{resource::RunaiCredential, target_secret::credential_label_value};
+use crate::{api::RunaiCredential, output::secret::credential_label_value};
 
 type Key = (String, String);
 
@@ -169,7 +169,7 @@ impl SecretIndex {
     }
 
     /// The RunaiCredentials the Secret `name` in `namespace` concerns, given
-    /// the value of its [`crate::target_secret::CREDENTIAL_LABEL`] when it
+    /// the value of its [`crate::output::secret::CREDENTIAL_LABEL`] when it
     /// carries the controller's labels.
     #[must_use]
     pub fn lookup(
@@ -228,7 +228,7 @@ impl SecretIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::RunaiCredentialSpec;
+    use crate::api::RunaiCredentialSpec;
 
     fn credential(name: &str, namespace: &str, target: Option<&str>) -> RunaiCredential {
         let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({

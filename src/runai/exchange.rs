@@ -21,7 +21,7 @@
 //!
 //! This module holds state and does no decision of a member's own: what a
 //! member accepts is the caller's predicate, and the retry time of a failure
-//! comes from [`crate::schedule::retry_at`].
+//! comes from [`crate::token::schedule::retry_at`].
 
 use std::{
     collections::HashMap,
@@ -34,7 +34,8 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    error::Error, resource::RunaiCredential, schedule, status::Failure, token_client::TrustKey,
+    api::RunaiCredential, error::Error, reconcile::status::Failure, runai::client::TrustKey,
+    token::schedule,
 };
 
 /// The identity of a group: the keyed hash of url, token API and client
@@ -327,7 +328,7 @@ impl Exchange {
     ) -> Exchanged
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(crate::token_client::IssuedToken, Timestamp), Error>>,
+        Fut: Future<Output = Result<(crate::runai::client::IssuedToken, Timestamp), Error>>,
     {
         let group = self.group(key);
         let _flight = group.flight.lock().await;
@@ -349,8 +350,8 @@ impl Exchange {
             Ok((issued, now)) => {
                 let token = GroupToken {
                     access_token: issued.access_token,
-                    issued_at: crate::target_secret::whole_seconds(now),
-                    expires_at: issued.expires_at.map(crate::target_secret::whole_seconds),
+                    issued_at: crate::output::secret::whole_seconds(now),
+                    expires_at: issued.expires_at.map(crate::output::secret::whole_seconds),
                     serial: self.next_serial(),
                     requested: true,
                 };
@@ -431,7 +432,7 @@ fn view(state: &GroupState) -> GroupView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token_client::IssuedToken;
+    use crate::runai::client::IssuedToken;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn key(n: u8) -> GroupKey {

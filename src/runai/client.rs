@@ -10,8 +10,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::{
+    api::TokenApi,
     error::{Error, sanitize_detail},
-    resource::TokenApi,
 };
 
 /// Largest answer body that is read.
@@ -20,7 +20,7 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default timeout of one token request, connection included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-use crate::schedule::MAX_RETRY_AFTER;
+use crate::token::schedule::MAX_RETRY_AFTER;
 
 /// Client ID and client secret of a Run:ai application. `Debug` never shows the
 /// secret.

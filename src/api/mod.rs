@@ -387,11 +387,11 @@ pub fn validate_spec(
         .spec
         .refresh_interval
         .as_deref()
-        .map(crate::schedule::parse_refresh_interval)
+        .map(crate::token::schedule::parse_refresh_interval)
         .transpose()
         .map_err(|m| invalid("spec.refreshInterval", m))?;
     let key = &cr.spec.target.key;
-    if key == crate::target_secret::EXPIRES_AT_KEY
+    if key == crate::output::secret::EXPIRES_AT_KEY
         || !key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
@@ -400,7 +400,7 @@ pub fn validate_spec(
             "spec.target.key",
             format!(
                 "{key:?} is not a usable Secret key (letters, digits, '-', '_', '.'; not {:?})",
-                crate::target_secret::EXPIRES_AT_KEY
+                crate::output::secret::EXPIRES_AT_KEY
             ),
         ));
     }

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service
 use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
-use crate::{error::Error, metrics::Metrics};
+use crate::{error::Error, runtime::metrics::Metrics};
 
 /// Default of how long the leader may make no progress (no reconciliation
 /// succeeds and the API server does not answer) while it has

@@ -136,7 +136,7 @@ pub fn plan(
     if !desired
         .credentials_hash
         .as_deref()
-        .is_some_and(|hash| crate::target_secret::hashes_equal(hash, &record.credentials_hash))
+        .is_some_and(|hash| crate::output::secret::hashes_equal(hash, &record.credentials_hash))
     {
         return Plan::Refresh(RefreshReason::CredentialsChanged);
     }

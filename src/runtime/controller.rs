@@ -25,16 +25,16 @@ use kube::{
 use tracing::{info, warn};
 
 use crate::{
+    api::RunaiCredential,
     error::Error,
-    exchange::Exchange,
-    index::SecretIndex,
-    leader,
-    metrics::{CredentialLabels, Metrics},
+    output::secret::{CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
     reconcile::{self, Context, FIELD_MANAGER, Policy},
-    resource::RunaiCredential,
-    server::{self, Health},
-    target_secret::{CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
-    token_client::TokenClients,
+    runai::client::TokenClients,
+    runai::exchange::Exchange,
+    runtime::index::SecretIndex,
+    runtime::leader,
+    runtime::metrics::{CredentialLabels, Metrics},
+    runtime::server::{self, Health},
 };
 
 /// Name of the Secret, in the controller's namespace, holding the hash key.

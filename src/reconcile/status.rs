@@ -4,9 +4,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::{
-    resource::{CONDITION_DEGRADED, CONDITION_READY, RunaiCredentialStatus},
-    schedule::TokenRecord,
-    target_secret::rfc3339,
+    api::{CONDITION_DEGRADED, CONDITION_READY, RunaiCredentialStatus},
+    output::secret::rfc3339,
+    token::schedule::TokenRecord,
 };
 
 /// Reason of `Ready=True`.

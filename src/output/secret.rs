@@ -15,10 +15,10 @@ use kube::{Resource, ResourceExt};
 use sha2::Sha256;
 
 use crate::{
+    api::{ClientCredentialsSecretRef, DeletionPolicy, RunaiCredential, TokenApi},
     error::Error,
-    resource::{ClientCredentialsSecretRef, DeletionPolicy, RunaiCredential, TokenApi},
-    schedule::TokenRecord,
-    token_client::ClientCredentials,
+    runai::client::ClientCredentials,
+    token::schedule::TokenRecord,
 };
 
 /// Label on every Secret the controller writes.
@@ -441,7 +441,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{RunaiCredentialSpec, Target};
+    use crate::api::{RunaiCredentialSpec, Target};
 
     fn credential(policy: DeletionPolicy) -> RunaiCredential {
         let spec: RunaiCredentialSpec = serde_json::from_value(serde_json::json!({
