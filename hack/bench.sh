@@ -61,5 +61,5 @@ kubectl wait --for condition=established --timeout=30s crd/runaicredentials.toke
 python3 hack/bench.py --count "$COUNT" --clients "$CLIENTS" --probes "$PROBES" \
   --server "https://127.0.0.1:$(cat "$STATE/apiserver.port")" \
   --token "$(cut -d, -f1 "$STATE/tokens.csv")" --ca "$STATE/pki/ca.crt" \
-  --kubeconfig "$KUBECONFIG" --binary target/release/runai-token-sync \
+  --kubeconfig "$KUBECONFIG" --binary "${RUNAI_TOKEN_SYNC_BENCH_BINARY:-target/release/runai-token-sync}" \
   --standin-url "$STATE/standin-url" --standin-ca "$STATE/standin-ca.pem" --state "$STATE"

@@ -98,6 +98,8 @@ pub struct Context {
     /// Which RunaiCredentials each Secret concerns, and how many read alike
     /// (kept from the RunaiCredential watches).
     pub index: Arc<crate::runtime::index::SecretIndex>,
+    /// One copy of each `caBundle` text of the cached RunaiCredentials.
+    pub ca_bundles: Arc<crate::runtime::ca_bundles::CaBundles>,
     /// The budget of Normal Events (see [`act::publish`]).
     normal_events: governor::DefaultDirectRateLimiter,
 }
@@ -128,6 +130,7 @@ impl Context {
             namespaces: None,
             namespaces_readable: std::sync::atomic::AtomicBool::new(true),
             index: Arc::default(),
+            ca_bundles: Arc::default(),
             normal_events: governor::RateLimiter::direct(
                 governor::Quota::per_second(NORMAL_EVENTS_PER_SECOND)
                     .allow_burst(NORMAL_EVENT_BURST),
@@ -485,7 +488,8 @@ async fn observe<'a>(
             return Ok(observed);
         }
     };
-    let (trust, token_client) = match ctx.token_clients.get(cr.spec.ca_bundle.as_deref()).await {
+    let ca_bundle = ctx.ca_bundles.resolve(cr.spec.ca_bundle.as_deref());
+    let (trust, token_client) = match ctx.token_clients.get(ca_bundle.as_deref()).await {
         Ok(found) => found,
         Err(err @ Error::InvalidSpec { .. }) => {
             observed.spec = Err(err);

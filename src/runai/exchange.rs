@@ -121,7 +121,9 @@ struct Group {
 struct GroupState {
     token: Option<GroupToken>,
     failure: Option<GroupFailure>,
-    members: HashMap<String, ObjectRef<RunaiCredential>>,
+    /// By uid; a list, as most groups are small (a map's least allocation is
+    /// several times one entry).
+    members: Vec<(Box<str>, ObjectRef<RunaiCredential>)>,
     /// When a member last joined or left.
     changed_at: Option<std::time::Instant>,
 }
@@ -206,7 +208,10 @@ impl Exchange {
         }
         let group = self.group(key);
         let mut state = lock(&group.state);
-        if state.members.insert(uid.to_owned(), member).is_none() {
+        if let Some(known) = state.members.iter_mut().find(|(m, _)| **m == *uid) {
+            known.1 = member;
+        } else {
+            state.members.push((uid.into(), member));
             state.changed_at = Some(std::time::Instant::now());
         }
         view(&state)
@@ -232,7 +237,9 @@ impl Exchange {
         if let Some(group) = groups.get(key) {
             let empty = {
                 let mut state = lock(&group.state);
-                if state.members.remove(uid).is_some() {
+                let before = state.members.len();
+                state.members.retain(|(m, _)| **m != *uid);
+                if state.members.len() != before {
                     state.changed_at = Some(std::time::Instant::now());
                 }
                 state.members.is_empty()
@@ -362,7 +369,7 @@ impl Exchange {
                     state
                         .members
                         .iter()
-                        .filter(|(member, _)| member.as_str() != uid)
+                        .filter(|(member, _)| &**member != uid)
                         .map(|(_, r)| r.clone())
                         .collect()
                 };

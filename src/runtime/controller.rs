@@ -18,7 +18,7 @@ use kube::{
         Controller, PredicateConfig, WatchStreamExt,
         controller::Config as ControllerConfig,
         events::{Recorder, Reporter},
-        reflector::{self, ObjectRef},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -280,6 +280,7 @@ fn reconcile_trigger(cr: &RunaiCredential) -> Option<u64> {
 /// [`SecretIndex`]); none for the echo of the controller's own write.
 fn credentials_for_secret(
     index: &SecretIndex,
+    store: &Store<RunaiCredential>,
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<RunaiCredential>> {
@@ -295,7 +296,7 @@ fn credentials_for_secret(
         .get(MANAGED_BY_LABEL)
         .filter(|v| v.as_str() == MANAGED_BY)
         .and(labels.get(CREDENTIAL_LABEL));
-    index.lookup(&namespace, &name, owner.map(String::as_str))
+    index.lookup(store, &namespace, &name, owner.map(String::as_str))
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -509,19 +510,32 @@ async fn run_controllers(
         let (store, writer) = reflector::store();
         stores.push(store.clone());
         let index = ctx.index.clone();
-        let indexed = index.clone();
+        let (indexed, rebuilt) = (index.clone(), index.clone());
+        let (before, after) = (store.clone(), store.clone());
         let scope = namespace.map(str::to_owned);
+        let bundles = ctx.ca_bundles.clone();
         let credential_changes = watcher(credentials, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|cr: &mut RunaiCredential| {
+            .modify(move |cr: &mut RunaiCredential| {
                 cr.managed_fields_mut().clear();
                 cr.annotations_mut().remove(LAST_APPLIED);
+                // Thousands of RunaiCredentials often carry the same bundle:
+                // the cache keeps one copy of each.
+                if let Some(pem) = cr.spec.ca_bundle.take() {
+                    cr.spec.ca_bundle = Some(bundles.intern(pem));
+                }
             })
             .map_ok(move |event| {
-                indexed.observe(scope.as_deref(), &event);
+                indexed.observe(&before, &event);
                 event
             })
             .reflect(writer)
+            .map_ok(move |event| {
+                if matches!(event, watcher::Event::InitDone) {
+                    rebuilt.rebuild(scope.as_deref(), &after);
+                }
+                event
+            })
             .applied_objects()
             .predicate_filter(reconcile_trigger, PredicateConfig::default());
         let controller = Controller::for_stream(credential_changes, store.clone())
@@ -557,7 +571,8 @@ async fn run_controllers(
             controller
                 .watches_stream(secret_changes, {
                     let ctx = ctx.clone();
-                    move |secret| credentials_for_secret(&index, &ctx, &secret)
+                    let store = store.clone();
+                    move |secret| credentials_for_secret(&index, &store, &ctx, &secret)
                 })
                 // A new token of a group reaches its other members at once.
                 .reconcile_on(futures::stream::unfold(
@@ -621,11 +636,18 @@ async fn run_controllers(
                 .collect();
             pruned.metrics.retain_credentials(&labels);
             pruned.retain_credentials(&live.iter().filter_map(|cr| cr.uid()).collect());
-            let bundles: HashSet<&str> = live
+            let handles: HashSet<&str> = live
                 .iter()
                 .filter_map(|cr| cr.spec.ca_bundle.as_deref())
                 .collect();
-            pruned.token_clients.retain(&bundles);
+            pruned.ca_bundles.retain(&handles);
+            let texts: Vec<std::sync::Arc<str>> = handles
+                .iter()
+                .filter_map(|h| pruned.ca_bundles.resolve(Some(h)))
+                .collect();
+            pruned
+                .token_clients
+                .retain(&texts.iter().map(|t| t.as_ref()).collect());
         }
     });
     // `status.sharedWith` of members reconciled before their group was

@@ -1,6 +1,7 @@
 //! Running the controller: watches and their triggers, leader election, the
 //! metrics and health server, telemetry, and the API server's proxy.
 
+pub mod ca_bundles;
 pub mod controller;
 pub mod index;
 pub mod leader;
