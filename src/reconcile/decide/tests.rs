@@ -523,3 +523,83 @@ fn a_renamed_target_releases_the_old_secret_first() {
     o.old_targets = true;
     assert!(matches!(decide(&o), Step::ReleaseOldTargets));
 }
+
+#[test]
+fn a_secret_someone_else_creates_first_is_a_conflict_and_the_token_kept() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.namespace_terminating = Some(false);
+    let token = adopt(&o, &group_token("tok-1", now(), 3600, 1));
+    o.obtained = Some(Obtained::Token(token.clone()));
+    o.written = Some(Err(Error::SecretConflict {
+        secret: "trainer".into(),
+    }));
+    let f = finish(decide(&o));
+    assert_eq!(condition(&f, "Ready").reason, "SecretConflict");
+    assert_eq!(f.pending, Update::Set(token));
+    assert_eq!(f.requeue, Requeue::After(CONFLICT_RECHECK));
+}
+
+#[test]
+fn a_refused_write_without_a_valid_token_is_not_ready() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.namespace_terminating = Some(false);
+    o.obtained = Some(Obtained::Token(adopt(
+        &o,
+        &group_token("tok-1", now(), 3600, 1),
+    )));
+    o.written = Some(Err(Error::SecretWriteFailed {
+        secret: "trainer".into(),
+        status: 422,
+        message: "denied by a webhook".into(),
+    }));
+    let f = finish(decide(&o));
+    let ready = condition(&f, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "SecretWriteFailed")
+    );
+    assert_eq!(
+        f.event.as_ref().map(|e| (e.warning, e.reason)),
+        Some((true, "SecretWriteFailed"))
+    );
+}
+
+#[test]
+fn a_routine_refresh_is_requested_when_due_and_not_announced() {
+    let (cr, k) = (credential(), key());
+    // Issued 50 minutes ago with an hour's lifetime: past 2/3.
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(3000), 3600),
+    );
+    o.group.as_mut().unwrap().1.token = Some(GroupToken {
+        requested: false,
+        ..group_token("tok-1", now() - secs(3000), 3600, 1)
+    });
+    o.namespace_terminating = Some(false);
+    // The group's token is the one that is due: not taken again.
+    assert!(matches!(
+        decide(&o),
+        Step::RequestToken {
+            reason: RefreshReason::Due
+        }
+    ));
+    o.obtained = Some(Obtained::Token(adopt(
+        &o,
+        &group_token("tok-2", now(), 3600, 2),
+    )));
+    assert!(matches!(
+        decide(&o),
+        Step::WriteSecret { repair: false, .. }
+    ));
+    o.written = Some(Ok(()));
+    let f = finish(decide(&o));
+    assert!(
+        f.event.is_none(),
+        "a routine refresh is counted, not announced"
+    );
+    assert_eq!(condition(&f, "Ready").status, "True");
+}
