@@ -234,45 +234,24 @@ pub(super) async fn write_status(
     }
     let api: Api<RunaiCredential> =
         Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-    // A JSON merge patch of the whole status: the API server does far less
-    // work for it than for a server-side apply (no field ownership to
-    // compute), which is most of its cost at thousands of RunaiCredentials.
-    // Fields the new status leaves out are set to null, so that none of the
-    // old ones stays behind.
-    let mut status = serde_json::to_value(new)
-        .map_err(|e| Error::Startup(format!("a status that cannot be serialised: {e}")))?;
-    if let Some(fields) = status.as_object_mut() {
-        for field in STATUS_FIELDS {
-            fields.entry(*field).or_insert(serde_json::Value::Null);
-        }
-    }
-    let patch = serde_json::json!({ "status": status });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch_status(&cr.name_any(), &params, &Patch::Merge(&patch))
-        .await
-        .map(drop)
-        .or_else(|err| match err {
-            // Deleted meanwhile: there is no status left to write.
-            kube::Error::Api(status) if status.code == 404 => Ok(()),
-            other => Err(Error::kube("writing the status")(other)),
-        })
+    let patch = serde_json::json!({
+        "apiVersion": RunaiCredential::api_version(&()),
+        "kind": RunaiCredential::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &cr.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .or_else(|err| match err {
+        // Deleted meanwhile: there is no status left to write.
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        other => Err(Error::kube("writing the status")(other)),
+    })
 }
-
-/// Every field of `status`, as serialised: those a new status leaves out
-/// are removed by the merge patch.
-const STATUS_FIELDS: &[&str] = &[
-    "observedGeneration",
-    "conditions",
-    "secretName",
-    "lastRefreshTime",
-    "expirationTime",
-    "nextRefreshTime",
-    "failedAttempts",
-    "sharedWith",
-];
 
 /// Publishes an Event about `cr`; a failure to publish is logged only. A
 /// Normal Event goes out only within [`Context`]'s budget for them (a burst of
