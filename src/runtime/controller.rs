@@ -257,6 +257,11 @@ pub async fn load_or_create_hash_key(client: &Client, namespace: &str) -> Result
     ))
 }
 
+/// How long what triggered a reconciliation of a RunaiCredential is
+/// remembered: beyond the longest refresh period
+/// ([`crate::token::schedule::MAX_REFRESH_AFTER`]).
+const PREDICATE_MEMORY: Duration = Duration::from_secs(25 * 3600);
+
 /// The annotation `kubectl apply` keeps a copy of the whole object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -537,7 +542,12 @@ async fn run_controllers(
                 event
             })
             .applied_objects()
-            .predicate_filter(reconcile_trigger, PredicateConfig::default());
+            // Remembered longer than the longest refresh period (24 h), so
+            // that the echo of a status write is still known as one.
+            .predicate_filter(
+                reconcile_trigger,
+                PredicateConfig::default().ttl(PREDICATE_MEMORY),
+            );
         let controller = Controller::for_stream(credential_changes, store.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency));
         // Metadata only: a change of any Secret's data bumps its resourceVersion,
