@@ -267,7 +267,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
             if let Some(step) = repair(o, managed, stored) {
                 return step;
             }
-            fresh(o, &stored.record, due, &uid)
+            fresh(o, &stored.record, due)
         }
         Plan::RetryAt(retry_at) => {
             if let Some(step) = stored
@@ -461,20 +461,14 @@ fn written(
     );
     let previous = o.cr.status.as_ref();
     let recovering = o.backoff.is_some() || previous.is_some_and(|s| s.failed_attempts > 0);
-    let status = with_shared(
+    let status = shown(
         o,
-        status::token_status(
-            previous,
-            o.cr.meta().generation,
-            &o.cr.target_secret_name(),
-            Some(CurrentToken {
-                record,
-                current: true,
-            }),
-            None,
-            due,
-            o.now,
-        ),
+        Some(CurrentToken {
+            record,
+            current: true,
+        }),
+        None,
+        due,
     );
     let why = reason.as_str();
     let event = schedule::announce_token(reason, recovering).then(|| Announcement {
@@ -520,21 +514,15 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
 }
 
 /// The Secret holds a fresh, current token: a past failure no longer counts.
-fn fresh(o: &Observed<'_>, record: &TokenRecord, due: Timestamp, _uid: &str) -> Step {
-    let status = with_shared(
+fn fresh(o: &Observed<'_>, record: &TokenRecord, due: Timestamp) -> Step {
+    let status = shown(
         o,
-        status::token_status(
-            o.cr.status.as_ref(),
-            o.cr.meta().generation,
-            &o.cr.target_secret_name(),
-            Some(CurrentToken {
-                record,
-                current: true,
-            }),
-            None,
-            due,
-            o.now,
-        ),
+        Some(CurrentToken {
+            record,
+            current: true,
+        }),
+        None,
+        due,
     );
     Step::Finish(Box::new(Finish {
         status_changed: changed(o, &status),
@@ -573,18 +561,7 @@ fn valid_until(token: Option<CurrentToken<'_>>) -> Option<Timestamp> {
 /// of the group that this RunaiCredential had not shown yet is a Warning.
 fn retrying(o: &Observed<'_>, failure: Option<Failure>, retry_at: Timestamp, group: bool) -> Step {
     let token = current_token(o);
-    let status = with_shared(
-        o,
-        status::token_status(
-            o.cr.status.as_ref(),
-            o.cr.meta().generation,
-            &o.cr.target_secret_name(),
-            token,
-            failure.as_ref(),
-            retry_at,
-            o.now,
-        ),
-    );
+    let status = shown(o, token, failure.as_ref(), retry_at);
     let event = failure
         .as_ref()
         .filter(|f| group && previous_failure_reason(o) != Some(f.reason))
@@ -664,18 +641,7 @@ fn member_failure(o: &Observed<'_>, err: &Error, stale_pending: bool) -> Step {
 /// starts, changes, or at attempts 1, 2, 4, 8 …
 fn failed(o: &Observed<'_>, failure: Failure, retry_at: Timestamp, stale_pending: bool) -> Step {
     let token = current_token(o);
-    let status = with_shared(
-        o,
-        status::token_status(
-            o.cr.status.as_ref(),
-            o.cr.meta().generation,
-            &o.cr.target_secret_name(),
-            token,
-            Some(&failure),
-            retry_at,
-            o.now,
-        ),
-    );
+    let status = shown(o, token, Some(&failure), retry_at);
     let warn = schedule::warn_again(failure.attempts, previous_failure_reason(o), failure.reason);
     Step::Finish(Box::new(Finish {
         status_changed: changed(o, &status),
@@ -731,6 +697,28 @@ fn block(o: &Observed<'_>, err: &Error) -> Step {
             message: err.to_string(),
         },
     }))
+}
+
+/// The status while the controller keeps a token (see
+/// [`status::token_status`]), with `sharedWith`.
+fn shown(
+    o: &Observed<'_>,
+    token: Option<CurrentToken<'_>>,
+    failure: Option<&Failure>,
+    next: Timestamp,
+) -> RunaiCredentialStatus {
+    with_shared(
+        o,
+        status::token_status(
+            o.cr.status.as_ref(),
+            o.cr.meta().generation,
+            &o.cr.target_secret_name(),
+            token,
+            failure,
+            next,
+            o.now,
+        ),
+    )
 }
 
 /// Sets `sharedWith`: the other members of the group. Until its membership
