@@ -77,11 +77,11 @@ class Api:
             raise RuntimeError(f"{method} {path}: {status} {payload[:300]!r}")
         return json.loads(payload) if payload else {}
 
-    def metrics(self):
-        """apiserver_request_total, summed by (verb, resource, subresource)."""
+    def metrics(self, series="apiserver_request_total"):
+        """A counter of the API server, summed by (verb, resource, subresource)."""
         _, payload = self.request("GET", "/metrics")
         counts = {}
-        pattern = re.compile(r"^apiserver_request_total\{(.*)\} ([0-9.e+]+)$")
+        pattern = re.compile(r"^" + series + r"\{(.*)\} ([0-9.e+]+)$")
         for line in payload.decode().splitlines():
             m = pattern.match(line)
             if not m:
@@ -90,6 +90,28 @@ class Api:
             key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
             counts[key] = counts.get(key, 0) + float(m.group(2))
         return counts
+
+
+def cpu_seconds_of(pid):
+    """User and system CPU seconds a process has used (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu(state):
+    """CPU seconds of the API server, etcd and the stand-in, by name."""
+    used = {}
+    for name in ("kube-apiserver", "etcd", "standin"):
+        try:
+            with open(os.path.join(state, f"{name}.pid")) as f:
+                used[name] = cpu_seconds_of(int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+    return used
 
 
 def delta(after, before, verbs, resources):
@@ -272,6 +294,7 @@ def main():
     say(f"created in {time.monotonic() - created:.0f} s")
     controller = Controller(args.binary, args.kubeconfig, ns, os.path.join(args.state, "controller.log"))
     before = api.metrics()
+    others_before = others_cpu(args.state)
     started = controller.start()
     # The controller's own count of tokens written (one series per
     # RunaiCredential with a token) tells when all are done, without a watch
@@ -300,6 +323,9 @@ def main():
     requests_cold = controller.requests()
     rss_ready = controller.rss_mib()
     cpu_ready = controller.cpu_seconds()
+    others_after = others_cpu(args.state)
+    say(f"CPU in the cold start ({all_ready:.1f} s on {os.cpu_count()} cores): controller {cpu_ready:.1f} s, "
+        + ", ".join(f"{name} {others_after[name] - others_before.get(name, 0):.1f} s" for name in others_after))
     # Late status writes (sharedWith once groups settle) belong to the cold start.
     controller.wait_idle(quiet=3.0)
     time.sleep(12 if k < n else 0)
@@ -353,6 +379,7 @@ def main():
     endpoint_count_before = controller.metric_sum("runai_token_sync_token_request_duration_seconds_count")
     reconcile_before = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_sum")
     reconcile_count_before = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_count")
+    server_before = {q: api.metrics(f"apiserver_request_duration_seconds_{q}") for q in ("sum", "count")}
     for i in range(args.probes):
         api.json("POST", f"/api/v1/namespaces/{ns}/secrets", {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"probe-creds-{i}"},
@@ -371,6 +398,14 @@ def main():
     reconcile_count = controller.metric_sum("runai_token_sync_reconcile_duration_seconds_count") - reconcile_count_before
     reconcile_ms = 1000 * reconcile_sum / max(reconcile_count, 1)
     p50_ms = 1000 * statistics.median(latencies)
+    # The API server's own time per call of the probes, to tell its share from the controller's.
+    server_after = {q: api.metrics(f"apiserver_request_duration_seconds_{q}") for q in ("sum", "count")}
+    for key in sorted(server_after["count"]):
+        calls = server_after["count"][key] - server_before["count"].get(key, 0)
+        if key[0] in WRITE | READ and key[1] in OURS and calls > 0:
+            spent = server_after["sum"][key] - server_before["sum"].get(key, 0)
+            say(f"  API server time per {key[0]} {key[1]}{'/' + key[2] if key[2] else ''}: "
+                f"{1000 * spent / calls:.1f} ms ({int(calls)} calls)")
     controller.stop()
     watch.stop = True
 

@@ -53,6 +53,7 @@ export KUBECONFIG PATH
 target/release/runai-standin --clients-file "$STATE/clients" --lifetime-seconds 3600 \
   --ca-file "$STATE/standin-ca.pem" --url-file "$STATE/standin-url" > "$STATE/standin.log" 2>&1 &
 pids+=($!)
+echo $! > "$STATE/standin.pid"
 for _ in $(seq 1 100); do [ -s "$STATE/standin-url" ] && break; sleep 0.1; done
 [ -s "$STATE/standin-url" ] || { say "the stand-in did not start:"; cat "$STATE/standin.log" >&2; exit 1; }
 target/release/runai-token-sync crd | kubectl apply -f - >/dev/null 2> >(grep -v 'version difference' >&2)

@@ -661,7 +661,10 @@ async fn an_outage_keeps_the_token_and_degrades() {
 async fn a_secret_someone_else_creates_first_is_a_conflict() {
     let endpoint = token_endpoint(3600).await;
     let (api, cr, ctx) = setup(&endpoint, true);
-    // Between the read (missing) and the create, someone else creates it.
+    // Between the read (missing) and the create, someone else creates it;
+    // the read again from etcd cannot see it either (as with a Secret
+    // created and deleted at once), so the second create fails the same way.
+    api.script(Method::POST, SECRETS, 409, "AlreadyExists");
     api.script(Method::POST, SECRETS, 409, "AlreadyExists");
 
     reconciler::reconcile(Arc::new(cr.clone()), ctx)
@@ -669,11 +672,51 @@ async fn a_secret_someone_else_creates_first_is_a_conflict() {
         .unwrap();
 
     let writes = secret_writes(&api);
-    assert_eq!(writes.len(), 1, "one create, no overwrite: {writes:?}");
-    assert_eq!(writes[0].method, Method::POST);
+    assert_eq!(writes.len(), 2, "two creates, no overwrite: {writes:?}");
+    assert!(writes.iter().all(|w| w.method == Method::POST));
     let status = &api.writes_to("/trainer/status")[0].body["status"];
     assert_eq!(condition(status, "Ready")["status"], "False");
     assert_eq!(condition(status, "Ready")["reason"], "SecretConflict");
+}
+
+#[tokio::test]
+async fn a_create_refused_because_the_read_was_stale_is_decided_again() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
+    // The cached read saw no Secret; the create is refused once (as when the
+    // cache lags behind); the read from etcd decides the next write.
+    api.script(Method::POST, SECRETS, 409, "AlreadyExists");
+
+    reconciler::reconcile(Arc::new(cr.clone()), ctx)
+        .await
+        .unwrap();
+
+    let writes = secret_writes(&api);
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+}
+
+#[tokio::test]
+async fn an_update_refused_as_stale_is_read_again_and_written_once_more() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let requested = with_refresh_request(&api, &cr, "1");
+    api.script(Method::PATCH, "/secrets/trainer", 409, "Conflict");
+    let now = jiff::Timestamp::now();
+    reconciler::reconcile_at(&requested, &ctx, now)
+        .await
+        .unwrap();
+    let writes = secret_writes(&api);
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.body["metadata"]["resourceVersion"].is_string()),
+        "both updates are conditional"
+    );
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -681,7 +724,9 @@ async fn a_secret_changed_since_it_was_read_is_read_again_not_overwritten() {
     let endpoint = token_endpoint(3600).await;
     let (api, cr, ctx) = setup_ready(&endpoint).await;
     let requested = with_refresh_request(&api, &cr, "1");
-    // The update carries the resourceVersion read; someone changed it since.
+    // The update carries the resourceVersion read; someone changed it since,
+    // and again after the second read.
+    api.script(Method::PATCH, "/secrets/trainer", 409, "Conflict");
     api.script(Method::PATCH, "/secrets/trainer", 409, "Conflict");
     let now = jiff::Timestamp::now();
     let err = reconciler::reconcile_at(&requested, &ctx, now)
@@ -689,7 +734,7 @@ async fn a_secret_changed_since_it_was_read_is_read_again_not_overwritten() {
         .unwrap_err();
     assert_eq!(err.reason(), "KubernetesAPIError", "{err}");
     let writes = secret_writes(&api);
-    assert_eq!(writes.len(), 1);
+    assert_eq!(writes.len(), 2);
     assert!(
         writes[0].body["metadata"]["resourceVersion"].is_string(),
         "the update is conditional: {}",

@@ -25,6 +25,12 @@ pub const REFRESH_REQUESTED_AT_ANNOTATION: &str = "tokensync.dev/refresh-request
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type: refreshing fails although a token may still be valid.
 pub const CONDITION_DEGRADED: &str = "Degraded";
+/// Condition type (kstatus): the current generation's token is not in place
+/// yet, and the controller is working on it. Source: the kstatus conventions
+/// of sigs.k8s.io/cli-utils, read by Flux, Argo CD and `kubectl wait`.
+pub const CONDITION_RECONCILING: &str = "Reconciling";
+/// Condition type (kstatus): no progress without a change from a person.
+pub const CONDITION_STALLED: &str = "Stalled";
 
 /// Keeps a Run:ai API access token fresh in a Kubernetes Secret.
 ///

@@ -226,8 +226,13 @@ pub(super) async fn write_status(
         namespace: cr.namespace().unwrap_or_default(),
         name: cr.name_any(),
     };
+    let ready = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::CONDITION_READY)
+        .map_or("Unknown", |c| c.status.as_str());
     ctx.metrics
-        .observe_credential(credential, expires_at, new.failed_attempts);
+        .observe_credential(credential, expires_at, new.failed_attempts, ready);
     ctx.ensure_acting()?;
     if !changed {
         return Ok(());

@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
+    api::GetParams,
     runtime::{
         controller::Action,
         events::{EventType, Recorder},
@@ -372,7 +373,8 @@ pub async fn reconcile_at(
 ) -> Result<Action, Error> {
     ctx.ensure_acting()?;
     let mut observed = observe(cr, ctx, now).await?;
-    // Each I/O step is taken at most once; the bound only guards the loop.
+    let mut target_reread = false;
+    // Each I/O step is taken at most twice; the bound only guards the loop.
     for _ in 0..8 {
         match decide::decide(&observed) {
             Step::Finish(finish) => return finish_with(cr, ctx, *finish, now).await,
@@ -417,6 +419,21 @@ pub async fn reconcile_at(
                 ctx.end_own_write(cr, &name, result.as_ref().ok().cloned().flatten());
                 match result {
                     Ok(_) => observed.written = Some(Ok(())),
+                    // The target was read from the cache and has changed
+                    // since: read once more from etcd and decide again.
+                    Err(ref err) if !target_reread && stale_write(err) => {
+                        target_reread = true;
+                        let latest = get_secret(&secrets, &name, Read::Latest)
+                            .await
+                            .map_err(Error::kube("reading the target Secret"))?;
+                        observed.target = TargetSecret::classify(latest, cr);
+                        observed.stored = match &observed.target {
+                            TargetSecret::Managed(secret) => {
+                                secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key)
+                            }
+                            TargetSecret::Missing | TargetSecret::Foreign => None,
+                        };
+                    }
                     Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. }))
                         if !repair =>
                     {
@@ -505,15 +522,22 @@ async fn observe<'a>(
         .as_ref()
         .and_then(|s| s.secret_name.as_deref())
         .is_some_and(|old| old != secret_name);
-    // Both reads at once: they are most of a reconciliation's time.
+    // Both reads at once, from the API server's watch cache: they are most
+    // of a reconciliation's time. What a lagging cache may get wrong is
+    // caught: every write is conditional (a write refused as stale reads the
+    // target again, see `reconcile_at`) and a credentials Secret the cache
+    // does not have yet is looked up again in etcd before it counts as missing.
     let reference = &cr.spec.client_credentials_secret_ref;
     let (existing, credentials_secret) = tokio::join!(
-        secrets.get_opt(&secret_name),
-        secrets.get_opt(&reference.name)
+        get_secret(&secrets, &secret_name, Read::Cached),
+        get_secret(&secrets, &reference.name, Read::Cached)
     );
     let existing = existing.map_err(Error::kube("reading the target Secret"))?;
-    let credentials_secret =
-        credentials_secret.map_err(Error::kube("reading the credentials Secret"))?;
+    let credentials_secret = match credentials_secret {
+        Ok(None) => get_secret(&secrets, &reference.name, Read::Latest).await,
+        other => other,
+    }
+    .map_err(Error::kube("reading the credentials Secret"))?;
     observed.target = TargetSecret::classify(existing, cr);
     if let TargetSecret::Managed(secret) = &observed.target {
         observed.stored = secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key);
@@ -563,6 +587,52 @@ async fn observe<'a>(
     observed.spec = Ok(spec);
     observed.token_client = Some(token_client);
     Ok(observed)
+}
+
+/// Whether a refused write of the target Secret means that it was read
+/// before someone (often the controller itself) changed it: created meanwhile
+/// (409 AlreadyExists) or changed since the resourceVersion read (409
+/// Conflict, the apply's precondition).
+fn stale_write(err: &Error) -> bool {
+    match err {
+        Error::SecretConflict { .. } => true,
+        Error::Kube {
+            source: kube::Error::Api(status),
+            ..
+        } => status.code == 409,
+        _ => false,
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Served from the API server's watch cache (`resourceVersion=0`): no
+    /// etcd read, possibly a few milliseconds behind.
+    Cached,
+    /// The latest version (a quorum read from etcd).
+    Latest,
+}
+
+/// Reads a Secret; `None` when there is none.
+///
+/// # Errors
+///
+/// The API server's errors other than 404.
+async fn get_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    read: Read,
+) -> Result<Option<Secret>, kube::Error> {
+    let params = match read {
+        Read::Cached => GetParams::any(),
+        Read::Latest => GetParams::default(),
+    };
+    match secrets.get_with(name, &params).await {
+        Ok(secret) => Ok(Some(secret)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Reads the group again (after a request failed or was held back).

@@ -4,7 +4,10 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::{
-    api::{CONDITION_DEGRADED, CONDITION_READY, RunaiCredentialStatus},
+    api::{
+        CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED,
+        RunaiCredentialStatus,
+    },
     output::secret::rfc3339,
     token::schedule::TokenRecord,
 };
@@ -132,9 +135,15 @@ pub fn token_status(
         ),
     };
     let record = token.map(|t| t.record);
+    let [reconciling, stalled] = kstatus(&ready);
     RunaiCredentialStatus {
         observed_generation: generation,
-        conditions: merge_conditions(previous, vec![ready, degraded], generation, now),
+        conditions: merge_conditions(
+            previous,
+            vec![ready, degraded, reconciling, stalled],
+            generation,
+            now,
+        ),
         secret_name: Some(secret_name.to_owned()),
         last_refresh_time: record.map(|r| rfc3339(r.issued_at)),
         expiration_time: record.and_then(|r| r.expires_at).map(rfc3339),
@@ -146,7 +155,8 @@ pub fn token_status(
 }
 
 /// Status when the controller cannot act until the user changes something
-/// (an invalid spec, a Secret it does not own). Only `Ready=False` remains.
+/// (an invalid spec, a Secret it does not own): `Ready=False` and the
+/// kstatus conditions, no `Degraded`.
 pub fn blocked_status(
     previous: Option<&RunaiCredentialStatus>,
     generation: Option<i64>,
@@ -156,12 +166,64 @@ pub fn blocked_status(
     now: Timestamp,
 ) -> RunaiCredentialStatus {
     let ready = condition(CONDITION_READY, false, reason, message);
+    let [reconciling, stalled] = kstatus(&ready);
     RunaiCredentialStatus {
         observed_generation: generation,
-        conditions: merge_conditions(previous, vec![ready], generation, now),
+        conditions: merge_conditions(
+            previous,
+            vec![ready, reconciling, stalled],
+            generation,
+            now,
+        ),
         secret_name: Some(secret_name.to_owned()),
         ..RunaiCredentialStatus::default()
     }
+}
+
+/// Reasons of `Ready=False` that only a person can resolve (a changed spec,
+/// credentials or Secret): `Stalled=True`. Every other `Ready=False` is
+/// being retried: `Reconciling=True`.
+pub const STALLED_REASONS: &[&str] = &[
+    "InvalidSpec",
+    "InvalidCredentials",
+    "CredentialsNotFound",
+    "SecretConflict",
+    "SecretWriteFailed",
+];
+
+/// The kstatus conditions `[Reconciling, Stalled]` that go with `ready`:
+/// a Ready credential is neither; one stuck on a person's change is Stalled
+/// with Ready's reason and message; any other is Reconciling, also while
+/// transient failures are retried.
+pub fn kstatus(ready: &Condition) -> [Condition; 2] {
+    let reason = ready.reason.as_str();
+    if ready.status == "True" {
+        let done = "the current generation's token is in place";
+        return [
+            condition(CONDITION_RECONCILING, false, reason, done.to_owned()),
+            condition(CONDITION_STALLED, false, reason, done.to_owned()),
+        ];
+    }
+    if STALLED_REASONS.contains(&reason) {
+        return [
+            condition(
+                CONDITION_RECONCILING,
+                false,
+                reason,
+                "waiting for a change of the spec, the credentials or the Secret".to_owned(),
+            ),
+            condition(CONDITION_STALLED, true, reason, ready.message.clone()),
+        ];
+    }
+    [
+        condition(CONDITION_RECONCILING, true, reason, ready.message.clone()),
+        condition(
+            CONDITION_STALLED,
+            false,
+            reason,
+            "the controller keeps trying".to_owned(),
+        ),
+    ]
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
@@ -472,8 +534,12 @@ mod tests {
         );
     }
 
+    fn find<'a>(s: &'a RunaiCredentialStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
     #[test]
-    fn blocked_status_has_only_ready() {
+    fn blocked_status_is_stalled_not_degraded() {
         let s = blocked_status(
             None,
             Some(4),
@@ -482,8 +548,67 @@ mod tests {
             "taken".into(),
             t(NEXT),
         );
-        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions.len(), 3);
+        assert!(s.conditions.iter().all(|c| c.type_ != CONDITION_DEGRADED));
         assert_eq!(ready(&s).reason, "SecretConflict");
+        let stalled = find(&s, CONDITION_STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str(), stalled.message.as_str()),
+            ("True", "SecretConflict", "taken")
+        );
+        assert_eq!(find(&s, CONDITION_RECONCILING).status, "False");
         assert_eq!(s.observed_generation, Some(4));
+        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(4)));
+    }
+
+    #[test]
+    fn kstatus_tells_working_waiting_and_stuck_apart() {
+        let r = record();
+        let token = CurrentToken {
+            record: &r,
+            current: true,
+        };
+        let at = |s: &str| t(s);
+        let failure = |reason: &'static str| Failure {
+            reason,
+            message: format!("{reason} happened"),
+            attempts: 2,
+        };
+        let status = |token, failure: Option<&Failure>, now| {
+            token_status(None, Some(2), "sec", token, failure, t(NEXT), now)
+        };
+        let pair = |s: &RunaiCredentialStatus| {
+            (
+                find(s, CONDITION_RECONCILING).status.clone(),
+                find(s, CONDITION_STALLED).status.clone(),
+            )
+        };
+        let t_ = |s: &str| s.to_owned();
+        // Healthy: neither.
+        let healthy = status(Some(token), None, at("2026-01-01T00:01:00Z"));
+        assert_eq!(pair(&healthy), (t_("False"), t_("False")));
+        // New: no token yet, working on it.
+        let new = status(None, None, at("2026-01-01T00:01:00Z"));
+        assert_eq!(pair(&new), (t_("True"), t_("False")));
+        assert_eq!(find(&new, CONDITION_RECONCILING).reason, REASON_PENDING);
+        // A transient failure without a token: retried, so Reconciling.
+        let outage = failure(REASON_TOKEN_ENDPOINT_ERROR);
+        let retrying = status(None, Some(&outage), at("2026-01-01T00:01:00Z"));
+        assert_eq!(pair(&retrying), (t_("True"), t_("False")));
+        // The same failure with a valid token: Degraded only, in place.
+        let degraded_only = status(Some(token), Some(&outage), at("2026-01-01T00:01:00Z"));
+        assert_eq!(pair(&degraded_only), (t_("False"), t_("False")));
+        // Rejected credentials and no valid token: Stalled, Ready's words.
+        let rejected = failure("InvalidCredentials");
+        let stuck = status(Some(token), Some(&rejected), at("2026-01-01T01:00:01Z"));
+        assert_eq!(pair(&stuck), (t_("False"), t_("True")));
+        let stalled = find(&stuck, CONDITION_STALLED);
+        assert_eq!(stalled.reason, ready(&stuck).reason);
+        assert_eq!(stalled.message, ready(&stuck).message);
+        for reason in STALLED_REASONS {
+            let f = failure(reason);
+            let s = status(None, Some(&f), at("2026-01-01T00:01:00Z"));
+            assert_eq!(pair(&s), (t_("False"), t_("True")), "{reason}");
+        }
     }
 }

@@ -46,6 +46,18 @@ pub struct CredentialLabels {
     pub name: String,
 }
 
+/// One series of the Ready gauge: `condition` is `True`, `False` or `Unknown`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    namespace: String,
+    name: String,
+    condition: &'static str,
+}
+
+/// The values of a condition's `status`, and so of the Ready gauge's
+/// `condition` label (Kubernetes API conventions).
+const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -62,6 +74,7 @@ pub struct Metrics {
     token_request_duration: HistogramFamily<TokenApiLabels>,
     token_expiration: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
     consecutive_failures: Family<CredentialLabels, Gauge>,
+    ready_status: Family<ReadyLabels, Gauge>,
     leader: Gauge,
     /// The credentials with per-credential series, to drop them once deleted.
     observed: Mutex<HashSet<CredentialLabels>>,
@@ -114,6 +127,12 @@ impl Metrics {
             "Failed refresh attempts of a RunaiCredential since its last success",
             consecutive_failures.clone(),
         );
+        let ready_status = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "credential_ready_status",
+            "The Ready condition of a credential: 1 on the series of its status (True, False or Unknown), 0 on the others; as cert-manager's certmanager_certificate_ready_status",
+            ready_status.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -128,6 +147,7 @@ impl Metrics {
             token_request_duration,
             token_expiration,
             consecutive_failures,
+            ready_status,
             leader,
             observed: Mutex::default(),
         }
@@ -155,13 +175,27 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Sets the per-credential gauges from what its status shows.
+    /// Sets the per-credential gauges from what its status shows:
+    /// `expires_at` in Unix seconds, `ready` the status of its Ready
+    /// condition (`True`, `False`; anything else counts as `Unknown`).
     pub fn observe_credential(
         &self,
         credential: CredentialLabels,
         expires_at: Option<i64>,
         failures: u32,
+        ready: &str,
     ) {
+        for condition in CONDITION_STATUSES {
+            let current = condition == ready
+                || (condition == "Unknown" && !CONDITION_STATUSES[..2].contains(&ready));
+            self.ready_status
+                .get_or_create(&ReadyLabels {
+                    namespace: credential.namespace.clone(),
+                    name: credential.name.clone(),
+                    condition,
+                })
+                .set(i64::from(current));
+        }
         match expires_at {
             Some(at) => {
                 self.token_expiration
@@ -189,6 +223,13 @@ impl Metrics {
             if !keep {
                 self.token_expiration.remove(credential);
                 self.consecutive_failures.remove(credential);
+                for condition in CONDITION_STATUSES {
+                    self.ready_status.remove(&ReadyLabels {
+                        namespace: credential.namespace.clone(),
+                        name: credential.name.clone(),
+                        condition,
+                    });
+                }
             }
             keep
         });
@@ -223,7 +264,7 @@ mod tests {
         let m = Metrics::new();
         m.reconciled(true, Duration::from_millis(12));
         m.token_requested(TokenApi::V2, "rate_limited", Duration::from_millis(80));
-        m.observe_credential(credential("a"), Some(1_800_000_000), 2);
+        m.observe_credential(credential("a"), Some(1_800_000_000), 2, "False");
         m.set_leader(true);
         let text = m.encode();
         for line in [
@@ -232,6 +273,9 @@ mod tests {
             "runai_token_sync_token_expiration_timestamp_seconds{namespace=\"ml\",name=\"a\"} 1800000000",
             "runai_token_sync_consecutive_failures{namespace=\"ml\",name=\"a\"} 2",
             "runai_token_sync_leader 1",
+            "runai_token_sync_credential_ready_status{namespace=\"ml\",name=\"a\",condition=\"False\"} 1",
+            "runai_token_sync_credential_ready_status{namespace=\"ml\",name=\"a\",condition=\"True\"} 0",
+            "runai_token_sync_credential_ready_status{namespace=\"ml\",name=\"a\",condition=\"Unknown\"} 0",
             "runai_token_sync_reconcile_duration_seconds_count{result=\"success\"} 1",
             "runai_token_sync_token_request_duration_seconds_count{token_api=\"V2\"} 1",
         ] {
@@ -242,8 +286,8 @@ mod tests {
     #[test]
     fn deleted_credentials_lose_their_series() {
         let m = Metrics::new();
-        m.observe_credential(credential("kept"), Some(1), 0);
-        m.observe_credential(credential("gone"), Some(2), 1);
+        m.observe_credential(credential("kept"), Some(1), 0, "True");
+        m.observe_credential(credential("gone"), Some(2), 1, "False");
         m.retain_credentials(&[credential("kept")].into());
         let text = m.encode();
         assert!(text.contains("name=\"kept\""), "{text}");
@@ -253,8 +297,8 @@ mod tests {
     #[test]
     fn unknown_expiry_removes_the_gauge() {
         let m = Metrics::new();
-        m.observe_credential(credential("a"), Some(5), 0);
-        m.observe_credential(credential("a"), None, 1);
+        m.observe_credential(credential("a"), Some(5), 0, "True");
+        m.observe_credential(credential("a"), None, 1, "False");
         assert!(!m.encode().contains("token_expiration_timestamp_seconds{"));
     }
 }
