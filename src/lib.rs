@@ -13,9 +13,11 @@
 //! - [`output`]: the target Secret's shape and the keyed record it carries;
 //! - [`reconcile`]: observe → decide (pure) → act, and the status;
 //! - [`runtime`]: watches, leader election, the metrics and health server,
-//!   telemetry and the API server's proxy.
+//!   telemetry and the API server's proxy;
+//! - [`cli`]: the `check` and `renew` commands.
 
 pub mod api;
+pub mod cli;
 pub mod error;
 pub mod fuzzing;
 pub mod output;

@@ -2,10 +2,13 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 use runai_token_sync::{
     Error,
-    api::crd_yaml,
+    api::{TokenApi, crd_yaml},
+    cli::{check, renew},
     reconcile::Policy,
     runai::allowed_urls::AllowedUrls,
     runtime::controller::{self, LeaderElection, Settings},
@@ -29,6 +32,78 @@ enum Command {
     Run(RunArgs),
     /// Print the RunaiCredential CRD as YAML.
     Crd,
+    /// Request one token with an application's credentials, as the
+    /// controller would, and print what came back. Needs no cluster.
+    #[command(after_help = check::exit_statuses_help())]
+    Check(CheckArgs),
+    /// Ask for an immediate refresh of RunaiCredentials (sets the
+    /// tokensync.dev/refresh-requested-at annotation), with the current
+    /// kubeconfig.
+    Renew(RenewArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Base URL of the Run:ai control plane, as spec.url holds it.
+    #[arg(long)]
+    url: String,
+
+    /// Token API generation: V1, V2 or AppToken.
+    #[arg(long, default_value = "V1", value_parser = parse_token_api)]
+    token_api: TokenApi,
+
+    /// The application's client ID.
+    #[arg(long)]
+    client_id: String,
+
+    /// A file holding the client secret (`-` for standard input); never a
+    /// flag, so that it stays out of shell history and process lists.
+    #[arg(long)]
+    client_secret_file: PathBuf,
+
+    /// PEM certificates to trust besides the system roots (spec.caBundle).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+
+    /// Also print the access token.
+    #[arg(long)]
+    show_token: bool,
+
+    /// Accept an http:// URL (the secret then travels in clear text).
+    #[arg(long)]
+    allow_insecure_http: bool,
+
+    /// Timeout of the request, in seconds.
+    #[arg(long, default_value_t = 15)]
+    timeout_seconds: u64,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["names", "selector", "all"])))]
+struct RenewArgs {
+    /// Names of RunaiCredentials.
+    names: Vec<String>,
+
+    /// A label selector (`team=ml`).
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+
+    /// Every RunaiCredential in the namespace.
+    #[arg(long)]
+    all: bool,
+
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+fn parse_token_api(value: &str) -> Result<TokenApi, String> {
+    match value {
+        "V1" => Ok(TokenApi::V1),
+        "V2" => Ok(TokenApi::V2),
+        "AppToken" => Ok(TokenApi::AppToken),
+        other => Err(format!("{other:?}: use V1, V2 or AppToken")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -117,6 +192,28 @@ async fn main() -> ExitCode {
             print!("{}", crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Check(args) => {
+            let request = check::CheckRequest {
+                url: args.url,
+                token_api: args.token_api,
+                client_id: args.client_id,
+                client_secret_file: args.client_secret_file,
+                ca_file: args.ca_file,
+                allow_insecure_http: args.allow_insecure_http,
+                timeout: Duration::from_secs(args.timeout_seconds.max(1)),
+            };
+            match check::check(&request).await {
+                Ok(report) => {
+                    print!("{}", report.render(args.show_token));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("runai-token-sync check: {} ({})", e, e.class());
+                    ExitCode::from(check::exit_status(&e))
+                }
+            }
+        }
+        Command::Renew(args) => renew_command(args).await,
         Command::Run(args) => {
             init_logging(args.log_format);
             let identity = args.identity.unwrap_or_else(|| {
@@ -198,6 +295,62 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `renew`: exit 0 when every selected RunaiCredential was annotated, 1
+/// otherwise (each failure is printed).
+async fn renew_command(args: RenewArgs) -> ExitCode {
+    let selection = match (args.selector, args.all) {
+        (Some(selector), _) => renew::Selection::Selector(selector),
+        (None, true) => renew::Selection::All,
+        (None, false) => renew::Selection::Names(args.names),
+    };
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("runai-token-sync renew: cannot find a kubeconfig: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let namespace = args
+        .namespace
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = match kube::Client::try_from(config) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("runai-token-sync renew: cannot build a Kubernetes client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match renew::renew(client, &namespace, &selection, jiff::Timestamp::now()).await {
+        Ok(renewed) if renewed.is_empty() => {
+            eprintln!(
+                "runai-token-sync renew: no RunaiCredential matched in namespace {namespace}"
+            );
+            ExitCode::FAILURE
+        }
+        Ok(renewed) => {
+            let mut failed = false;
+            for one in renewed {
+                match one.result {
+                    Ok(()) => println!("runaicredential/{} refresh requested", one.name),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("runaicredential/{}: {e}", one.name);
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("runai-token-sync renew: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -122,9 +122,31 @@ fn the_default_install_is_hardened_and_highly_available() {
     }
     assert_eq!(of_kind(&objects, "ServiceAccount").len(), 1);
     assert_eq!(of_kind(&objects, "Service").len(), 1, "the metrics Service");
-    let cluster_roles = of_kind(&objects, "ClusterRole");
+    let all_cluster_roles = of_kind(&objects, "ClusterRole");
+    // The controller's own, and the two aggregated into view/edit/admin,
+    // which grant nothing on Secrets.
+    let (cluster_roles, for_people): (Vec<&Value>, Vec<&Value>) =
+        all_cluster_roles.into_iter().partition(|role| {
+            role["metadata"]["labels"]
+                .as_object()
+                .is_none_or(|labels| !labels.keys().any(|k| k.contains("aggregate-to-")))
+        });
     assert_eq!(cluster_roles.len(), 1);
     assert!(grants_secrets_listing(cluster_roles[0]));
+    assert_eq!(for_people.len(), 2);
+    for role in &for_people {
+        for rule in role["rules"].as_array().unwrap() {
+            assert_eq!(rule["apiGroups"][0], "tokensync.dev", "{role}");
+            assert!(
+                rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r.as_str().unwrap().starts_with("runaicredentials")),
+                "only RunaiCredentials are handed to people: {role}"
+            );
+        }
+    }
     // The spec of a RunaiCredential is the user's: only its status may be written.
     for rule in cluster_roles[0]["rules"].as_array().unwrap() {
         if rule["resources"][0] == "runaicredentials" {
@@ -154,7 +176,10 @@ fn the_default_install_is_hardened_and_highly_available() {
 #[ignore = "needs helm: run hack/test.sh"]
 fn watch_namespaces_grant_nothing_cluster_wide() {
     let objects = template(&["--set", "watchNamespaces={team-a,team-b}"]);
-    assert!(of_kind(&objects, "ClusterRole").is_empty());
+    // Only the roles for people, which no binding of the chart uses.
+    assert!(of_kind(&objects, "ClusterRole").iter().all(
+        |role| role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    ));
     assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
     let roles = of_kind(&objects, "Role");
     let in_namespace = |ns: &str| {

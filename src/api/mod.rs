@@ -208,7 +208,55 @@ pub struct Target {
     /// with it. `Retain`: the Secret is left in place.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// More keys derived from the same token, written in the same Secret
+    /// write as `key` and replaced with it: an `Authorization` header value,
+    /// an env file, a JSON document or a template. Each key must differ from
+    /// `key`, from `expiresAt` and from the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Output>,
 }
+
+/// One more key of the target Secret, rendered from the token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// The Secret key (letters, digits, `-`, `_`, `.`; at most 253
+    /// characters, as for any Secret key).
+    #[schemars(length(min = 1, max = 253), extend("pattern" = SECRET_KEY_PATTERN))]
+    pub key: String,
+
+    /// `BearerHeader`: `Bearer <token>`. `EnvFile`: the lines
+    /// `RUNAI_URL=<url>`, `RUNAI_TOKEN=<token>`, `RUNAI_TOKEN_EXPIRES_AT=<RFC 3339
+    /// expiry, empty when unknown>`. `Json`: `{"url":…,"accessToken":…,"expiresAt":…}`
+    /// (`null` when the expiry is unknown). `Template`: `template` with its
+    /// placeholders replaced.
+    pub format: OutputFormat,
+
+    /// For `format: Template` only. The placeholders are `${token}`, `${url}`
+    /// (`spec.url` as written) and `${expiresAt}` (RFC 3339 in UTC with whole
+    /// seconds, empty when unknown); `$${` is a literal `${`. No functions: an
+    /// unknown placeholder is an invalid spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+/// The shape of an output key's value; see [`Output::format`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OutputFormat {
+    /// `Bearer <token>`: the value of an HTTP `Authorization` header (RFC 6750).
+    BearerHeader,
+    /// `RUNAI_URL`, `RUNAI_TOKEN` and `RUNAI_TOKEN_EXPIRES_AT` lines, for a
+    /// shell's `source` or a tool's env file.
+    EnvFile,
+    /// A JSON object with `url`, `accessToken` and `expiresAt`.
+    Json,
+    /// The `template` field with its placeholders replaced.
+    Template,
+}
+
+/// A Secret data key (Kubernetes `IsConfigMapKey`).
+const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 fn default_target_key() -> String {
     "accessToken".to_owned()
@@ -222,6 +270,7 @@ impl Default for Target {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             deletion_policy: DeletionPolicy::default(),
+            outputs: Vec::new(),
         }
     }
 }
@@ -356,39 +405,7 @@ pub fn validate_spec(
     allow_insecure_http: bool,
 ) -> Result<ValidSpec, crate::Error> {
     let invalid = |field, message: String| crate::Error::InvalidSpec { field, message };
-    let url = url::Url::parse(cr.spec.url.trim())
-        .map_err(|e| invalid("spec.url", format!("{:?} is not a URL: {e}", cr.spec.url)))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_insecure_http => {}
-        "http" => {
-            return Err(invalid(
-                "spec.url",
-                "http:// is refused because the client secret would travel in clear text; use https:// (the controller accepts http:// only when started with --allow-insecure-http, for local testing)".to_owned(),
-            ));
-        }
-        other => {
-            return Err(invalid(
-                "spec.url",
-                format!("scheme {other:?} is not supported; use https://"),
-            ));
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("spec.url", "has no host".to_owned()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "spec.url",
-            "must not contain credentials; put them in the credentials Secret".to_owned(),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid(
-            "spec.url",
-            "must not have a query or fragment".to_owned(),
-        ));
-    }
+    let url = validate_url(&cr.spec.url, allow_insecure_http)?;
     let refresh_interval = cr
         .spec
         .refresh_interval
@@ -441,10 +458,89 @@ pub fn validate_spec(
             format!("{key:?} is not a valid annotation key (like example.com/name)"),
         ));
     }
+    check_outputs(target).map_err(|m| invalid("spec.target.outputs", m))?;
     Ok(ValidSpec {
         url,
         refresh_interval,
     })
+}
+
+/// Checks a Run:ai base URL as `spec.url` is checked: `https://` (or
+/// `http://` with `allow_insecure_http`), a host, no user information (the
+/// credentials belong in the Secret), no query or fragment.
+///
+/// # Errors
+///
+/// [`crate::Error::InvalidSpec`] on `spec.url`, saying what is wrong.
+pub fn validate_url(raw: &str, allow_insecure_http: bool) -> Result<url::Url, crate::Error> {
+    let invalid = |field, message: String| crate::Error::InvalidSpec { field, message };
+    let url = url::Url::parse(raw.trim())
+        .map_err(|e| invalid("spec.url", format!("{raw:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => {
+            return Err(invalid(
+                "spec.url",
+                "http:// is refused because the client secret would travel in clear text; use https:// (the controller accepts http:// only when started with --allow-insecure-http, for local testing)".to_owned(),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "spec.url",
+                format!("scheme {other:?} is not supported; use https://"),
+            ));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("spec.url", "has no host".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "spec.url",
+            "must not contain credentials; put them in the credentials Secret".to_owned(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "spec.url",
+            "must not have a query or fragment".to_owned(),
+        ));
+    }
+    Ok(url)
+}
+
+/// Checks `target.outputs`: usable and distinct keys, and formats and
+/// templates that render.
+///
+/// # Errors
+///
+/// A message saying which output is wrong and why.
+pub fn check_outputs(target: &Target) -> Result<(), String> {
+    let mut taken = std::collections::BTreeSet::from([
+        target.key.as_str(),
+        crate::output::secret::EXPIRES_AT_KEY,
+    ]);
+    for output in &target.outputs {
+        let key = output.key.as_str();
+        if key.is_empty()
+            || key.len() > 253
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
+            return Err(format!(
+                "{key:?} is not a usable Secret key (letters, digits, '-', '_', '.')"
+            ));
+        }
+        if !taken.insert(key) {
+            return Err(format!(
+                "key {key:?} is used twice (by target.key, by expiresAt or by another output)"
+            ));
+        }
+        crate::output::formats::check(output)?;
+    }
+    Ok(())
 }
 
 /// A DNS subdomain (RFC 1123), as Kubernetes object names are.

@@ -253,6 +253,16 @@ pub fn desired_secret(
 
     let mut data = BTreeMap::new();
     data.insert(target.key.clone(), ByteString(token.as_bytes().to_vec()));
+    // Rendered with the token, so that all keys change in one write.
+    for output in &target.outputs {
+        data.insert(
+            output.key.clone(),
+            ByteString(
+                super::formats::render(output, token, &credential.spec.url, record.expires_at)
+                    .into_bytes(),
+            ),
+        );
+    }
     if let Some(expires_at) = record.expires_at {
         data.insert(
             EXPIRES_AT_KEY.to_owned(),

@@ -222,10 +222,7 @@ pub(super) async fn write_status(
         .as_deref()
         .and_then(|t| t.parse::<Timestamp>().ok())
         .map(|t| t.as_second());
-    let credential = CredentialLabels {
-        namespace: cr.namespace().unwrap_or_default(),
-        name: cr.name_any(),
-    };
+    let credential = CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any());
     let ready = new
         .conditions
         .iter()

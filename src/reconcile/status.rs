@@ -169,12 +169,7 @@ pub fn blocked_status(
     let [reconciling, stalled] = kstatus(&ready);
     RunaiCredentialStatus {
         observed_generation: generation,
-        conditions: merge_conditions(
-            previous,
-            vec![ready, reconciling, stalled],
-            generation,
-            now,
-        ),
+        conditions: merge_conditions(previous, vec![ready, reconciling, stalled], generation, now),
         secret_name: Some(secret_name.to_owned()),
         ..RunaiCredentialStatus::default()
     }
@@ -553,12 +548,20 @@ mod tests {
         assert_eq!(ready(&s).reason, "SecretConflict");
         let stalled = find(&s, CONDITION_STALLED);
         assert_eq!(
-            (stalled.status.as_str(), stalled.reason.as_str(), stalled.message.as_str()),
+            (
+                stalled.status.as_str(),
+                stalled.reason.as_str(),
+                stalled.message.as_str()
+            ),
             ("True", "SecretConflict", "taken")
         );
         assert_eq!(find(&s, CONDITION_RECONCILING).status, "False");
         assert_eq!(s.observed_generation, Some(4));
-        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(4)));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4))
+        );
     }
 
     #[test]

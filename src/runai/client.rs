@@ -482,6 +482,21 @@ pub fn numeric_date(value: &Value) -> Option<i64> {
 /// signature: the controller is not the token's audience, it only plans the
 /// refresh. `None` when the token is not a JWT or its claims are unreadable.
 pub fn jwt_claims(token: &str) -> Option<(Option<i64>, Option<i64>)> {
+    let claims = jwt_payload(token)?;
+    let exp = claims.get("exp").and_then(numeric_date);
+    let iat = claims.get("iat").and_then(numeric_date);
+    Some((exp, iat))
+}
+
+/// The `sub` claim of a JWT (the application or user it was issued to),
+/// decoded without verifying the signature. `None` when the token is not a
+/// JWT or has no string `sub`.
+pub fn jwt_subject(token: &str) -> Option<String> {
+    jwt_payload(token)?.get("sub")?.as_str().map(str::to_owned)
+}
+
+/// The claims of a JWT (`header.payload.signature`, base64url), unverified.
+fn jwt_payload(token: &str) -> Option<Value> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -490,10 +505,7 @@ pub fn jwt_claims(token: &str) -> Option<(Option<i64>, Option<i64>)> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp").and_then(numeric_date);
-    let iat = claims.get("iat").and_then(numeric_date);
-    Some((exp, iat))
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// When a JWT that arrived at `now` expires. With both `iat` and `exp`, the

@@ -519,6 +519,7 @@ async fn run_controllers(
         let (before, after) = (store.clone(), store.clone());
         let scope = namespace.map(str::to_owned);
         let bundles = ctx.ca_bundles.clone();
+        let forgotten = ctx.clone();
         let credential_changes = watcher(credentials, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(move |cr: &mut RunaiCredential| {
@@ -532,6 +533,14 @@ async fn run_controllers(
             })
             .map_ok(move |event| {
                 indexed.observe(&before, &event);
+                // A deleted RunaiCredential's series go at once; the
+                // periodic pruning catches what a relist hides.
+                if let watcher::Event::Delete(cr) = &event {
+                    forgotten.metrics.forget_credential(&CredentialLabels::new(
+                        &cr.namespace().unwrap_or_default(),
+                        &cr.name_any(),
+                    ));
+                }
                 event
             })
             .reflect(writer)
@@ -639,9 +648,8 @@ async fn run_controllers(
                 stores.iter().flat_map(|store| store.state()).collect();
             let labels: HashSet<CredentialLabels> = live
                 .iter()
-                .map(|cr| CredentialLabels {
-                    namespace: cr.namespace().unwrap_or_default(),
-                    name: cr.name_any(),
+                .map(|cr| {
+                    CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any())
                 })
                 .collect();
             pruned.metrics.retain_credentials(&labels);

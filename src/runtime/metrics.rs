@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    sync::{Mutex, atomic::AtomicU64},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -39,18 +39,29 @@ struct TokenApiLabels {
     token_api: &'static str,
 }
 
-/// Identifies one RunaiCredential in the per-credential gauges.
+/// Identifies one RunaiCredential in the per-credential gauges. The names
+/// are shared by all its series (a pointer each), as there are five series
+/// per credential and thousands of credentials.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl CredentialLabels {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        CredentialLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
 }
 
 /// One series of the Ready gauge: `condition` is `True`, `False` or `Unknown`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
-    namespace: String,
-    name: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
     condition: &'static str,
 }
 
@@ -185,6 +196,16 @@ impl Metrics {
         failures: u32,
         ready: &str,
     ) {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        // The names already held by this credential's series, if any.
+        let credential = match observed.get(&credential) {
+            Some(known) => known.clone(),
+            None => {
+                observed.insert(credential.clone());
+                credential
+            }
+        };
+        drop(observed);
         for condition in CONDITION_STATUSES {
             let current = condition == ready
                 || (condition == "Unknown" && !CONDITION_STATUSES[..2].contains(&ready));
@@ -209,10 +230,6 @@ impl Metrics {
         self.consecutive_failures
             .get_or_create(&credential)
             .set(i64::from(failures));
-        self.observed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(credential);
     }
 
     /// Drops the gauges of RunaiCredentials that no longer exist.
@@ -221,18 +238,30 @@ impl Metrics {
         observed.retain(|credential| {
             let keep = live.contains(credential);
             if !keep {
-                self.token_expiration.remove(credential);
-                self.consecutive_failures.remove(credential);
-                for condition in CONDITION_STATUSES {
-                    self.ready_status.remove(&ReadyLabels {
-                        namespace: credential.namespace.clone(),
-                        name: credential.name.clone(),
-                        condition,
-                    });
-                }
+                self.remove_series(credential);
             }
             keep
         });
+    }
+
+    /// Drops the gauges of one deleted RunaiCredential.
+    pub fn forget_credential(&self, credential: &CredentialLabels) {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if observed.remove(credential) {
+            self.remove_series(credential);
+        }
+    }
+
+    fn remove_series(&self, credential: &CredentialLabels) {
+        self.token_expiration.remove(credential);
+        self.consecutive_failures.remove(credential);
+        for condition in CONDITION_STATUSES {
+            self.ready_status.remove(&ReadyLabels {
+                namespace: credential.namespace.clone(),
+                name: credential.name.clone(),
+                condition,
+            });
+        }
     }
 
     /// Sets whether this replica leads.
@@ -253,10 +282,7 @@ mod tests {
     use super::*;
 
     fn credential(name: &str) -> CredentialLabels {
-        CredentialLabels {
-            namespace: "ml".into(),
-            name: name.into(),
-        }
+        CredentialLabels::new("ml", name)
     }
 
     #[test]
@@ -291,6 +317,20 @@ mod tests {
         m.retain_credentials(&[credential("kept")].into());
         let text = m.encode();
         assert!(text.contains("name=\"kept\""), "{text}");
+        assert!(!text.contains("name=\"gone\""), "{text}");
+    }
+
+    #[test]
+    fn a_deleted_credential_loses_its_series_at_once() {
+        let m = Metrics::new();
+        m.observe_credential(credential("kept"), Some(1), 0, "True");
+        m.observe_credential(credential("gone"), Some(2), 1, "False");
+        m.forget_credential(&credential("gone"));
+        let text = m.encode();
+        assert!(
+            text.contains("name=\"kept\",condition=\"True\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("name=\"gone\""), "{text}");
     }
 

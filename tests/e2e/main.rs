@@ -7,7 +7,9 @@
 //! own controller process, and polls for conditions rather than sleeping.
 
 mod chaos;
+mod cli;
 mod edge;
+mod gitops;
 mod harness;
 mod ops;
 mod shared;

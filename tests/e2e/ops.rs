@@ -227,6 +227,108 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
     ));
 }
 
+/// A ServiceAccount of the test namespace bound there to a built-in
+/// ClusterRole (`view`, `edit`): a person with that role.
+async fn person_with(cluster: &Cluster, role: &str) -> Client {
+    let name = format!("person-{role}");
+    let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": cluster.namespace}],
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    service_account_kubeconfig(cluster, &cluster.namespace, &name)
+        .await
+        .1
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server and helm: run hack/test.sh"]
+async fn view_and_edit_include_runaicredentials_once_the_chart_is_installed() {
+    let cluster = Cluster::new("people").await;
+    let viewer: Api<RunaiCredential> =
+        Api::namespaced(person_with(&cluster, "view").await, &cluster.namespace);
+    let editor: Api<RunaiCredential> =
+        Api::namespaced(person_with(&cluster, "edit").await, &cluster.namespace);
+    let credential = || -> RunaiCredential {
+        serde_json::from_value(json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+            "metadata": {"name": "by-a-person"},
+            "spec": {"url": "https://acme.run.ai", "clientCredentialsSecretRef": {"name": "c"}},
+        }))
+        .unwrap()
+    };
+    // Before the chart: the built-in roles know nothing of RunaiCredentials.
+    assert!(is_forbidden(viewer.list(&Default::default()).await));
+    assert!(is_forbidden(
+        editor.create(&PostParams::default(), &credential()).await
+    ));
+
+    let _release = Release::install(&cluster, &[]);
+    // The aggregation controller folds the chart's roles into view and edit.
+    eventually(Duration::from_secs(30), "edit may create", || async {
+        editor
+            .create(&PostParams::default(), &credential())
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        viewer.list(&Default::default()).await.unwrap().items.len(),
+        1
+    );
+    assert!(viewer.get("by-a-person").await.is_ok());
+    // view reads only.
+    let mut other = credential();
+    other.metadata.name = Some("by-a-viewer".to_owned());
+    assert!(is_forbidden(
+        viewer.create(&PostParams::default(), &other).await
+    ));
+    assert!(is_forbidden(
+        viewer.delete("by-a-person", &Default::default()).await
+    ));
+    // edit changes and deletes, but never writes the controller's status.
+    let edit = json!({"spec": {"refreshInterval": "45m"}});
+    assert!(
+        editor
+            .patch("by-a-person", &PatchParams::default(), &Patch::Merge(&edit))
+            .await
+            .is_ok()
+    );
+    let status = json!({"status": {"secretName": "forged"}});
+    assert!(is_forbidden(
+        editor
+            .patch_status(
+                "by-a-person",
+                &PatchParams::default(),
+                &Patch::Merge(&status)
+            )
+            .await
+    ));
+    assert!(
+        editor
+            .delete("by-a-person", &Default::default())
+            .await
+            .is_ok()
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server and helm: run hack/test.sh"]
 async fn watch_namespaces_confine_the_controller() {

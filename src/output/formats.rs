@@ -1,0 +1,263 @@
+//! The extra keys of `spec.target.outputs`: the same token in the shape each
+//! consumer reads (an `Authorization` header value, an env file, a JSON
+//! document, a template). Pure: rendering and validation only.
+
+use jiff::Timestamp;
+
+use crate::api::{Output, OutputFormat};
+
+use super::secret::rfc3339;
+
+/// The placeholders of a `Template`, and nothing else (no functions).
+const PLACEHOLDERS: [&str; 3] = ["token", "url", "expiresAt"];
+
+/// One piece of a parsed template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Token,
+    Url,
+    ExpiresAt,
+}
+
+/// Parses a template: `${token}`, `${url}`, `${expiresAt}` are replaced,
+/// `$${` is a literal `${`, any other `$` is itself.
+///
+/// # Errors
+///
+/// A message naming the unknown or unclosed placeholder, or saying that the
+/// template is empty.
+fn parse(template: &str) -> Result<Vec<Piece<'_>>, String> {
+    if template.is_empty() {
+        return Err("the template is empty".to_owned());
+    }
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        let (text, from_dollar) = rest.split_at(at);
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        if let Some(after) = from_dollar.strip_prefix("$${") {
+            pieces.push(Piece::Text("${"));
+            rest = after;
+        } else if let Some(after) = from_dollar.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err(format!(
+                    "a placeholder is not closed: {:?} (write $${{ for a literal ${{)",
+                    truncate(from_dollar)
+                ));
+            };
+            pieces.push(match &after[..end] {
+                "token" => Piece::Token,
+                "url" => Piece::Url,
+                "expiresAt" => Piece::ExpiresAt,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder ${{{}}}; the placeholders are {} (write $${{ for a literal ${{)",
+                        truncate(other),
+                        PLACEHOLDERS.map(|p| format!("${{{p}}}")).join(", ")
+                    ));
+                }
+            });
+            rest = &after[end + 1..];
+        } else {
+            pieces.push(Piece::Text("$"));
+            rest = &from_dollar[1..];
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    Ok(pieces)
+}
+
+/// At most 40 characters of user text in a message.
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// Checks one output as the spec gives it: a template for `Template` only,
+/// and one that parses.
+///
+/// # Errors
+///
+/// A message for `InvalidSpec` on `spec.target.outputs`.
+pub fn check(output: &Output) -> Result<(), String> {
+    match (output.format, output.template.as_deref()) {
+        (OutputFormat::Template, Some(template)) => parse(template)
+            .map(drop)
+            .map_err(|m| format!("output {:?}: {m}", output.key)),
+        (OutputFormat::Template, None) => Err(format!(
+            "output {:?}: format Template needs a template",
+            output.key
+        )),
+        (_, Some(_)) => Err(format!(
+            "output {:?}: a template is only read with format Template",
+            output.key
+        )),
+        (OutputFormat::BearerHeader | OutputFormat::EnvFile | OutputFormat::Json, None) => Ok(()),
+    }
+}
+
+/// The value of one output key for `token` obtained from `url` (`spec.url`
+/// as written), which expires at `expires_at` (RFC 3339 in UTC, whole
+/// seconds; unknown is the empty string, `null` in `Json`).
+///
+/// An output that [`check`] refuses renders as the empty string; the
+/// controller never writes one (the spec is checked before any request).
+pub fn render(output: &Output, token: &str, url: &str, expires_at: Option<Timestamp>) -> String {
+    let expires = expires_at.map(rfc3339);
+    match output.format {
+        OutputFormat::BearerHeader => format!("Bearer {token}"),
+        OutputFormat::EnvFile => format!(
+            "RUNAI_URL={url}\nRUNAI_TOKEN={token}\nRUNAI_TOKEN_EXPIRES_AT={}\n",
+            expires.as_deref().unwrap_or_default()
+        ),
+        OutputFormat::Json => {
+            // Keys in the documented order; serde_json escapes the strings.
+            let text = |s: &str| serde_json::Value::from(s).to_string();
+            format!(
+                "{{\"url\":{},\"accessToken\":{},\"expiresAt\":{}}}",
+                text(url),
+                text(token),
+                expires.as_deref().map_or_else(|| "null".to_owned(), text)
+            )
+        }
+        OutputFormat::Template => output
+            .template
+            .as_deref()
+            .and_then(|t| parse(t).ok())
+            .map(|pieces| {
+                pieces
+                    .into_iter()
+                    .map(|piece| match piece {
+                        Piece::Text(text) => text,
+                        Piece::Token => token,
+                        Piece::Url => url,
+                        Piece::ExpiresAt => expires.as_deref().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(format: OutputFormat, template: Option<&str>) -> Output {
+        Output {
+            key: "out".into(),
+            format,
+            template: template.map(str::to_owned),
+        }
+    }
+
+    fn at() -> Option<Timestamp> {
+        Some("2026-11-30T05:00:00.75Z".parse().unwrap())
+    }
+
+    const URL: &str = "https://acme.run.ai/";
+
+    #[test]
+    fn each_format_renders_exactly() {
+        let cases = [
+            (OutputFormat::BearerHeader, None, "Bearer tok"),
+            (
+                OutputFormat::EnvFile,
+                None,
+                "RUNAI_URL=https://acme.run.ai/\nRUNAI_TOKEN=tok\nRUNAI_TOKEN_EXPIRES_AT=2026-11-30T05:00:00Z\n",
+            ),
+            (
+                OutputFormat::Json,
+                None,
+                r#"{"url":"https://acme.run.ai/","accessToken":"tok","expiresAt":"2026-11-30T05:00:00Z"}"#,
+            ),
+            (
+                OutputFormat::Template,
+                Some("token=${token} url=${url} expires=${expiresAt}"),
+                "token=tok url=https://acme.run.ai/ expires=2026-11-30T05:00:00Z",
+            ),
+        ];
+        for (format, template, want) in cases {
+            let o = output(format, template);
+            assert_eq!(check(&o), Ok(()));
+            assert_eq!(render(&o, "tok", URL, at()), want, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_expiry_is_empty_or_null() {
+        let render_ = |format, template| render(&output(format, template), "tok", URL, None);
+        assert_eq!(
+            render_(OutputFormat::EnvFile, None),
+            "RUNAI_URL=https://acme.run.ai/\nRUNAI_TOKEN=tok\nRUNAI_TOKEN_EXPIRES_AT=\n"
+        );
+        assert_eq!(
+            render_(OutputFormat::Json, None),
+            r#"{"url":"https://acme.run.ai/","accessToken":"tok","expiresAt":null}"#
+        );
+        assert_eq!(
+            render_(OutputFormat::Template, Some("[${expiresAt}]")),
+            "[]"
+        );
+    }
+
+    #[test]
+    fn dollars_are_literal_except_placeholders() {
+        let o = output(
+            OutputFormat::Template,
+            Some("$${token} costs $5 $ ${token}$ ${url}$"),
+        );
+        assert_eq!(check(&o), Ok(()));
+        assert_eq!(
+            render(&o, "tok", URL, None),
+            "${token} costs $5 $ tok$ https://acme.run.ai/$"
+        );
+        // Read from the left: in `$$${`, the first `$` is itself and `$${`
+        // the escape.
+        let o = output(OutputFormat::Template, Some("$$${url}"));
+        assert_eq!(render(&o, "tok", URL, None), "$${url}");
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_a_reason() {
+        for (template, says) in [
+            ("${token} ${TOKEN}", "unknown placeholder ${TOKEN}"),
+            ("${secret}", "unknown placeholder ${secret}"),
+            ("${token", "not closed"),
+            ("", "empty"),
+            (
+                "{{ .token }} ${upper(token)}",
+                "unknown placeholder ${upper(token)}",
+            ),
+        ] {
+            let err = check(&output(OutputFormat::Template, Some(template))).unwrap_err();
+            assert!(err.contains(says), "{template:?}: {err}");
+        }
+        assert!(
+            check(&output(OutputFormat::Template, None))
+                .unwrap_err()
+                .contains("needs a template")
+        );
+        assert!(
+            check(&output(OutputFormat::Json, Some("${token}")))
+                .unwrap_err()
+                .contains("only read with format Template")
+        );
+    }
+
+    #[test]
+    fn json_escapes_what_it_must() {
+        let o = output(OutputFormat::Json, None);
+        let text = render(&o, "a\"b", "https://h/\\", None);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["accessToken"], "a\"b");
+        assert_eq!(parsed["url"], "https://h/\\");
+    }
+}
