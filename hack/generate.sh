@@ -4,6 +4,9 @@
 # Tests fail when any of them is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --quiet -- crd > crds/runaicredentials.tokensync.dev.yaml
-cp crds/runaicredentials.tokensync.dev.yaml deploy/helm/runai-token-sync/crds/
+for kind in RunaiCredential ClusterRunaiCredential; do
+  file="$(echo "$kind" | tr '[:upper:]' '[:lower:]')s.tokensync.dev.yaml"
+  cargo run --quiet -- crd --kind "$kind" > "crds/$file"
+  cp "crds/$file" deploy/helm/runai-token-sync/crds/
+done
 hack/render-manifests.sh

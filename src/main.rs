@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use runai_token_sync::{
     Error,
-    api::{TokenApi, crd_yaml},
+    api::{TokenApi, cluster_crd_yaml, crd_yaml},
     cli::{check, renew},
     reconcile::Policy,
     runai::allowed_urls::AllowedUrls,
@@ -30,8 +30,8 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run(RunArgs),
-    /// Print the RunaiCredential CRD as YAML.
-    Crd,
+    /// Print the CRDs (RunaiCredential, ClusterRunaiCredential) as YAML.
+    Crd(CrdArgs),
     /// Request one token with an application's credentials, as the
     /// controller would, and print what came back. Needs no cluster.
     #[command(after_help = check::exit_statuses_help())]
@@ -40,6 +40,13 @@ enum Command {
     /// tokensync.dev/refresh-requested-at annotation), with the current
     /// kubeconfig.
     Renew(RenewArgs),
+}
+
+#[derive(clap::Args)]
+struct CrdArgs {
+    /// Only this kind's CRD (RunaiCredential or ClusterRunaiCredential).
+    #[arg(long)]
+    kind: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -166,6 +173,18 @@ struct RunArgs {
     #[arg(long, env = "STALL_TIMEOUT_SECONDS", default_value_t = 180)]
     stall_timeout_seconds: u64,
 
+    /// Serve ClusterRunaiCredentials (when their CRD is installed): their
+    /// credentials Secrets are read from the controller's namespace, their
+    /// Secrets written into the matched namespaces that are served.
+    #[arg(long, env = "CLUSTER_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_credentials: bool,
+
+    /// Serve only the ClusterRunaiCredentials with these labels (a label
+    /// selector such as `tokensync.dev/controller=platform`), so that several
+    /// installations in one cluster each serve their own. Default: all.
+    #[arg(long, env = "CLUSTER_CREDENTIALS_SELECTOR")]
+    cluster_credentials_selector: Option<String>,
+
     /// Run for high availability: only the replica holding the Lease reconciles.
     #[arg(long, env = "LEADER_ELECT")]
     leader_elect: bool,
@@ -188,10 +207,26 @@ struct RunArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!("{}", crd_yaml());
-            ExitCode::SUCCESS
-        }
+        Command::Crd(args) => match args.kind.as_deref() {
+            None => {
+                print!("{}---\n{}", crd_yaml(), cluster_crd_yaml());
+                ExitCode::SUCCESS
+            }
+            Some("RunaiCredential") => {
+                print!("{}", crd_yaml());
+                ExitCode::SUCCESS
+            }
+            Some("ClusterRunaiCredential") => {
+                print!("{}", cluster_crd_yaml());
+                ExitCode::SUCCESS
+            }
+            Some(other) => {
+                eprintln!(
+                    "runai-token-sync crd: unknown kind {other:?}; use RunaiCredential or ClusterRunaiCredential"
+                );
+                ExitCode::from(2)
+            }
+        },
         Command::Check(args) => {
             let request = check::CheckRequest {
                 url: args.url,
@@ -253,6 +288,8 @@ async fn main() -> ExitCode {
                     lease_duration: Duration::from_secs(args.lease_duration_seconds),
                 }),
                 api_server: String::new(),
+                cluster_credentials: args.cluster_credentials,
+                cluster_credentials_selector: args.cluster_credentials_selector,
             };
             let inferred = match kube::Config::infer().await {
                 Err(e) if is_about_proxies(&e) => {

@@ -65,12 +65,16 @@ fn grants_secrets_listing(role: &Value) -> bool {
 }
 
 #[test]
-fn the_chart_carries_the_generated_crd() {
-    assert!(
-        read("crds/runaicredentials.tokensync.dev.yaml")
-            == read(&format!("{CHART}/crds/runaicredentials.tokensync.dev.yaml")),
-        "{CHART}/crds/ differs from crds/; run hack/generate.sh"
-    );
+fn the_chart_carries_the_generated_crds() {
+    for file in [
+        "runaicredentials.tokensync.dev.yaml",
+        "clusterrunaicredentials.tokensync.dev.yaml",
+    ] {
+        assert!(
+            read(&format!("crds/{file}")) == read(&format!("{CHART}/crds/{file}")),
+            "{CHART}/crds/{file} differs from crds/; run hack/generate.sh"
+        );
+    }
 }
 
 #[test]

@@ -15,8 +15,29 @@ fn committed_crd_matches_the_types() {
 }
 
 #[test]
+fn committed_cluster_crd_matches_the_types() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/clusterrunaicredentials.tokensync.dev.yaml"
+    ))
+    .expect("crds/clusterrunaicredentials.tokensync.dev.yaml is committed");
+    assert!(
+        committed == runai_token_sync::api::cluster_crd_yaml(),
+        "crds/clusterrunaicredentials.tokensync.dev.yaml differs from the types; regenerate it with hack/generate.sh"
+    );
+}
+
+#[test]
 fn every_spec_field_is_documented() {
-    let crd = serde_json::to_value(runai_token_sync::api::crd()).unwrap();
+    for crd in [
+        runai_token_sync::api::crd(),
+        runai_token_sync::api::cluster_crd(),
+    ] {
+        every_field_documented(serde_json::to_value(crd).unwrap());
+    }
+}
+
+fn every_field_documented(crd: serde_json::Value) {
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     fn walk(path: &str, node: &serde_json::Value, undocumented: &mut Vec<String>) {
         if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {

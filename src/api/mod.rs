@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 pub const SECRET_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+pub mod cluster;
+
+pub use cluster::{
+    ClusterRunaiCredential, ClusterRunaiCredentialSpec, ClusterRunaiCredentialStatus,
+    FailedNamespace,
+};
+
 /// API group of the custom resource.
 pub const GROUP: &str = "tokensync.dev";
 
@@ -364,7 +371,20 @@ impl RunaiCredential {
 /// one is pruned by the API server.
 pub fn crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    use kube::CustomResourceExt;
+    without_nullable(<RunaiCredential as kube::CustomResourceExt>::crd())
+}
+
+/// The ClusterRunaiCredential CRD, generated from the types.
+pub fn cluster_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    without_nullable(<ClusterRunaiCredential as kube::CustomResourceExt>::crd())
+}
+
+/// A CRD without the `nullable` marks schemars puts on optional fields: a
+/// field is either set or absent, never null.
+fn without_nullable(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     fn strip_nullable(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
@@ -375,7 +395,7 @@ pub fn crd()
             _ => {}
         }
     }
-    let mut value = serde_json::to_value(RunaiCredential::crd()).expect("a CRD always serializes");
+    let mut value = serde_json::to_value(crd).expect("a CRD always serializes");
     strip_nullable(&mut value);
     serde_json::from_value(value).expect("removing nullable keeps a valid CRD")
 }
@@ -383,6 +403,11 @@ pub fn crd()
 /// The CRD as YAML, as committed under `crds/`.
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&crd()).expect("a CRD always serializes")
+}
+
+/// The ClusterRunaiCredential CRD as YAML, as committed under `crds/`.
+pub fn cluster_crd_yaml() -> String {
+    serde_yaml::to_string(&cluster_crd()).expect("a CRD always serializes")
 }
 
 // Validation of what the CRD schema cannot check.
@@ -404,16 +429,57 @@ pub fn validate_spec(
     cr: &RunaiCredential,
     allow_insecure_http: bool,
 ) -> Result<ValidSpec, crate::Error> {
+    validate_source(
+        &cr.spec.url,
+        cr.spec.refresh_interval.as_deref(),
+        &cr.spec.target,
+        allow_insecure_http,
+    )
+}
+
+/// Checks a ClusterRunaiCredential's spec as [`validate_spec`] does, and its
+/// namespace selection.
+///
+/// # Errors
+///
+/// [`crate::Error::InvalidSpec`] naming the field and what is wrong with it.
+pub fn validate_cluster_spec(
+    crc: &ClusterRunaiCredential,
+    allow_insecure_http: bool,
+) -> Result<ValidSpec, crate::Error> {
     let invalid = |field, message: String| crate::Error::InvalidSpec { field, message };
-    let url = validate_url(&cr.spec.url, allow_insecure_http)?;
-    let refresh_interval = cr
-        .spec
-        .refresh_interval
-        .as_deref()
+    if let Some(selector) = &crc.spec.namespace_selector {
+        kube::core::Selector::try_from(selector.clone())
+            .map_err(|e| invalid("spec.namespaceSelector", e.to_string()))?;
+    }
+    if let Some(name) = crc.spec.namespaces.iter().find(|n| !is_dns_label(n)) {
+        return Err(invalid(
+            "spec.namespaces",
+            format!("{name:?} is not a namespace name"),
+        ));
+    }
+    validate_source(
+        &crc.spec.url,
+        crc.spec.refresh_interval.as_deref(),
+        &crc.spec.target,
+        allow_insecure_http,
+    )
+}
+
+/// What both kinds share: the URL, the refresh interval and the target.
+fn validate_source(
+    url: &str,
+    refresh_interval: Option<&str>,
+    target: &Target,
+    allow_insecure_http: bool,
+) -> Result<ValidSpec, crate::Error> {
+    let invalid = |field, message: String| crate::Error::InvalidSpec { field, message };
+    let url = validate_url(url, allow_insecure_http)?;
+    let refresh_interval = refresh_interval
         .map(crate::token::schedule::parse_refresh_interval)
         .transpose()
         .map_err(|m| invalid("spec.refreshInterval", m))?;
-    let key = &cr.spec.target.key;
+    let key = &target.key;
     if key == crate::output::secret::EXPIRES_AT_KEY
         || !key
             .chars()
@@ -429,7 +495,6 @@ pub fn validate_spec(
     }
     // Checked here too, not only by the schema: a Secret write that the API
     // server refuses would otherwise cost a token request on every retry.
-    let target = &cr.spec.target;
     if let Some(name) = &target.name
         && !is_dns_subdomain(name)
     {
@@ -541,6 +606,11 @@ pub fn check_outputs(target: &Target) -> Result<(), String> {
         crate::output::formats::check(output)?;
     }
     Ok(())
+}
+
+/// A DNS label (RFC 1123), as namespace names are.
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
 }
 
 /// A DNS subdomain (RFC 1123), as Kubernetes object names are.

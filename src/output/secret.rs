@@ -27,6 +27,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "runai-token-sync";
 /// Label naming the RunaiCredential a Secret belongs to.
 pub const CREDENTIAL_LABEL: &str = "tokensync.dev/credential";
+/// Label naming the ClusterRunaiCredential a Secret belongs to (instead of
+/// [`CREDENTIAL_LABEL`]).
+pub const CLUSTER_CREDENTIAL_LABEL: &str = "tokensync.dev/cluster-credential";
 /// Longest label value (Kubernetes label syntax).
 const MAX_LABEL_VALUE: usize = 63;
 /// Characters of a long name kept before the hash in its label value.
@@ -226,12 +229,52 @@ pub fn desired_secret(
     hash_key: &HashKey,
 ) -> Secret {
     let target = &credential.spec.target;
+    let owner = SecretOwner {
+        secret_name: credential.target_secret_name(),
+        namespace: credential.namespace().unwrap_or_default(),
+        label: (
+            CREDENTIAL_LABEL,
+            credential_label_value(&credential.name_any()),
+        ),
+        owner_reference: match target.deletion_policy {
+            DeletionPolicy::Delete => credential.controller_owner_ref(&()),
+            DeletionPolicy::Retain => None,
+        },
+    };
+    desired_secret_for(
+        &owner,
+        target,
+        &credential.spec.url,
+        token,
+        record,
+        hash_key,
+    )
+}
+
+/// Whose Secret it is: where it goes, the label that names its owner, and
+/// the owner reference (with `deletionPolicy: Delete`).
+#[derive(Clone, Debug)]
+pub struct SecretOwner {
+    pub secret_name: String,
+    pub namespace: String,
+    /// [`CREDENTIAL_LABEL`] or [`CLUSTER_CREDENTIAL_LABEL`], and its value.
+    pub label: (&'static str, String),
+    pub owner_reference: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+}
+
+/// The Secret as it must be for `owner`, from `target` and the token
+/// obtained from `url` (`spec.url` as written).
+pub fn desired_secret_for(
+    owner: &SecretOwner,
+    target: &crate::api::Target,
+    url: &str,
+    token: &str,
+    record: &TokenRecord,
+    hash_key: &HashKey,
+) -> Secret {
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
-    labels.insert(
-        CREDENTIAL_LABEL.to_owned(),
-        credential_label_value(&credential.name_any()),
-    );
+    labels.insert(owner.label.0.to_owned(), owner.label.1.clone());
 
     let mut annotations = target.annotations.clone();
     annotations.insert(ISSUED_AT_ANNOTATION.to_owned(), rfc3339(record.issued_at));
@@ -257,10 +300,7 @@ pub fn desired_secret(
     for output in &target.outputs {
         data.insert(
             output.key.clone(),
-            ByteString(
-                super::formats::render(output, token, &credential.spec.url, record.expires_at)
-                    .into_bytes(),
-            ),
+            ByteString(super::formats::render(output, token, url, record.expires_at).into_bytes()),
         );
     }
     if let Some(expires_at) = record.expires_at {
@@ -270,18 +310,13 @@ pub fn desired_secret(
         );
     }
 
-    let owner_references = match target.deletion_policy {
-        DeletionPolicy::Delete => credential.controller_owner_ref(&()).map(|r| vec![r]),
-        DeletionPolicy::Retain => None,
-    };
-
     Secret {
         metadata: ObjectMeta {
-            name: Some(credential.target_secret_name()),
-            namespace: credential.namespace(),
+            name: Some(owner.secret_name.clone()),
+            namespace: Some(owner.namespace.clone()),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references,
+            owner_references: owner.owner_reference.clone().map(|r| vec![r]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
@@ -291,7 +326,7 @@ pub fn desired_secret(
 }
 
 /// A JSON merge patch that releases a Secret from the controller: its labels
-/// ([`MANAGED_BY_LABEL`], [`CREDENTIAL_LABEL`]), its `tokensync.dev/`
+/// ([`MANAGED_BY_LABEL`], [`CREDENTIAL_LABEL`], [`CLUSTER_CREDENTIAL_LABEL`]), its `tokensync.dev/`
 /// annotations and the owner reference of `owner_uid` are removed; the data
 /// and everything else stay. The `resourceVersion` read is a precondition.
 pub fn release_patch(secret: &Secret, owner_uid: Option<&str>) -> serde_json::Value {
@@ -310,7 +345,7 @@ pub fn release_patch(secret: &Secret, owner_uid: Option<&str>) -> serde_json::Va
     serde_json::json!({
         "metadata": {
             "resourceVersion": secret.metadata.resource_version,
-            "labels": {MANAGED_BY_LABEL: null, CREDENTIAL_LABEL: null},
+            "labels": {MANAGED_BY_LABEL: null, CREDENTIAL_LABEL: null, CLUSTER_CREDENTIAL_LABEL: null},
             "annotations": annotations,
             "ownerReferences": owners,
         }
@@ -348,7 +383,12 @@ pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
             .owner_references
             .iter()
             .flatten()
-            .any(|have| have.kind == "RunaiCredential" && have.controller == Some(true)),
+            .any(|have| {
+                matches!(
+                    have.kind.as_str(),
+                    "RunaiCredential" | "ClusterRunaiCredential"
+                ) && have.controller == Some(true)
+            }),
     };
     !(owner_ok
         && existing.type_ == desired.type_

@@ -6,7 +6,9 @@
 //! at the next refresh deadline.
 
 pub mod act;
+pub mod cluster;
 pub mod decide;
+pub mod fanout;
 pub mod status;
 
 use std::{
@@ -103,6 +105,11 @@ pub struct Context {
     pub ca_bundles: Arc<crate::runtime::ca_bundles::CaBundles>,
     /// The budget of Normal Events (see [`act::publish`]).
     normal_events: governor::DefaultDirectRateLimiter,
+    /// The controller's own namespace: where ClusterRunaiCredentials'
+    /// credentials Secrets are read.
+    pub controller_namespace: String,
+    /// The namespaces served (`--namespace`); `None` for all.
+    pub scope: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Context {
@@ -136,7 +143,21 @@ impl Context {
                 governor::Quota::per_second(NORMAL_EVENTS_PER_SECOND)
                     .allow_burst(NORMAL_EVENT_BURST),
             ),
+            controller_namespace: "default".to_owned(),
+            scope: None,
         }
+    }
+
+    /// Serves `scope` (`None`: all namespaces) from `controller_namespace`.
+    #[must_use]
+    pub fn with_scope(
+        mut self,
+        controller_namespace: String,
+        scope: Option<std::collections::BTreeSet<String>>,
+    ) -> Self {
+        self.controller_namespace = controller_namespace;
+        self.scope = scope;
+        self
     }
 
     fn normal_event_allowed(&self) -> bool {
@@ -211,8 +232,9 @@ impl Context {
         }
         drop(writes);
         if seen.is_some_and(|s| written.as_deref() != Some(s.as_str())) {
-            self.exchange
-                .nudge(vec![ObjectRef::new(&cr.name_any()).within(&namespace)]);
+            let member: ObjectRef<RunaiCredential> =
+                ObjectRef::new(&cr.name_any()).within(&namespace);
+            self.exchange.nudge(vec![member.into()]);
         }
     }
 
@@ -555,7 +577,8 @@ async fn observe<'a>(
     observed.group = match &observed.desired.credentials_hash {
         Some(hash) => {
             let key = GroupKey::new(hash, &trust);
-            let member = ObjectRef::new(&cr.name_any()).within(&namespace);
+            let member: ObjectRef<RunaiCredential> =
+                ObjectRef::new(&cr.name_any()).within(&namespace);
             let mut view = ctx.exchange.join(&uid, member, &key);
             // After a restart, the members' Secrets seed their group.
             if let Some(stored) = observed

@@ -184,7 +184,39 @@ pub const STALLED_REASONS: &[&str] = &[
     "CredentialsNotFound",
     "SecretConflict",
     "SecretWriteFailed",
+    // A ClusterRunaiCredential's namespaces whose Secret is someone else's
+    // or refused.
+    "NamespacesFailed",
 ];
+
+/// `status` with its Ready condition replaced (and the kstatus conditions
+/// that follow from it), transition times kept from `previous`.
+pub fn with_ready(
+    previous: Option<&RunaiCredentialStatus>,
+    mut status: RunaiCredentialStatus,
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> RunaiCredentialStatus {
+    let ready = condition(CONDITION_READY, ready, reason, message);
+    let [reconciling, stalled] = kstatus(&ready);
+    let replaced = [ready, reconciling, stalled];
+    let mut conditions: Vec<Condition> = status
+        .conditions
+        .into_iter()
+        .filter(|c| !replaced.iter().any(|r| r.type_ == c.type_))
+        .collect();
+    conditions.extend(merge_conditions(
+        previous,
+        replaced.to_vec(),
+        generation,
+        now,
+    ));
+    status.conditions = conditions;
+    status
+}
 
 /// The kstatus conditions `[Reconciling, Stalled]` that go with `ready`:
 /// a Ready credential is neither; one stuck on a person's change is Stalled

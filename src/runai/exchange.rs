@@ -34,7 +34,10 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    api::RunaiCredential, error::Error, reconcile::status::Failure, runai::client::TrustKey,
+    api::{ClusterRunaiCredential, RunaiCredential},
+    error::Error,
+    reconcile::status::Failure,
+    runai::client::TrustKey,
     token::schedule,
 };
 
@@ -58,6 +61,26 @@ impl GroupKey {
             hash.update(trust);
         }
         GroupKey(hash.finalize().into())
+    }
+}
+
+/// A member of a group: a RunaiCredential, or a ClusterRunaiCredential that
+/// hands the token to its namespaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Member {
+    Namespaced(ObjectRef<RunaiCredential>),
+    Cluster(ObjectRef<ClusterRunaiCredential>),
+}
+
+impl From<ObjectRef<RunaiCredential>> for Member {
+    fn from(r: ObjectRef<RunaiCredential>) -> Self {
+        Member::Namespaced(r)
+    }
+}
+
+impl From<ObjectRef<ClusterRunaiCredential>> for Member {
+    fn from(r: ObjectRef<ClusterRunaiCredential>) -> Self {
+        Member::Cluster(r)
     }
 }
 
@@ -123,7 +146,7 @@ struct GroupState {
     failure: Option<GroupFailure>,
     /// By uid; a list, as most groups are small (a map's least allocation is
     /// several times one entry).
-    members: Vec<(Box<str>, ObjectRef<RunaiCredential>)>,
+    members: Vec<(Box<str>, Member)>,
     /// When a member last joined or left.
     changed_at: Option<std::time::Instant>,
 }
@@ -156,6 +179,7 @@ pub struct Exchange {
     in_flight: Semaphore,
     serial: std::sync::atomic::AtomicU64,
     subscribers: Mutex<Vec<Subscriber>>,
+    cluster_subscriber: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ClusterRunaiCredential>>>>,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -181,6 +205,7 @@ impl Exchange {
             in_flight: Semaphore::new(max_in_flight.max(1)),
             serial: std::sync::atomic::AtomicU64::new(0),
             subscribers: Mutex::default(),
+            cluster_subscriber: Mutex::default(),
         }
     }
 
@@ -195,13 +220,22 @@ impl Exchange {
         rx
     }
 
+    /// A stream of ClusterRunaiCredentials to reconcile because their group
+    /// got a new token (one subscriber: the cluster controller).
+    pub fn subscribe_cluster(&self) -> mpsc::UnboundedReceiver<ObjectRef<ClusterRunaiCredential>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.cluster_subscriber) = Some(tx);
+        rx
+    }
+
     fn group(&self, key: &GroupKey) -> Arc<Group> {
         lock(&self.groups).entry(*key).or_default().clone()
     }
 
     /// Makes `uid` (the RunaiCredential `member`) a member of the group `key`,
     /// leaving any group it was in before, and returns what it sees of it.
-    pub fn join(&self, uid: &str, member: ObjectRef<RunaiCredential>, key: &GroupKey) -> GroupView {
+    pub fn join(&self, uid: &str, member: impl Into<Member>, key: &GroupKey) -> GroupView {
+        let member = member.into();
         let previous = lock(&self.member_of).insert(uid.to_owned(), *key);
         if let Some(old) = previous.filter(|old| old != key) {
             self.leave_group(uid, &old);
@@ -276,7 +310,7 @@ impl Exchange {
     }
 
     /// Has these RunaiCredentials reconciled (through [`Exchange::subscribe`]).
-    pub fn nudge(&self, refs: Vec<ObjectRef<RunaiCredential>>) {
+    pub fn nudge(&self, refs: Vec<Member>) {
         self.notify(refs);
     }
 
@@ -362,7 +396,7 @@ impl Exchange {
                     serial: self.next_serial(),
                     requested: true,
                 };
-                let others: Vec<ObjectRef<RunaiCredential>> = {
+                let others: Vec<Member> = {
                     let mut state = lock(&group.state);
                     state.token = Some(token.clone());
                     state.failure = None;
@@ -408,13 +442,22 @@ impl Exchange {
         }
     }
 
-    fn notify(&self, refs: Vec<ObjectRef<RunaiCredential>>) {
+    fn notify(&self, refs: Vec<Member>) {
         if refs.is_empty() {
             return;
         }
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|(_, tx)| !tx.is_closed());
-        for r in refs {
+        for member in refs {
+            let r = match member {
+                Member::Namespaced(r) => r,
+                Member::Cluster(r) => {
+                    if let Some(tx) = lock(&self.cluster_subscriber).as_ref() {
+                        let _ = tx.send(r);
+                    }
+                    continue;
+                }
+            };
             if let Some((_, tx)) = subscribers
                 .iter()
                 .find(|(ns, _)| ns.is_none() || ns.as_deref() == r.namespace.as_deref())

@@ -31,6 +31,7 @@ use crate::{
     reconcile::{self, Context, FIELD_MANAGER, Policy},
     runai::client::TokenClients,
     runai::exchange::Exchange,
+    runai::exchange::Member,
     runtime::index::SecretIndex,
     runtime::leader,
     runtime::metrics::{CredentialLabels, Metrics},
@@ -66,6 +67,10 @@ pub struct Settings {
     pub leader_election: Option<LeaderElection>,
     /// The API server's URL, for error messages.
     pub api_server: String,
+    /// Serve ClusterRunaiCredentials (when their CRD is installed).
+    pub cluster_credentials: bool,
+    /// Serve only the ClusterRunaiCredentials this label selector matches.
+    pub cluster_credentials_selector: Option<String>,
 }
 
 /// Leader election on a `coordination.k8s.io` Lease.
@@ -352,7 +357,11 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     .with_health(health.clone())
     .with_exchange(Arc::new(Exchange::new(
         settings.max_concurrent_token_requests,
-    )));
+    )))
+    .with_scope(
+        settings.controller_namespace.clone(),
+        (!settings.namespaces.is_empty()).then(|| settings.namespaces.iter().cloned().collect()),
+    );
     // Namespaces' metadata is watched when the controller may list them (a
     // ClusterRole), so that whether one is being deleted costs no read
     // before a token request; otherwise each is read when needed.
@@ -613,6 +622,23 @@ async fn run_controllers(
         );
     }
 
+    // ClusterRunaiCredentials, where their CRD is installed.
+    let (cluster_store, cluster_run) = match settings.cluster_credentials {
+        true => match super::cluster::controller(
+            client,
+            ctx.clone(),
+            settings.concurrency,
+            settings.cluster_credentials_selector.as_deref(),
+            stop.clone(),
+        )
+        .await
+        {
+            Some((store, run)) => (Some(store), run.boxed()),
+            None => (None, futures::future::ready(()).boxed()),
+        },
+        false => (None, futures::future::ready(()).boxed()),
+    };
+
     // Ready once every watch has listed what exists.
     let sync_stores = stores.clone();
     let probe_stores = stores.clone();
@@ -653,7 +679,17 @@ async fn run_controllers(
                 })
                 .collect();
             pruned.metrics.retain_credentials(&labels);
-            pruned.retain_credentials(&live.iter().filter_map(|cr| cr.uid()).collect());
+            let cluster_uids = cluster_store
+                .iter()
+                .flat_map(|store| store.state())
+                .filter_map(|crc| crc.uid());
+            pruned.retain_credentials(
+                &live
+                    .iter()
+                    .filter_map(|cr| cr.uid())
+                    .chain(cluster_uids)
+                    .collect(),
+            );
             let handles: HashSet<&str> = live
                 .iter()
                 .filter_map(|cr| cr.spec.ca_bundle.as_deref())
@@ -677,7 +713,7 @@ async fn run_controllers(
         let mut tick = tokio::time::interval(SHARED_WITH_CHECK);
         loop {
             tick.tick().await;
-            let stale: Vec<ObjectRef<RunaiCredential>> = stores
+            let stale: Vec<Member> = stores
                 .iter()
                 .flat_map(|store| store.state())
                 .filter(|cr| cr.metadata.deletion_timestamp.is_none())
@@ -686,7 +722,7 @@ async fn run_controllers(
                     let members = cr.uid().and_then(|uid| ctx.exchange.settled_members_of(&uid));
                     matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
                 })
-                .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+                .map(|cr| ObjectRef::from_obj(cr.as_ref()).into())
                 .collect();
             ctx.exchange.nudge(stale);
         }
@@ -710,7 +746,7 @@ async fn run_controllers(
             }
         }
     });
-    futures::future::join_all(controllers).await;
+    futures::future::join(futures::future::join_all(controllers), cluster_run).await;
     readiness.abort();
     pruning.abort();
     counting.abort();

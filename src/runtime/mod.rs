@@ -2,6 +2,7 @@
 //! metrics and health server, telemetry, and the API server's proxy.
 
 pub mod ca_bundles;
+pub mod cluster;
 pub mod controller;
 pub mod index;
 pub mod leader;

@@ -233,8 +233,13 @@ impl Drop for Cluster {
 }
 
 async fn install_crd(client: &Client) {
+    for crd in [crd(), runai_token_sync::api::cluster_crd()] {
+        install_one_crd(client, crd).await;
+    }
+}
+
+async fn install_one_crd(client: &Client, crd: CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = crd();
     let name = crd.name_any();
     crds.patch(
         &name,
@@ -385,6 +390,11 @@ impl Controller {
         if !args.contains(&"--metrics-address") {
             // Many controllers run at once: each gets a port of its own.
             command.args(["--metrics-address", "127.0.0.1:0"]);
+        }
+        // ClusterRunaiCredentials are cluster-wide: only the tests of them
+        // serve them, so that the other tests' controllers leave them alone.
+        if !args.iter().any(|a| a.starts_with("--cluster-credentials")) {
+            command.arg("--cluster-credentials=false");
         }
         // Proxy variables of the machine running the tests do not apply.
         for name in [

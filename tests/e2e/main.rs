@@ -8,6 +8,7 @@
 
 mod chaos;
 mod cli;
+mod cluster;
 mod edge;
 mod gitops;
 mod harness;

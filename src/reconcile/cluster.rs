@@ -1,0 +1,620 @@
+//! Reconciling a ClusterRunaiCredential: read what exists (the spec, the
+//! credentials in the controller's namespace, the namespaces, each matched
+//! namespace's Secret) → decide ([`super::fanout`], pure) → act (one token
+//! exchange, the Secret writes at a bounded concurrency, the clean-up of
+//! namespaces that stopped matching) → write the status.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    runtime::{controller::Action, reflector::ObjectRef},
+};
+use tracing::{info, warn};
+
+use super::{
+    Context, FIELD_MANAGER, Read, act,
+    fanout::{self, NamespaceFacts, Outcome, SecretAction},
+    get_secret,
+    status::Failure,
+};
+use crate::{
+    api::{
+        ClusterRunaiCredential, ClusterRunaiCredentialStatus, DeletionPolicy, validate_cluster_spec,
+    },
+    error::Error,
+    output::secret::{self, CLUSTER_CREDENTIAL_LABEL, SecretOwner},
+    runai::exchange::{Exchanged, GroupKey, GroupToken},
+    runtime::metrics::CredentialLabels,
+    token::schedule,
+};
+
+/// Secret reads and writes in flight at once for one ClusterRunaiCredential:
+/// the bound on the rate at which it writes into many namespaces.
+pub const NAMESPACE_CONCURRENCY: usize = 8;
+/// How soon a ClusterRunaiCredential with failed namespaces, or without its
+/// credentials, looks again (a foreign Secret that goes away is not watched).
+const FAILED_RECHECK: Duration = Duration::from_secs(15);
+
+/// Reconciles one ClusterRunaiCredential.
+///
+/// # Errors
+///
+/// Errors of the controller itself (a failing Kubernetes API), which
+/// [`error_policy`] retries; failures of the token endpoint and of single
+/// namespaces are reported in the status instead.
+pub async fn reconcile(
+    crc: Arc<ClusterRunaiCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    use tracing::Instrument as _;
+    let now = Timestamp::now();
+    let span = tracing::info_span!("reconcile_cluster", name = crc.name_any());
+    let started = std::time::Instant::now();
+    let result = reconcile_at(&crc, &ctx, now).instrument(span).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.health.record_progress();
+    }
+    result
+}
+
+/// Retries a failed reconciliation after 5 to 60 seconds.
+pub fn error_policy(crc: Arc<ClusterRunaiCredential>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(name = crc.name_any(), error = %err, "reconciling a ClusterRunaiCredential failed");
+    Action::requeue(Duration::from_secs(
+        5 + u64::from(rand::random::<u8>() % 55),
+    ))
+}
+
+async fn reconcile_at(
+    crc: &ClusterRunaiCredential,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    ctx.ensure_acting()?;
+    if crc.meta().deletion_timestamp.is_some() {
+        // Delete: the garbage collector follows the owner references;
+        // Retain: released when the deletion is seen (`release_all`).
+        return Ok(Action::await_change());
+    }
+    let uid = crc.uid().unwrap_or_else(|| crc.name_any());
+    let generation = crc.meta().generation;
+    let previous = crc.status.as_ref();
+    let blocked = |err: &Error| {
+        fanout::blocked_cluster_status(previous, generation, err.reason(), err.to_string(), now)
+    };
+
+    // Read: the spec, the credentials, the namespaces.
+    let spec = match validate_cluster_spec(crc, ctx.policy.allow_insecure_http)
+        .and_then(|spec| ctx.policy.allowed_urls.check(&spec.url).map(|()| spec))
+    {
+        Ok(spec) => spec,
+        Err(err) => {
+            ctx.exchange.leave(&uid);
+            write_status(crc, ctx, &blocked(&err)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let (trust, client) = match ctx.token_clients.get(crc.spec.ca_bundle.as_deref()).await {
+        Ok(found) => found,
+        Err(err @ Error::InvalidSpec { .. }) => {
+            write_status(crc, ctx, &blocked(&err)).await?;
+            return Ok(Action::await_change());
+        }
+        Err(err) => return Err(err),
+    };
+    let own: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.controller_namespace);
+    let reference = &crc.spec.client_credentials_secret_ref;
+    let credentials_secret = match get_secret(&own, &reference.name, Read::Cached).await {
+        Ok(None) => get_secret(&own, &reference.name, Read::Latest).await,
+        other => other,
+    }
+    .map_err(Error::kube("reading the credentials Secret"))?;
+    let credentials = if ctx.policy.credentials_label_required {
+        secret::require_credentials_label(credentials_secret.as_ref(), reference)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| secret::read_credentials(credentials_secret.as_ref(), reference))
+    .map_err(|err| match err {
+        Error::CredentialsNotFound(message) => Error::CredentialsNotFound(format!(
+            "{message} (a ClusterRunaiCredential reads it from the controller's namespace, {})",
+            ctx.controller_namespace
+        )),
+        other => other,
+    });
+    let credentials = match credentials {
+        Ok(c) => c,
+        Err(err) => {
+            ctx.exchange.leave(&uid);
+            write_status(crc, ctx, &blocked(&err)).await?;
+            return Ok(Action::requeue(FAILED_RECHECK));
+        }
+    };
+    let namespaces = namespace_facts(ctx);
+    let matched = fanout::matched_namespaces(crc, &namespaces, ctx.scope.as_ref());
+    let target_name = crc.target_secret_name();
+    let existing = read_secrets(ctx, &matched, &target_name).await?;
+
+    // The token, through the shared exchange.
+    let credentials_hash =
+        ctx.hash_key
+            .credentials_hash(spec.url.as_str(), crc.spec.token_api, &credentials);
+    let key = GroupKey::new(&credentials_hash, &trust);
+    let member: ObjectRef<ClusterRunaiCredential> = ObjectRef::from_obj(crc);
+    let mut view = ctx.exchange.join(&uid, member, &key);
+    // After a restart, the Secrets seed the group.
+    let mut handled_request = None;
+    for found in existing.values().flatten() {
+        if !fanout::is_managed_by(found, &crc.name_any(), crc.uid().as_deref()) {
+            continue;
+        }
+        if let Some(stored) = secret::stored_token(found, &crc.spec.target.key, &ctx.hash_key)
+            .filter(|s| {
+                s.intact && secret::hashes_equal(&credentials_hash, &s.record.credentials_hash)
+            })
+        {
+            handled_request = handled_request.or(stored.record.refresh_request.clone());
+            if view
+                .token
+                .as_ref()
+                .is_none_or(|t| t.issued_at < stored.record.issued_at)
+            {
+                view = ctx.exchange.offer(
+                    &key,
+                    &stored.access_token,
+                    stored.record.issued_at,
+                    stored.record.expires_at,
+                );
+            }
+        }
+    }
+    let requested = crc
+        .refresh_request()
+        .is_some_and(|r| handled_request.as_deref() != Some(r) && !matched.is_empty());
+    let jitter: f64 = rand::random();
+    let mut failure: Option<Failure> = None;
+    let mut retry_at: Option<Timestamp> = None;
+    let seen_serial = view.token.as_ref().map(|t| t.serial);
+    let token: Option<GroupToken> = match fanout::refresh_reason(
+        view.token.as_ref(),
+        spec.refresh_interval,
+        &uid,
+        requested,
+        now,
+    ) {
+        None => view.token.clone(),
+        Some(reason) => {
+            let api = crc.spec.token_api;
+            let refresh_interval = spec.refresh_interval;
+            let uid_for_accept = uid.clone();
+            let outcome = ctx
+                .exchange
+                .obtain(
+                    &key,
+                    &uid,
+                    |t| {
+                        (!requested || Some(t.serial) > seen_serial)
+                            && fanout::refresh_reason(
+                                Some(t),
+                                refresh_interval,
+                                &uid_for_accept,
+                                false,
+                                now,
+                            )
+                            .is_none()
+                    },
+                    view.failure.as_ref(),
+                    (now, jitter),
+                    || async {
+                        ctx.ensure_acting()?;
+                        info!(
+                            reason = reason.as_str(),
+                            token_api = api.as_str(),
+                            "requesting a token for a ClusterRunaiCredential"
+                        );
+                        let started = std::time::Instant::now();
+                        let issued = client
+                            .request_token(&spec.url, api, &credentials, now)
+                            .await;
+                        let result = issued.as_ref().map_or_else(Error::class, |_| "success");
+                        ctx.metrics.token_requested(api, result, started.elapsed());
+                        issued.map(|issued| (issued, now))
+                    },
+                )
+                .await;
+            match outcome {
+                Exchanged::Shared(t) | Exchanged::Requested(t) => Some(t),
+                Exchanged::Failed(err) if !err.is_refresh_failure() => return Err(err),
+                Exchanged::Failed(_) | Exchanged::HeldBack => {
+                    let group = ctx.exchange.view(&key);
+                    if let Some(f) = group.failure {
+                        failure = Some(f.failure);
+                        retry_at = Some(f.retry_at);
+                    }
+                    // The group's token stays in use while it is valid.
+                    group
+                        .token
+                        .filter(|t| t.expires_at.is_none_or(|at| at > now))
+                }
+            }
+        }
+    };
+
+    // Act: every matched namespace's Secret, at a bounded concurrency.
+    let refresh_request = if requested && token.as_ref().map(|t| t.serial) > seen_serial {
+        crc.refresh_request()
+    } else {
+        handled_request.as_deref().or(None)
+    };
+    let record = token.as_ref().map(|t| {
+        fanout::record_of(
+            t,
+            &credentials_hash,
+            generation.unwrap_or_default(),
+            refresh_request,
+        )
+    });
+    let mut outcome = Outcome {
+        matched: matched.len(),
+        ..Outcome::default()
+    };
+    if let (Some(token), Some(record)) = (&token, &record) {
+        let owner_reference = match crc.spec.target.deletion_policy {
+            DeletionPolicy::Delete => crc.controller_owner_ref(&()),
+            DeletionPolicy::Retain => None,
+        };
+        let results: Vec<(String, Result<(), Error>)> = futures::stream::iter(existing)
+            .map(|(namespace, found)| {
+                let owner = SecretOwner {
+                    secret_name: target_name.clone(),
+                    namespace: namespace.clone(),
+                    label: (
+                        CLUSTER_CREDENTIAL_LABEL,
+                        secret::credential_label_value(&crc.name_any()),
+                    ),
+                    owner_reference: owner_reference.clone(),
+                };
+                let desired = secret::desired_secret_for(
+                    &owner,
+                    &crc.spec.target,
+                    &crc.spec.url,
+                    &token.access_token,
+                    record,
+                    &ctx.hash_key,
+                );
+                async move {
+                    let result =
+                        sync_namespace(ctx, crc, &namespace, found, desired, &token.access_token)
+                            .await;
+                    (namespace, result)
+                }
+            })
+            .buffer_unordered(NAMESPACE_CONCURRENCY)
+            .collect()
+            .await;
+        for (namespace, result) in results {
+            match result {
+                Ok(()) => outcome.synced += 1,
+                Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
+                    outcome
+                        .failed
+                        .insert(namespace, (err.reason(), err.to_string()));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    clean_up(ctx, crc, &matched, &target_name).await?;
+
+    // The status.
+    let next_refresh = match (&token, retry_at) {
+        (_, Some(at)) => at,
+        (Some(t), None) => schedule::refresh_due_at(
+            t.issued_at,
+            t.expires_at,
+            spec.refresh_interval,
+            super::decide::jitter_for(&uid, t.issued_at),
+        ),
+        (None, None) => now + Duration::from_secs(30),
+    };
+    let shared_with = ctx.exchange.view(&key).members.saturating_sub(1);
+    let status = fanout::cluster_status(
+        previous,
+        generation,
+        record.as_ref(),
+        failure.as_ref(),
+        &outcome,
+        next_refresh,
+        u32::try_from(shared_with).unwrap_or(u32::MAX),
+        now,
+    );
+    write_status(crc, ctx, &status).await?;
+    let wake = schedule::delay_until(now, next_refresh).max(Duration::from_secs(1));
+    Ok(Action::requeue(if outcome.failed.is_empty() {
+        wake
+    } else {
+        wake.min(FAILED_RECHECK)
+    }))
+}
+
+/// The namespaces the controller knows, from its watch of them.
+fn namespace_facts(ctx: &Context) -> BTreeMap<String, NamespaceFacts> {
+    let Some(store) = &ctx.namespaces else {
+        return BTreeMap::new();
+    };
+    store
+        .state()
+        .iter()
+        .map(|ns| {
+            (
+                ns.name_any(),
+                NamespaceFacts {
+                    labels: ns.labels().clone(),
+                    terminating: ns.metadata.deletion_timestamp.is_some(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Each matched namespace's Secret of the target name, read from the API
+/// server's watch cache.
+async fn read_secrets(
+    ctx: &Context,
+    matched: &BTreeSet<String>,
+    name: &str,
+) -> Result<BTreeMap<String, Option<Secret>>, Error> {
+    futures::stream::iter(matched.iter().cloned())
+        .map(|namespace| async move {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+            get_secret(&secrets, name, Read::Cached)
+                .await
+                .map(|found| (namespace, found))
+                .map_err(Error::kube("reading a target Secret"))
+        })
+        .buffer_unordered(NAMESPACE_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Brings one namespace's Secret in step: created, updated (if still the
+/// version read; read again from etcd once if not), or left alone.
+async fn sync_namespace(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    namespace: &str,
+    mut found: Option<Secret>,
+    desired: Secret,
+    token: &str,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = crc.name_any();
+    let uid = crc.uid();
+    for attempt in 0..2 {
+        let action = fanout::plan_secret(found.as_ref(), &desired, &name, uid.as_deref());
+        let result = match action {
+            SecretAction::Keep => return Ok(()),
+            SecretAction::Conflict => {
+                return Err(Error::SecretConflict {
+                    secret: desired.name_any(),
+                });
+            }
+            SecretAction::Create | SecretAction::Update => {
+                ctx.ensure_acting()?;
+                act::write_secret(&secrets, found.as_ref(), desired.clone(), token).await
+            }
+        };
+        match result {
+            Ok(_) => return Ok(()),
+            Err(ref err) if attempt == 0 && super::stale_write(err) => {
+                found = get_secret(&secrets, &desired.name_any(), Read::Latest)
+                    .await
+                    .map_err(Error::kube("reading a target Secret"))?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(Error::SecretConflict {
+        secret: desired.name_any(),
+    })
+}
+
+/// The Secrets this ClusterRunaiCredential manages in namespaces it no
+/// longer serves: deleted (`Delete`) or released (`Retain`).
+async fn clean_up(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    matched: &BTreeSet<String>,
+    target_name: &str,
+) -> Result<(), Error> {
+    let name = crc.name_any();
+    let managed = list_managed(ctx, &name).await?;
+    for found in managed {
+        let namespace = found.namespace().unwrap_or_default();
+        let current = found.name_any() == target_name && matched.contains(&namespace);
+        if current || !fanout::is_managed_by(&found, &name, crc.uid().as_deref()) {
+            continue;
+        }
+        // A namespace being deleted takes its Secrets with it.
+        if namespace_facts(ctx)
+            .get(&namespace)
+            .is_some_and(|ns| ns.terminating)
+        {
+            continue;
+        }
+        release_or_delete(
+            ctx,
+            &found,
+            crc.spec.target.deletion_policy,
+            crc.uid().as_deref(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The Secrets labelled as managed by the ClusterRunaiCredential `name`, in
+/// the namespaces this controller serves.
+async fn list_managed(ctx: &Context, name: &str) -> Result<Vec<Secret>, Error> {
+    let selector = format!(
+        "{CLUSTER_CREDENTIAL_LABEL}={}",
+        secret::credential_label_value(name)
+    );
+    let params = ListParams::default().labels(&selector);
+    let mut found = Vec::new();
+    match &ctx.scope {
+        None => {
+            let all: Api<Secret> = Api::all(ctx.client.clone());
+            found.extend(
+                all.list(&params)
+                    .await
+                    .map_err(Error::kube(
+                        "listing the Secrets of a ClusterRunaiCredential",
+                    ))?
+                    .items,
+            );
+        }
+        Some(scope) => {
+            for namespace in scope {
+                let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+                found.extend(
+                    api.list(&params)
+                        .await
+                        .map_err(Error::kube(
+                            "listing the Secrets of a ClusterRunaiCredential",
+                        ))?
+                        .items,
+                );
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn release_or_delete(
+    ctx: &Context,
+    found: &Secret,
+    policy: DeletionPolicy,
+    owner_uid: Option<&str>,
+) -> Result<(), Error> {
+    let namespace = found.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = found.name_any();
+    ctx.ensure_acting()?;
+    match policy {
+        DeletionPolicy::Delete => {
+            info!(namespace, secret = %name, "deleting the Secret of a namespace no longer matched");
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: found.metadata.uid.clone(),
+                    resource_version: found.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match secrets.delete(&name, &params).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(()),
+                Err(e) => Err(Error::kube(
+                    "deleting the Secret of a namespace no longer matched",
+                )(e)),
+            }
+        }
+        DeletionPolicy::Retain => {
+            info!(namespace, secret = %name, "releasing the Secret of a namespace no longer matched");
+            let patch = secret::release_patch(found, owner_uid);
+            match secrets
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(()),
+                Err(e) => Err(Error::kube(
+                    "releasing the Secret of a namespace no longer matched",
+                )(e)),
+            }
+        }
+    }
+}
+
+/// After a ClusterRunaiCredential with `deletionPolicy: Retain` was deleted:
+/// its Secrets are released (best effort: logged, not retried).
+pub async fn release_all(ctx: Arc<Context>, crc: Arc<ClusterRunaiCredential>) {
+    if crc.spec.target.deletion_policy != DeletionPolicy::Retain {
+        return;
+    }
+    let name = crc.name_any();
+    match list_managed(&ctx, &name).await {
+        Ok(found) => {
+            for secret in found {
+                if let Err(e) =
+                    release_or_delete(&ctx, &secret, DeletionPolicy::Retain, crc.uid().as_deref())
+                        .await
+                {
+                    warn!(name, error = %e, "could not release a Secret of a deleted ClusterRunaiCredential");
+                }
+            }
+        }
+        Err(e) => {
+            warn!(name, error = %e, "could not list the Secrets of a deleted ClusterRunaiCredential")
+        }
+    }
+}
+
+/// Records the status in the metrics and writes it when it changed.
+async fn write_status(
+    crc: &ClusterRunaiCredential,
+    ctx: &Context,
+    status: &ClusterRunaiCredentialStatus,
+) -> Result<(), Error> {
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::CONDITION_READY)
+        .map_or("Unknown", |c| c.status.as_str());
+    let expires_at = status
+        .expiration_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(|t| t.as_second());
+    ctx.metrics.observe_credential(
+        CredentialLabels::new("", &crc.name_any()),
+        expires_at,
+        status.failed_attempts,
+        ready,
+    );
+    if crc
+        .status
+        .as_ref()
+        .is_some_and(|old| fanout::same_status(old, status))
+    {
+        return Ok(());
+    }
+    ctx.ensure_acting()?;
+    let api: Api<ClusterRunaiCredential> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": ClusterRunaiCredential::api_version(&()),
+        "kind": ClusterRunaiCredential::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &crc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .or_else(|err| match err {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        other => Err(Error::kube("writing the status")(other)),
+    })
+}

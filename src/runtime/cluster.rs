@@ -1,0 +1,179 @@
+//! The ClusterRunaiCredential controller: its watches and what triggers a
+//! reconciliation (the object, namespaces' labels, its Secrets, its
+//! credentials Secret, a new token of its group).
+
+use std::{future::Future, sync::Arc};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, PartialObjectMeta},
+    runtime::{
+        Controller, PredicateConfig, WatchStreamExt,
+        controller::Config as ControllerConfig,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::info;
+
+use crate::{
+    api::ClusterRunaiCredential,
+    output::secret::{
+        CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL, credential_label_value,
+    },
+    reconcile::{Context, cluster},
+    runtime::metrics::CredentialLabels,
+};
+
+/// What of a ClusterRunaiCredential is worth a reconciliation when it
+/// changes: identity, generation, the refresh annotation, deletion.
+fn reconcile_trigger(crc: &ClusterRunaiCredential) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        crc.uid(),
+        crc.metadata.generation,
+        crc.refresh_request(),
+        crc.metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Every ClusterRunaiCredential: a namespace's labels may make any match.
+fn all(store: &Store<ClusterRunaiCredential>) -> Vec<ObjectRef<ClusterRunaiCredential>> {
+    store
+        .state()
+        .iter()
+        .map(|crc| ObjectRef::from_obj(crc.as_ref()))
+        .collect()
+}
+
+/// The ClusterRunaiCredential a Secret concerns: the owner its label names,
+/// or those reading it as credentials (in the controller's namespace).
+fn for_secret(
+    store: &Store<ClusterRunaiCredential>,
+    controller_namespace: &str,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<ClusterRunaiCredential>> {
+    let labels = secret.labels();
+    let owner = labels
+        .get(MANAGED_BY_LABEL)
+        .filter(|v| v.as_str() == MANAGED_BY)
+        .and(labels.get(CLUSTER_CREDENTIAL_LABEL));
+    store
+        .state()
+        .iter()
+        .filter(|crc| {
+            owner.is_some_and(|o| *o == credential_label_value(&crc.name_any()))
+                || (secret.namespace().as_deref() == Some(controller_namespace)
+                    && crc.spec.client_credentials_secret_ref.name == secret.name_any())
+        })
+        .map(|crc| ObjectRef::from_obj(crc.as_ref()))
+        .collect()
+}
+
+/// Runs the ClusterRunaiCredential controller until `stop`, when its CRD is
+/// installed and the controller may list ClusterRunaiCredentials; returns
+/// its store (to keep its members in the exchange) or `None` when it does
+/// not run.
+pub async fn controller(
+    client: &Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    selector: Option<&str>,
+    stop: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) -> Option<(Store<ClusterRunaiCredential>, impl Future<Output = ()>)> {
+    let api: Api<ClusterRunaiCredential> = Api::all(client.clone());
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = selector {
+        config = config.labels(selector);
+    }
+    if let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
+        info!(error = %e, "not serving ClusterRunaiCredentials (their CRD is not installed, or they may not be listed)");
+        return None;
+    }
+    let (store, writer) = reflector::store();
+    let released = ctx.clone();
+    let changes = watcher(api, config)
+        .default_backoff()
+        .modify(|crc: &mut ClusterRunaiCredential| {
+            crc.managed_fields_mut().clear();
+            crc.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .map_ok(move |event| {
+            if let watcher::Event::Delete(crc) = &event {
+                released
+                    .metrics
+                    .forget_credential(&CredentialLabels::new("", &crc.name_any()));
+                if let Some(uid) = crc.uid() {
+                    released.exchange.leave(&uid);
+                }
+                tokio::spawn(cluster::release_all(
+                    released.clone(),
+                    Arc::new(crc.clone()),
+                ));
+            }
+            event
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            reconcile_trigger,
+            PredicateConfig::default().ttl(std::time::Duration::from_secs(25 * 3600)),
+        );
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    let namespace_changes = watcher(namespaces, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+    // Its Secrets, in every namespace served (one watch each with
+    // `--namespace`, where only those may be read).
+    let scopes: Vec<Api<PartialObjectMeta<Secret>>> = match &ctx.scope {
+        None => vec![Api::all(client.clone())],
+        Some(scope) => scope
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect(),
+    };
+    let labelled = futures::stream::select_all(scopes.into_iter().map(|secrets| {
+        watcher(
+            secrets,
+            watcher::Config::default()
+                .labels(CLUSTER_CREDENTIAL_LABEL)
+                .any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed()
+    }));
+    let own: Api<PartialObjectMeta<Secret>> =
+        Api::namespaced(client.clone(), &ctx.controller_namespace);
+    let credentials = watcher(own, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+    let (for_namespaces, for_labelled, for_credentials) =
+        (store.clone(), store.clone(), store.clone());
+    let controller_namespace = ctx.controller_namespace.clone();
+    let own_namespace = controller_namespace.clone();
+    info!("starting the ClusterRunaiCredential controller");
+    let running = Controller::for_stream(changes, store.clone())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .watches_stream(namespace_changes, move |_ns| all(&for_namespaces))
+        .watches_stream(labelled, move |secret| {
+            for_secret(&for_labelled, &controller_namespace, &secret)
+        })
+        .watches_stream(credentials, move |secret| {
+            for_secret(&for_credentials, &own_namespace, &secret)
+        })
+        .reconcile_on(futures::stream::unfold(
+            ctx.exchange.subscribe_cluster(),
+            |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+        ))
+        .graceful_shutdown_on(stop)
+        .run(cluster::reconcile, cluster::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    Some((store, running))
+}

@@ -1,0 +1,345 @@
+//! ClusterRunaiCredential (api.md, "ClusterRunaiCredential"): one token
+//! handed to many namespaces, against the real API server and the stand-in.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use runai_token_sync::api::ClusterRunaiCredential;
+use serde_json::{Value, json};
+
+use crate::harness::{Cluster, Controller, eventually, jwt_claims, standin_with};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const TARGET: &str = "runai-token";
+
+/// A cluster-scoped object, deleted when dropped (the test namespace does
+/// not take it along).
+struct Owned {
+    kubeconfig: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // With kubectl: the test's runtime, which its client needs, may be
+        // shutting down.
+        let _ = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args([
+                "delete",
+                "clusterrunaicredential",
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .arg(&self.name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+async fn label_namespace(cluster: &Cluster, namespace: &str, labels: Value) {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    namespaces
+        .patch(
+            namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .expect("the namespace is labelled");
+}
+
+async fn secret_in(cluster: &Cluster, namespace: &str) -> Option<Secret> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
+    secrets.get_opt(TARGET).await.expect("reading a Secret")
+}
+
+fn token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get("accessToken")?.0.clone();
+    String::from_utf8(bytes).ok()
+}
+
+async fn status(api: &Api<ClusterRunaiCredential>, name: &str) -> Value {
+    serde_json::to_value(api.get(name).await.unwrap().status).unwrap()
+}
+
+fn ready(status: &Value) -> (String, String) {
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    let ready = conditions
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    (
+        ready["status"].as_str().unwrap_or_default().to_owned(),
+        ready["reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Four namespaces, a controller serving them and the test's own (where the
+/// credentials are), and a ClusterRunaiCredential selecting `a` and `b` by
+/// label and `d` by name.
+struct Fanout {
+    cluster: Cluster,
+    namespaces: [String; 4],
+    selector: String,
+    api: Api<ClusterRunaiCredential>,
+    name: String,
+    standin: runai_standin::StandIn,
+    _controller: Controller,
+}
+
+impl Fanout {
+    async fn start(test: &str, deletion_policy: &str) -> (Fanout, Owned) {
+        let cluster = Cluster::new(test).await;
+        let mut namespaces = Vec::new();
+        for suffix in ["a", "b", "c", "d"] {
+            namespaces.push(cluster.extra_namespace(suffix).await);
+        }
+        let namespaces: [String; 4] = namespaces.try_into().unwrap();
+        let selector = cluster.namespace.clone();
+        for ns in &namespaces[..2] {
+            label_namespace(&cluster, ns, json!({"runai-access": selector})).await;
+        }
+        let standin = standin_with("app-fan", "s3cr3t-fan", HOUR).await;
+        cluster
+            .put_credentials("platform-app", "app-fan", "s3cr3t-fan")
+            .await;
+        let served = format!("{},{}", cluster.namespace, namespaces.join(","));
+        let controller = Controller::start_raw(
+            &cluster.kubeconfig,
+            &[
+                "--namespace",
+                &served,
+                "--controller-namespace",
+                &cluster.namespace,
+                "--cluster-credentials=true",
+                // Only this test's: the others' controllers run at once.
+                "--cluster-credentials-selector",
+                &format!("tokensync.dev/e2e={}", cluster.namespace),
+            ],
+        );
+        let api: Api<ClusterRunaiCredential> = Api::all(cluster.client.clone());
+        let name = format!("fan-{}", cluster.namespace);
+        let crc: ClusterRunaiCredential = serde_json::from_value(json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClusterRunaiCredential",
+            "metadata": {"name": name, "labels": {"tokensync.dev/e2e": cluster.namespace}},
+            "spec": {
+                "url": standin.url(),
+                "caBundle": standin.ca_pem(),
+                "clientCredentialsSecretRef": {"name": "platform-app"},
+                "namespaceSelector": {"matchLabels": {"runai-access": selector}},
+                "namespaces": [namespaces[3]],
+                "target": {"name": TARGET, "deletionPolicy": deletion_policy,
+                           "outputs": [{"key": "authorization", "format": "BearerHeader"}]},
+            },
+        }))
+        .unwrap();
+        let owned = Owned {
+            kubeconfig: cluster.kubeconfig.clone(),
+            name: name.clone(),
+        };
+        // A foreign Secret of the target name in `d`, before the controller
+        // gets there.
+        let foreign: Secret = serde_json::from_value(json!({
+            "metadata": {"name": TARGET}, "stringData": {"mine": "keep me"}
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(cluster.client.clone(), &namespaces[3])
+            .create(&PostParams::default(), &foreign)
+            .await
+            .unwrap();
+        api.create(&PostParams::default(), &crc).await.unwrap();
+        (
+            Fanout {
+                cluster,
+                namespaces,
+                selector,
+                api,
+                name,
+                standin,
+                _controller: controller,
+            },
+            owned,
+        )
+    }
+
+    async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        eventually(Duration::from_secs(40), what, || async {
+            let s = status(&self.api, &self.name).await;
+            check(&s).then_some(s)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn one_token_reaches_every_matched_namespace() {
+    let (f, _owned) = Fanout::start("fanout", "Delete").await;
+    let [a, b, c, d] = f.namespaces.clone();
+
+    // a and b by label, d by name; d holds someone else's Secret.
+    let s = f
+        .wait_status("a, b synced, d failed", |s| {
+            s["matchedNamespaces"] == 3 && s["syncedNamespaces"] == 2
+        })
+        .await;
+    assert_eq!(ready(&s), ("False".into(), "NamespacesFailed".into()));
+    assert_eq!(s["failedNamespaces"][0]["namespace"], d.as_str());
+    assert_eq!(s["failedNamespaces"][0]["reason"], "SecretConflict");
+    assert_eq!(s["namespaces"], "2/3");
+    let crc = f.api.get(&f.name).await.unwrap();
+    assert_eq!(crc.condition("Stalled").unwrap().status, "True");
+    let in_a = secret_in(&f.cluster, &a).await.expect("a has the Secret");
+    let in_b = secret_in(&f.cluster, &b).await.expect("b has the Secret");
+    let token = token_of(&in_a).unwrap();
+    assert_eq!(jwt_claims(&token)["sub"], "app-fan");
+    assert_eq!(token_of(&in_b).as_deref(), Some(token.as_str()));
+    assert_eq!(
+        in_a.data.as_ref().unwrap()["authorization"].0,
+        format!("Bearer {token}").into_bytes()
+    );
+    assert_eq!(
+        in_a.labels()["tokensync.dev/cluster-credential"],
+        f.name.as_str()
+    );
+    let owner = &in_a.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("ClusterRunaiCredential", Some(true))
+    );
+    assert!(secret_in(&f.cluster, &c).await.is_none());
+    let foreign = secret_in(&f.cluster, &d).await.unwrap();
+    assert!(
+        foreign.labels().is_empty(),
+        "the foreign Secret is untouched"
+    );
+    assert_eq!(
+        foreign.data.unwrap()["mine"].0,
+        b"keep me".to_vec(),
+        "the foreign Secret keeps its data"
+    );
+    // One request served every namespace.
+    assert_eq!(f.standin.requests("app-fan"), 1);
+
+    // c starts to match: served within seconds, with no request.
+    label_namespace(&f.cluster, &c, json!({"runai-access": f.selector})).await;
+    let in_c = eventually(Duration::from_secs(10), "c gets the Secret", || async {
+        secret_in(&f.cluster, &c).await
+    })
+    .await;
+    assert_eq!(token_of(&in_c).as_deref(), Some(token.as_str()));
+    assert_eq!(f.standin.requests("app-fan"), 1);
+
+    // a stops matching: its Secret goes (Delete).
+    label_namespace(&f.cluster, &a, json!({"runai-access": null})).await;
+    eventually(Duration::from_secs(10), "a's Secret is deleted", || async {
+        secret_in(&f.cluster, &a).await.is_none().then_some(())
+    })
+    .await;
+
+    // d's conflict is resolved: Ready once every matched namespace is served.
+    Api::<Secret>::namespaced(f.cluster.client.clone(), &d)
+        .delete(TARGET, &DeleteParams::default())
+        .await
+        .unwrap();
+    // Namespaces that failed are looked at again every 15 s.
+    let s = f
+        .wait_status("b, c, d synced", |s| {
+            s["matchedNamespaces"] == 3 && s["syncedNamespaces"] == 3
+        })
+        .await;
+    assert_eq!(ready(&s), ("True".into(), "TokenReady".into()));
+    assert!(s["failedNamespaces"].is_null());
+    assert_eq!(f.standin.requests("app-fan"), 1);
+
+    // A forced refresh: one request, the new token everywhere.
+    f.api
+        .patch(
+            &f.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    for ns in [&b, &c, &d] {
+        eventually(Duration::from_secs(15), "the new token", || async {
+            secret_in(&f.cluster, ns)
+                .await
+                .and_then(|s| token_of(&s))
+                .filter(|t| *t != token)
+        })
+        .await;
+    }
+    assert_eq!(f.standin.requests("app-fan"), 2);
+
+    // Deletion: the garbage collector follows the owner references.
+    f.api
+        .delete(&f.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    for ns in [&b, &c, &d] {
+        eventually(
+            Duration::from_secs(90),
+            "the Secret is collected",
+            || async { secret_in(&f.cluster, ns).await.is_none().then_some(()) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn retain_releases_the_secrets_of_namespaces_left_and_of_a_deleted_owner() {
+    let (f, _owned) = Fanout::start("retain", "Retain").await;
+    let [a, b, _, _] = f.namespaces.clone();
+    f.wait_status("a, b synced", |s| s["syncedNamespaces"] == 2)
+        .await;
+    let in_a = secret_in(&f.cluster, &a).await.unwrap();
+    assert!(in_a.owner_references().is_empty(), "Retain: no owner");
+
+    // a stops matching: released, its data kept.
+    label_namespace(&f.cluster, &a, json!({"runai-access": null})).await;
+    let released = eventually(
+        Duration::from_secs(10),
+        "a's Secret is released",
+        || async {
+            secret_in(&f.cluster, &a)
+                .await
+                .filter(|s| !s.labels().contains_key("tokensync.dev/cluster-credential"))
+        },
+    )
+    .await;
+    assert_eq!(token_of(&released), token_of(&in_a));
+
+    // The owner is deleted: b's Secret is released, not deleted.
+    f.api
+        .delete(&f.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let kept = eventually(
+        Duration::from_secs(15),
+        "b's Secret is released",
+        || async {
+            secret_in(&f.cluster, &b)
+                .await
+                .filter(|s| !s.labels().contains_key("tokensync.dev/cluster-credential"))
+        },
+    )
+    .await;
+    assert!(token_of(&kept).is_some());
+    assert!(
+        !kept
+            .annotations()
+            .keys()
+            .any(|k| k.starts_with("tokensync.dev/"))
+    );
+}
