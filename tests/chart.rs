@@ -135,8 +135,21 @@ fn the_default_install_is_hardened_and_highly_available() {
                 .as_object()
                 .is_none_or(|labels| !labels.keys().any(|k| k.contains("aggregate-to-")))
         });
-    assert_eq!(cluster_roles.len(), 1);
-    assert!(grants_secrets_listing(cluster_roles[0]));
+    // The workload's, and the one for ClusterRunaiCredentials (which reads
+    // them and namespaces, and no Secret).
+    assert_eq!(cluster_roles.len(), 2);
+    let (workload, cluster_credentials): (Vec<&Value>, Vec<&Value>) = cluster_roles
+        .into_iter()
+        .partition(|role| grants_secrets_listing(role));
+    assert_eq!((workload.len(), cluster_credentials.len()), (1, 1));
+    assert!(
+        cluster_credentials[0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|rule| rule["resources"][0] != "secrets")
+    );
+    let cluster_roles = workload;
     assert_eq!(for_people.len(), 2);
     for role in &for_people {
         for rule in role["rules"].as_array().unwrap() {
@@ -180,11 +193,21 @@ fn the_default_install_is_hardened_and_highly_available() {
 #[ignore = "needs helm: run hack/test.sh"]
 fn watch_namespaces_grant_nothing_cluster_wide() {
     let objects = template(&["--set", "watchNamespaces={team-a,team-b}"]);
-    // Only the roles for people, which no binding of the chart uses.
-    assert!(of_kind(&objects, "ClusterRole").iter().all(
-        |role| role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
-    ));
-    assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
+    // The roles for people, which no binding of the chart uses, and the one
+    // for ClusterRunaiCredentials: none grants anything on Secrets.
+    assert!(of_kind(&objects, "ClusterRole").iter().all(|role| {
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|rule| rule["resources"][0] != "secrets")
+    }));
+    assert!(of_kind(&objects, "ClusterRoleBinding").iter().all(|b| {
+        b["roleRef"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-cluster-credentials")
+    }));
     let roles = of_kind(&objects, "Role");
     let in_namespace = |ns: &str| {
         roles
@@ -194,7 +217,23 @@ fn watch_namespaces_grant_nothing_cluster_wide() {
     };
     assert_eq!(in_namespace("team-a"), 1);
     assert_eq!(in_namespace("team-b"), 1);
+    // In the watched namespaces, and in the controller's own, where the
+    // credentials of ClusterRunaiCredentials live; not there without them.
     for role in roles {
+        let namespace = role["metadata"]["namespace"].as_str().unwrap();
+        assert!(
+            grants_secrets_listing(role),
+            "Secrets can be listed in {namespace}"
+        );
+    }
+    let without = template(&[
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "clusterCredentials.enabled=false",
+    ]);
+    assert!(of_kind(&without, "ClusterRoleBinding").is_empty());
+    for role in of_kind(&without, "Role") {
         let namespace = role["metadata"]["namespace"].as_str().unwrap();
         assert_eq!(
             grants_secrets_listing(role),

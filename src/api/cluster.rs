@@ -106,9 +106,11 @@ pub struct ClusterRunaiCredentialSpec {
 /// A namespace whose Secret could not be written.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct FailedNamespace {
+    /// The namespace.
     pub namespace: String,
     /// As a RunaiCredential's Ready reason (`SecretConflict`, `SecretWriteFailed`).
     pub reason: String,
+    /// What went wrong, for a person.
     pub message: String,
 }
 

@@ -18,9 +18,9 @@ const TARGET: &str = "runai-token";
 
 /// A cluster-scoped object, deleted when dropped (the test namespace does
 /// not take it along).
-struct Owned {
-    kubeconfig: std::path::PathBuf,
-    name: String,
+pub struct Owned {
+    pub kubeconfig: std::path::PathBuf,
+    pub name: String,
 }
 
 impl Drop for Owned {

@@ -134,7 +134,7 @@ async fn ready_with_chart_rights(
     release: &Release,
     kubeconfig: &Path,
     workload: &str,
-) -> (Controller, runai_standin::StandIn) {
+) -> (Controller, runai_standin::StandIn, crate::cluster::Owned) {
     let standin = standin_with("app-chart", "s3cr3t-chart", HOUR).await;
     crate::harness::put_credentials_in(
         &cluster.client,
@@ -144,7 +144,11 @@ async fn ready_with_chart_rights(
         "s3cr3t-chart",
     )
     .await;
+    cluster
+        .put_credentials("platform-app", "app-chart", "s3cr3t-chart")
+        .await;
     let lease = release.fullname();
+    let selector = format!("tokensync.dev/e2e={}", cluster.namespace);
     let controller = Controller::start_raw(
         kubeconfig,
         &[
@@ -155,6 +159,9 @@ async fn ready_with_chart_rights(
             "--leader-elect",
             "--lease-name",
             &lease,
+            "--cluster-credentials=true",
+            "--cluster-credentials-selector",
+            &selector,
         ],
     );
     let credentials: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), workload);
@@ -177,7 +184,45 @@ async fn ready_with_chart_rights(
         },
     )
     .await;
-    (controller, standin)
+    // A ClusterRunaiCredential naming the workload namespace, with its
+    // credentials in the controller's namespace.
+    let name = format!("chart-{}", cluster.namespace);
+    let crcs: Api<runai_token_sync::api::ClusterRunaiCredential> = Api::all(cluster.client.clone());
+    let mut spec = spec_for(&standin, "platform-app");
+    spec["namespaces"] = json!([workload]);
+    spec["target"] = json!({"name": "from-cluster"});
+    crcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClusterRunaiCredential",
+            "metadata": {"name": name, "labels": {"tokensync.dev/e2e": cluster.namespace}},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let owned = crate::cluster::Owned {
+        kubeconfig: cluster.kubeconfig.clone(),
+        name: name.clone(),
+    };
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), workload);
+    eventually(
+        Duration::from_secs(30),
+        "the ClusterRunaiCredential's Secret, with the chart's rights",
+        || async { secrets.get_opt("from-cluster").await.ok().flatten() },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the ClusterRunaiCredential is Ready",
+        || async {
+            let crc = crcs.get(&name).await.ok()?;
+            (crc.condition("Ready")?.status == "True").then_some(())
+        },
+    )
+    .await;
+    (controller, standin, owned)
 }
 
 #[tokio::test]
@@ -189,7 +234,7 @@ async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
     let (kubeconfig, as_controller) =
         service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
 
-    let (controller, _standin) =
+    let (controller, _standin, _crc) =
         ready_with_chart_rights(&cluster, &release, &kubeconfig, &workload).await;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &workload);
     assert!(
@@ -342,7 +387,7 @@ async fn watch_namespaces_confine_the_controller() {
     let (kubeconfig, as_controller) =
         service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
 
-    let (_controller, _standin) =
+    let (_controller, _standin, _crc) =
         ready_with_chart_rights(&cluster, &release, &kubeconfig, &watched).await;
     // Outside: no Secret can be read, in that namespace or cluster-wide.
     let outside_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), &outside);
