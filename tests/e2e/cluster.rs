@@ -196,6 +196,9 @@ async fn one_token_reaches_every_matched_namespace() {
     assert_eq!(s["namespaces"], "2/3");
     let crc = f.api.get(&f.name).await.unwrap();
     assert_eq!(crc.condition("Stalled").unwrap().status, "True");
+    let (health, message) = crate::gitops::argocd_health_of(&serde_json::to_value(&crc).unwrap());
+    assert_eq!(health, "Degraded");
+    assert!(message.starts_with("NamespacesFailed: "), "{message}");
     let in_a = secret_in(&f.cluster, &a).await.expect("a has the Secret");
     let in_b = secret_in(&f.cluster, &b).await.expect("b has the Secret");
     let token = token_of(&in_a).unwrap();
@@ -257,6 +260,28 @@ async fn one_token_reaches_every_matched_namespace() {
         .await;
     assert_eq!(ready(&s), ("True".into(), "TokenReady".into()));
     assert!(s["failedNamespaces"].is_null());
+    let crc = serde_json::to_value(f.api.get(&f.name).await.unwrap()).unwrap();
+    assert_eq!(crate::gitops::argocd_health_of(&crc).0, "Healthy");
+    // `kubectl wait` and the printer columns, as a platform engineer sees them.
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &f.cluster.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    };
+    let crc_ref = format!("clusterrunaicredential/{}", f.name);
+    let wait = kubectl(&["wait", &crc_ref, "--for=condition=Ready", "--timeout=10s"]);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let table = String::from_utf8(kubectl(&["get", "crunaicred", &f.name]).stdout).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "NAMESPACES", "EXPIRES", "AGE"]);
+    assert!(table.lines().nth(1).unwrap().contains(" True "), "{table}");
+    assert!(table.lines().nth(1).unwrap().contains(" 3/3 "), "{table}");
     assert_eq!(f.standin.requests("app-fan"), 1);
 
     // A forced refresh: one request, the new token everywhere.

@@ -199,11 +199,15 @@ fn lua(value: &Value) -> String {
 /// Runs the chart's Argo CD health script on `object` with Lua 5.1, as Argo
 /// CD does, and returns `(status, message)`.
 fn argocd_health(object: &RunaiCredential) -> (String, String) {
+    argocd_health_of(&serde_json::to_value(object).unwrap())
+}
+
+/// [`argocd_health`] for an object of either kind, as JSON.
+pub fn argocd_health_of(object: &Value) -> (String, String) {
     let script = std::fs::read_to_string(HEALTH_SCRIPT).expect("the health script");
-    let object = serde_json::to_value(object).unwrap();
     let program = format!(
         "local obj = {}\nlocal hs = (function()\n{script}\nend)()\nio.write(hs.status, \"\\n\", hs.message or \"\")\n",
-        lua(&object)
+        lua(object)
     );
     let path = std::env::temp_dir().join(format!(
         "argocd-health-{}-{}.lua",

@@ -1,1 +1,329 @@
-//! Unit tests of the pure decisions of a ClusterRunaiCredential.
+//! Unit tests of the pure decisions of a ClusterRunaiCredential, with plain
+//! values and a fixed clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use serde_json::json;
+
+use super::*;
+use crate::api::ClusterRunaiCredential;
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn crc(spec: serde_json::Value) -> ClusterRunaiCredential {
+    let mut full = json!({
+        "url": "https://acme.run.ai",
+        "clientCredentialsSecretRef": {"name": "app"},
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        full[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClusterRunaiCredential",
+        "metadata": {"name": "pipelines", "uid": "uid-p", "generation": 3},
+        "spec": full,
+    }))
+    .unwrap()
+}
+
+fn namespaces(list: &[(&str, &[(&str, &str)], bool)]) -> BTreeMap<String, NamespaceFacts> {
+    list.iter()
+        .map(|(name, labels, terminating)| {
+            (
+                (*name).to_owned(),
+                NamespaceFacts {
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    terminating: *terminating,
+                },
+            )
+        })
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[test]
+fn namespaces_match_by_label_or_by_name_and_never_while_terminating() {
+    let all = namespaces(&[
+        ("ml-a", &[("runai-access", "pipelines")], false),
+        (
+            "ml-b",
+            &[("runai-access", "pipelines"), ("team", "b")],
+            false,
+        ),
+        ("ml-c", &[("runai-access", "notebooks")], false),
+        ("named", &[], false),
+        ("leaving", &[("runai-access", "pipelines")], true),
+        ("unrelated", &[], false),
+    ]);
+    let by_label_and_name = crc(json!({
+        "namespaceSelector": {"matchLabels": {"runai-access": "pipelines"}},
+        "namespaces": ["named", "absent"],
+    }));
+    assert_eq!(
+        matched_namespaces(&by_label_and_name, &all, None),
+        set(&["ml-a", "ml-b", "named"])
+    );
+    // Only the served namespaces (`--namespace`).
+    assert_eq!(
+        matched_namespaces(&by_label_and_name, &all, Some(&set(&["ml-b", "unrelated"]))),
+        set(&["ml-b"])
+    );
+    // Expressions, as any LabelSelector.
+    let expression = crc(json!({
+        "namespaceSelector": {"matchExpressions": [
+            {"key": "runai-access", "operator": "In", "values": ["pipelines", "notebooks"]},
+            {"key": "team", "operator": "DoesNotExist"},
+        ]},
+    }));
+    assert_eq!(
+        matched_namespaces(&expression, &all, None),
+        set(&["ml-a", "ml-c"])
+    );
+    // An empty selector matches every namespace; none matches none.
+    let everything = crc(json!({"namespaceSelector": {}}));
+    assert_eq!(matched_namespaces(&everything, &all, None).len(), 5);
+    let nothing = crc(json!({}));
+    assert!(matched_namespaces(&nothing, &all, None).is_empty());
+}
+
+fn managed(name: &str, uid: Option<&str>) -> Secret {
+    let mut owners = Vec::new();
+    if let Some(uid) = uid {
+        owners.push(json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClusterRunaiCredential",
+            "name": name, "uid": uid, "controller": true,
+        }));
+    }
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": "runai-token", "namespace": "ml-a",
+            "labels": {
+                "app.kubernetes.io/managed-by": "runai-token-sync",
+                "tokensync.dev/cluster-credential": name,
+            },
+            "ownerReferences": owners,
+        },
+        "type": "Opaque",
+        "data": {"accessToken": "dG9r"},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn each_namespace_secret_is_created_updated_kept_or_left_alone() {
+    let desired = managed("pipelines", Some("uid-p"));
+    assert_eq!(
+        plan_secret(None, &desired, "pipelines", Some("uid-p")),
+        SecretAction::Create
+    );
+    assert_eq!(
+        plan_secret(Some(&desired), &desired, "pipelines", Some("uid-p")),
+        SecretAction::Keep
+    );
+    let mut stale = desired.clone();
+    stale
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("accessToken".into(), ByteString(b"old".to_vec()));
+    assert_eq!(
+        plan_secret(Some(&stale), &desired, "pipelines", Some("uid-p")),
+        SecretAction::Update
+    );
+    // Someone else's: unlabelled, another ClusterRunaiCredential's, or owned
+    // by an earlier object of the same name.
+    let foreign: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "runai-token"}})).unwrap();
+    for (what, existing) in [
+        ("unlabelled", foreign),
+        ("another's", managed("notebooks", Some("uid-n"))),
+        ("an earlier owner's", managed("pipelines", Some("uid-old"))),
+    ] {
+        assert_eq!(
+            plan_secret(Some(&existing), &desired, "pipelines", Some("uid-p")),
+            SecretAction::Conflict,
+            "{what}"
+        );
+    }
+    // Retain: no owner reference, the label decides.
+    let retained = managed("pipelines", None);
+    assert_eq!(
+        plan_secret(Some(&retained), &retained, "pipelines", Some("uid-p")),
+        SecretAction::Keep
+    );
+}
+
+fn token(issued: &str, expires: &str, serial: u64) -> GroupToken {
+    GroupToken {
+        access_token: "tok".into(),
+        issued_at: t(issued),
+        expires_at: Some(t(expires)),
+        serial,
+        requested: true,
+    }
+}
+
+#[test]
+fn the_token_is_refreshed_when_missing_due_expired_or_asked_for() {
+    let hour = token("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", 1);
+    let at = |s| refresh_reason(Some(&hour), None, "uid-p", false, t(s));
+    assert_eq!(at("2026-01-01T00:10:00Z"), None);
+    // Due at two thirds of the lifetime at the latest (jitter only earlier).
+    assert_eq!(at("2026-01-01T00:40:00Z"), Some(RefreshReason::Due));
+    assert_eq!(at("2026-01-01T01:00:01Z"), Some(RefreshReason::Due));
+    assert_eq!(
+        refresh_reason(None, None, "uid-p", false, t("2026-01-01T00:10:00Z")),
+        Some(RefreshReason::NoToken)
+    );
+    assert_eq!(
+        refresh_reason(Some(&hour), None, "uid-p", true, t("2026-01-01T00:10:00Z")),
+        Some(RefreshReason::RefreshRequested)
+    );
+    // refreshInterval caps the age.
+    assert_eq!(
+        refresh_reason(
+            Some(&hour),
+            Some(std::time::Duration::from_secs(300)),
+            "uid-p",
+            false,
+            t("2026-01-01T00:05:01Z")
+        ),
+        Some(RefreshReason::Due)
+    );
+}
+
+fn record(expires: &str) -> TokenRecord {
+    TokenRecord {
+        issued_at: t("2026-01-01T00:00:00Z"),
+        expires_at: Some(t(expires)),
+        credentials_hash: "h".into(),
+        generation: 3,
+        refresh_request: None,
+    }
+}
+
+fn condition<'a>(s: &'a ClusterRunaiCredentialStatus, type_: &str) -> (&'a str, &'a str) {
+    let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+    (c.status.as_str(), c.reason.as_str())
+}
+
+#[test]
+fn ready_says_whether_every_matched_namespace_holds_the_token() {
+    let r = record("2026-01-01T01:00:00Z");
+    let now = t("2026-01-01T00:01:00Z");
+    let next = t("2026-01-01T00:40:00Z");
+    let status = |outcome: &Outcome, failure: Option<&Failure>| {
+        cluster_status(None, Some(3), Some(&r), failure, outcome, next, 2, now)
+    };
+    let all = Outcome {
+        matched: 3,
+        synced: 3,
+        failed: BTreeMap::new(),
+    };
+    let s = status(&all, None);
+    assert_eq!(condition(&s, "Ready"), ("True", "TokenReady"));
+    assert_eq!(condition(&s, "Reconciling").0, "False");
+    assert_eq!(condition(&s, "Stalled").0, "False");
+    assert_eq!(
+        (
+            s.matched_namespaces,
+            s.synced_namespaces,
+            s.namespaces.as_deref()
+        ),
+        (3, 3, Some("3/3"))
+    );
+    assert_eq!(s.shared_with, 2);
+    assert_eq!(s.observed_generation, Some(3));
+    assert_eq!(s.expiration_time.as_deref(), Some("2026-01-01T01:00:00Z"));
+
+    let none = Outcome::default();
+    assert_eq!(
+        condition(&status(&none, None), "Ready"),
+        ("True", REASON_NO_MATCHING_NAMESPACES)
+    );
+
+    // 25 conflicts: Ready False, Stalled, at most 20 listed.
+    let mut failed = BTreeMap::new();
+    for i in 0..25 {
+        failed.insert(format!("ns-{i:02}"), ("SecretConflict", "taken".to_owned()));
+    }
+    let some = Outcome {
+        matched: 30,
+        synced: 5,
+        failed,
+    };
+    let s = status(&some, None);
+    assert_eq!(condition(&s, "Ready"), ("False", REASON_NAMESPACES_FAILED));
+    assert_eq!(condition(&s, "Stalled"), ("True", REASON_NAMESPACES_FAILED));
+    assert_eq!(s.failed_namespaces.len(), MAX_FAILED_NAMESPACES);
+    assert_eq!(s.failed_namespaces[0].namespace, "ns-00");
+    assert_eq!(s.failed_namespaces[0].reason, "SecretConflict");
+    let ready_message = &s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(ready_message.starts_with("5 of 30 matched namespaces hold the token, 25 failed"));
+
+    // The exchange fails and no valid token is left: the shared reason.
+    let rejected = Failure {
+        reason: "InvalidCredentials",
+        message: "rejected".into(),
+        attempts: 2,
+    };
+    let s = cluster_status(None, Some(3), None, Some(&rejected), &all, next, 0, now);
+    assert_eq!(condition(&s, "Ready"), ("False", "InvalidCredentials"));
+    assert_eq!(condition(&s, "Stalled"), ("True", "InvalidCredentials"));
+    assert_eq!(condition(&s, "Degraded"), ("True", "InvalidCredentials"));
+    // A failure while the token is valid: Degraded only.
+    let outage = Failure {
+        reason: "TokenEndpointError",
+        message: "503".into(),
+        attempts: 1,
+    };
+    let s = status(&all, Some(&outage));
+    assert_eq!(condition(&s, "Ready"), ("True", "TokenReady"));
+    assert_eq!(condition(&s, "Degraded"), ("True", "TokenEndpointError"));
+}
+
+#[test]
+fn an_unchanged_status_is_the_same_and_keeps_its_transition_times() {
+    let r = record("2026-01-01T01:00:00Z");
+    let outcome = Outcome {
+        matched: 1,
+        synced: 1,
+        failed: BTreeMap::new(),
+    };
+    let next = t("2026-01-01T00:40:00Z");
+    let first = cluster_status(
+        None,
+        Some(3),
+        Some(&r),
+        None,
+        &outcome,
+        next,
+        0,
+        t("2026-01-01T00:01:00Z"),
+    );
+    let again = cluster_status(
+        Some(&first),
+        Some(3),
+        Some(&r),
+        None,
+        &outcome,
+        next,
+        0,
+        t("2026-01-01T00:09:00Z"),
+    );
+    assert!(same_status(&first, &again), "no write for nothing new");
+}
