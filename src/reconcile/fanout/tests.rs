@@ -29,7 +29,10 @@ fn crc(spec: serde_json::Value) -> ClusterRunaiCredential {
     .unwrap()
 }
 
-fn namespaces(list: &[(&str, &[(&str, &str)], bool)]) -> BTreeMap<String, NamespaceFacts> {
+/// A namespace: name, labels, Terminating.
+type Facts<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+
+fn namespaces(list: &[Facts<'_>]) -> BTreeMap<String, NamespaceFacts> {
     list.iter()
         .map(|(name, labels, terminating)| {
             (
