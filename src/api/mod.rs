@@ -262,6 +262,11 @@ pub enum OutputFormat {
     Template,
 }
 
+/// Characters a POSIX shell interprets in an unquoted `NAME=value` line:
+/// refused in a URL written into an `EnvFile` output, which is meant to be
+/// sourced.
+const SHELL_SPECIAL: &str = "$`\\\"'\\;&|<>()*?[]{}~#! \t";
+
 /// A Secret data key (Kubernetes `IsConfigMapKey`).
 const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
@@ -474,6 +479,7 @@ fn validate_source(
     allow_insecure_http: bool,
 ) -> Result<ValidSpec, crate::Error> {
     let invalid = |field, message: String| crate::Error::InvalidSpec { field, message };
+    let written = url;
     let url = validate_url(url, allow_insecure_http)?;
     let refresh_interval = refresh_interval
         .map(crate::token::schedule::parse_refresh_interval)
@@ -523,7 +529,31 @@ fn validate_source(
             format!("{key:?} is not a valid annotation key (like example.com/name)"),
         ));
     }
+    if let Some(key) = target
+        .labels
+        .keys()
+        .chain(target.annotations.keys())
+        .find(|k| k.starts_with("tokensync.dev/") || k.as_str() == "app.kubernetes.io/managed-by")
+    {
+        return Err(invalid(
+            "spec.target.labels",
+            format!("{key:?} is the controller's own; it marks which Secrets it manages"),
+        ));
+    }
     check_outputs(target).map_err(|m| invalid("spec.target.outputs", m))?;
+    if target
+        .outputs
+        .iter()
+        .any(|o| o.format == OutputFormat::EnvFile)
+        && let Some(c) = written.trim().chars().find(|c| SHELL_SPECIAL.contains(*c))
+    {
+        return Err(invalid(
+            "spec.url",
+            format!(
+                "contains {c:?}, which a shell reading the EnvFile output would interpret; use the URL without it"
+            ),
+        ));
+    }
     Ok(ValidSpec {
         url,
         refresh_interval,
@@ -667,6 +697,40 @@ mod validation_tests {
             Err(Error::InvalidSpec { field, .. }) => field,
             other => panic!("expected InvalidSpec, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_controllers_own_labels_and_shell_unsafe_env_file_urls_are_refused() {
+        for key in [
+            "tokensync.dev/cluster-credential",
+            "app.kubernetes.io/managed-by",
+        ] {
+            let mut labelled = cr("https://acme.run.ai");
+            labelled.spec.target.labels.insert(key.into(), "x".into());
+            assert_eq!(
+                field_of(validate_spec(&labelled, false)),
+                "spec.target.labels",
+                "{key}"
+            );
+        }
+        let env_file = |url: &str| {
+            let mut with = cr(url);
+            with.spec.target.outputs.push(Output {
+                key: "runai.env".into(),
+                format: OutputFormat::EnvFile,
+                template: None,
+            });
+            validate_spec(&with, false)
+        };
+        assert!(env_file("https://acme.run.ai/runai/").is_ok());
+        assert!(
+            env_file(" https://acme.run.ai ").is_ok(),
+            "spaces around are trimmed"
+        );
+        assert_eq!(field_of(env_file("https://acme.run.ai/$(id)")), "spec.url");
+        assert_eq!(field_of(env_file("https://acme.run.ai/a;b")), "spec.url");
+        // The same URL without an EnvFile output is fine.
+        assert!(validate_spec(&cr("https://acme.run.ai/a;b"), false).is_ok());
     }
 
     #[test]

@@ -244,7 +244,7 @@ pub fn desired_secret(
     desired_secret_for(
         &owner,
         target,
-        &credential.spec.url,
+        credential.spec.url.trim(),
         token,
         record,
         hash_key,

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -43,6 +43,9 @@ pub const NAMESPACE_CONCURRENCY: usize = 8;
 /// How soon a ClusterRunaiCredential with failed namespaces, or without its
 /// credentials, looks again (a foreign Secret that goes away is not watched).
 const FAILED_RECHECK: Duration = Duration::from_secs(15);
+/// How soon a namespace whose Secret the API server failed to read or write
+/// is tried again.
+const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// Reconciles one ClusterRunaiCredential.
 ///
@@ -59,7 +62,7 @@ pub async fn reconcile(
     let now = Timestamp::now();
     let span = tracing::info_span!("reconcile_cluster", name = crc.name_any());
     let started = std::time::Instant::now();
-    let result = reconcile_at(&crc, &ctx, now).instrument(span).await;
+    let result = super::bounded(reconcile_at(&crc, &ctx, now).instrument(span)).await;
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     if result.is_ok() {
         ctx.health.record_progress();
@@ -140,10 +143,12 @@ async fn reconcile_at(
             return Ok(Action::requeue(FAILED_RECHECK));
         }
     };
-    let namespaces = namespace_facts(ctx);
+    // Nothing is matched, written or cleaned up before every namespace is
+    // known: an empty list would look like "no namespace matches".
+    let namespaces = namespace_facts(ctx)?;
     let matched = fanout::matched_namespaces(crc, &namespaces, ctx.scope.as_ref());
     let target_name = crc.target_secret_name();
-    let existing = read_secrets(ctx, &matched, &target_name).await?;
+    let existing = read_secrets(ctx, &matched, &target_name).await;
 
     // The token, through the shared exchange.
     let credentials_hash =
@@ -154,7 +159,7 @@ async fn reconcile_at(
     let mut view = ctx.exchange.join(&uid, member, &key);
     // After a restart, the Secrets seed the group.
     let mut handled_request = None;
-    for found in existing.values().flatten() {
+    for found in existing.values().filter_map(|r| r.as_ref().ok()).flatten() {
         if !fanout::is_managed_by(found, &crc.name_any(), crc.uid().as_deref()) {
             continue;
         }
@@ -163,7 +168,10 @@ async fn reconcile_at(
                 s.intact && secret::hashes_equal(&credentials_hash, &s.record.credentials_hash)
             })
         {
-            handled_request = handled_request.or(stored.record.refresh_request.clone());
+            // Answered if any Secret records the value asked for now.
+            if handled_request.as_deref() != crc.refresh_request() {
+                handled_request = stored.record.refresh_request.clone();
+            }
             if view
                 .token
                 .as_ref()
@@ -178,9 +186,12 @@ async fn reconcile_at(
             }
         }
     }
+    // A refresh request is answered once: by a token newer than the group's
+    // when it was seen, whether or not any Secret could take it.
+    let handled_request = ctx.handled_refresh(&uid).or(handled_request);
     let requested = crc
         .refresh_request()
-        .is_some_and(|r| handled_request.as_deref() != Some(r) && !matched.is_empty());
+        .is_some_and(|r| handled_request.as_deref() != Some(r));
     let jitter: f64 = rand::random();
     let mut failure: Option<Failure> = None;
     let mut retry_at: Option<Timestamp> = None;
@@ -252,9 +263,12 @@ async fn reconcile_at(
 
     // Act: every matched namespace's Secret, at a bounded concurrency.
     let refresh_request = if requested && token.as_ref().map(|t| t.serial) > seen_serial {
+        if let Some(value) = crc.refresh_request() {
+            ctx.set_handled_refresh(&uid, value);
+        }
         crc.refresh_request()
     } else {
-        handled_request.as_deref().or(None)
+        handled_request.as_deref()
     };
     let record = token.as_ref().map(|t| {
         fanout::record_of(
@@ -287,15 +301,26 @@ async fn reconcile_at(
                 let desired = secret::desired_secret_for(
                     &owner,
                     &crc.spec.target,
-                    &crc.spec.url,
+                    crc.spec.url.trim(),
                     &token.access_token,
                     record,
                     &ctx.hash_key,
                 );
                 async move {
-                    let result =
-                        sync_namespace(ctx, crc, &namespace, found, desired, &token.access_token)
-                            .await;
+                    let result = match found {
+                        Ok(found) => {
+                            sync_namespace(
+                                ctx,
+                                crc,
+                                &namespace,
+                                found,
+                                desired,
+                                &token.access_token,
+                            )
+                            .await
+                        }
+                        Err(err) => Err(err),
+                    };
                     (namespace, result)
                 }
             })
@@ -310,11 +335,16 @@ async fn reconcile_at(
                         .failed
                         .insert(namespace, (err.reason(), err.to_string()));
                 }
-                Err(err) => return Err(err),
+                // The API server failed for this namespace only: the others
+                // are served, and it is tried again shortly.
+                Err(err) => {
+                    warn!(namespace, error = %err, "the Secret of one namespace could not be read or written; retrying shortly");
+                    outcome.pending += 1;
+                }
             }
         }
     }
-    clean_up(ctx, crc, &matched, &target_name).await?;
+    clean_up(ctx, crc, &namespaces, &matched, &target_name).await?;
 
     // The status.
     let next_refresh = match (&token, retry_at) {
@@ -340,7 +370,9 @@ async fn reconcile_at(
     );
     write_status(crc, ctx, &status).await?;
     let wake = schedule::delay_until(now, next_refresh).max(Duration::from_secs(1));
-    Ok(Action::requeue(if outcome.failed.is_empty() {
+    Ok(Action::requeue(if outcome.pending > 0 {
+        wake.min(PENDING_RECHECK)
+    } else if outcome.failed.is_empty() {
         wake
     } else {
         wake.min(FAILED_RECHECK)
@@ -348,11 +380,24 @@ async fn reconcile_at(
 }
 
 /// The namespaces the controller knows, from its watch of them.
-fn namespace_facts(ctx: &Context) -> BTreeMap<String, NamespaceFacts> {
+///
+/// # Errors
+///
+/// [`Error::Startup`] when namespaces cannot be listed or their watch has
+/// not listed them yet (retried).
+fn namespace_facts(ctx: &Context) -> Result<BTreeMap<String, NamespaceFacts>, Error> {
+    use futures::FutureExt as _;
     let Some(store) = &ctx.namespaces else {
-        return BTreeMap::new();
+        return Err(Error::Startup(
+            "namespaces cannot be listed: ClusterRunaiCredentials need to read them (the chart's ClusterRole grants it)".to_owned(),
+        ));
     };
-    store
+    if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        return Err(Error::Startup(
+            "the namespaces are not listed yet".to_owned(),
+        ));
+    }
+    Ok(store
         .state()
         .iter()
         .map(|ns| {
@@ -364,7 +409,7 @@ fn namespace_facts(ctx: &Context) -> BTreeMap<String, NamespaceFacts> {
                 },
             )
         })
-        .collect()
+        .collect())
 }
 
 /// Each matched namespace's Secret of the target name, read from the API
@@ -373,17 +418,17 @@ async fn read_secrets(
     ctx: &Context,
     matched: &BTreeSet<String>,
     name: &str,
-) -> Result<BTreeMap<String, Option<Secret>>, Error> {
+) -> BTreeMap<String, Result<Option<Secret>, Error>> {
     futures::stream::iter(matched.iter().cloned())
         .map(|namespace| async move {
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-            get_secret(&secrets, name, Read::Cached)
+            let found = get_secret(&secrets, name, Read::Cached)
                 .await
-                .map(|found| (namespace, found))
-                .map_err(Error::kube("reading a target Secret"))
+                .map_err(Error::kube("reading a target Secret"));
+            (namespace, found)
         })
         .buffer_unordered(NAMESPACE_CONCURRENCY)
-        .try_collect()
+        .collect()
         .await
 }
 
@@ -434,6 +479,7 @@ async fn sync_namespace(
 async fn clean_up(
     ctx: &Context,
     crc: &ClusterRunaiCredential,
+    namespaces: &BTreeMap<String, NamespaceFacts>,
     matched: &BTreeSet<String>,
     target_name: &str,
 ) -> Result<(), Error> {
@@ -446,10 +492,7 @@ async fn clean_up(
             continue;
         }
         // A namespace being deleted takes its Secrets with it.
-        if namespace_facts(ctx)
-            .get(&namespace)
-            .is_some_and(|ns| ns.terminating)
-        {
+        if namespaces.get(&namespace).is_some_and(|ns| ns.terminating) {
             continue;
         }
         release_or_delete(
@@ -470,7 +513,9 @@ async fn list_managed(ctx: &Context, name: &str) -> Result<Vec<Secret>, Error> {
         "{CLUSTER_CREDENTIAL_LABEL}={}",
         secret::credential_label_value(name)
     );
-    let params = ListParams::default().labels(&selector);
+    // From the API server's watch cache: a Secret it has not seen yet is
+    // looked at on the next pass.
+    let params = ListParams::default().labels(&selector).match_any();
     let mut found = Vec::new();
     match &ctx.scope {
         None => {

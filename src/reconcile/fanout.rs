@@ -156,9 +156,16 @@ pub fn record_of(
 pub struct Outcome {
     pub matched: usize,
     pub synced: usize,
-    /// By namespace name.
+    /// By namespace name: only a person can resolve these.
     pub failed: BTreeMap<String, (&'static str, String)>,
+    /// Namespaces whose Secret the API server failed to read or write
+    /// (tried again shortly).
+    pub pending: usize,
 }
+
+/// Reason of `Ready=False` while some matched namespaces wait for a retry
+/// after an API server error.
+pub const REASON_NAMESPACES_PENDING: &str = "NamespacesPending";
 
 /// The status: the token's part as for a RunaiCredential (`Ready`,
 /// `Degraded`, times, kstatus), then `Ready` decided by the namespaces.
@@ -191,8 +198,9 @@ pub fn cluster_status(
         .conditions
         .iter()
         .any(|c| c.type_ == CONDITION_READY && c.status == "True");
-    // With a valid token, the namespaces decide whether all is well.
-    if token_ready {
+    // With a valid token, the namespaces decide whether all is well; with
+    // none to serve, there is nothing to be ready for.
+    if token_ready || outcome.matched == 0 {
         let (ready, reason, message) = if outcome.matched == 0 {
             (
                 true,
@@ -209,6 +217,15 @@ pub fn cluster_status(
                     record
                         .and_then(|r| r.expires_at)
                         .map_or_else(|| "an unknown time".to_owned(), secret::rfc3339)
+                ),
+            )
+        } else if outcome.failed.is_empty() {
+            (
+                false,
+                REASON_NAMESPACES_PENDING,
+                format!(
+                    "{} of {} matched namespaces hold the token; the others are tried again after an API server error",
+                    outcome.synced, outcome.matched
                 ),
             )
         } else {

@@ -110,6 +110,9 @@ pub struct Context {
     pub controller_namespace: String,
     /// The namespaces served (`--namespace`); `None` for all.
     pub scope: Option<std::collections::BTreeSet<String>>,
+    /// The last refresh annotation value answered with a new token, by
+    /// ClusterRunaiCredential uid (also when no Secret could take it).
+    handled_refresh: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -145,6 +148,7 @@ impl Context {
             ),
             controller_namespace: "default".to_owned(),
             scope: None,
+            handled_refresh: Mutex::default(),
         }
     }
 
@@ -271,7 +275,16 @@ impl Context {
         lock(&self.backoffs).retain(|uid, _| live_uids.contains(uid));
         lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
         lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.handled_refresh).retain(|uid, _| live_uids.contains(uid));
         self.exchange.retain(live_uids);
+    }
+
+    fn handled_refresh(&self, uid: &str) -> Option<String> {
+        lock(&self.handled_refresh).get(uid).cloned()
+    }
+
+    fn set_handled_refresh(&self, uid: &str, value: &str) {
+        lock(&self.handled_refresh).insert(uid.to_owned(), value.to_owned());
     }
 
     fn backoff(&self, uid: &str) -> Option<(Backoff, Failure)> {
@@ -338,11 +351,24 @@ pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Ac
     // controller; one odd object must not stop every other one.
     // A reconciliation that hangs (a half-open connection) is abandoned and
     // retried rather than holding its object forever.
-    let bounded = tokio::time::timeout(
-        RECONCILE_DEADLINE,
-        reconcile_at(&cr, &ctx, Timestamp::now()),
-    );
-    let result = std::panic::AssertUnwindSafe(bounded)
+    let result = bounded(reconcile_at(&cr, &ctx, Timestamp::now())).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    let action = result?;
+    ctx.health.record_progress();
+    lock(&ctx.api_errors).remove(&uid_of(&cr));
+    Ok(action)
+}
+
+/// Runs a reconciliation within [`RECONCILE_DEADLINE`], a panic turned into
+/// [`Error::Panicked`]: kube-runtime turns a panicking reconciliation into
+/// the end of the controller, and one odd object must not stop every other
+/// one; one that hangs (a half-open connection) is abandoned and retried
+/// rather than holding its object forever.
+async fn bounded(
+    reconciliation: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let bounded = tokio::time::timeout(RECONCILE_DEADLINE, reconciliation);
+    std::panic::AssertUnwindSafe(bounded)
         .catch_unwind()
         .await
         .map(|finished| {
@@ -357,12 +383,7 @@ pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Ac
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             Err(Error::Panicked(what))
-        });
-    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
-    let action = result?;
-    ctx.health.record_progress();
-    lock(&ctx.api_errors).remove(&uid_of(&cr));
-    Ok(action)
+        })
 }
 
 /// Decides the requeue after an error of the controller itself (a failing

@@ -75,27 +75,69 @@ fn for_secret(
         .collect()
 }
 
-/// Runs the ClusterRunaiCredential controller until `stop`, when its CRD is
-/// installed and the controller may list ClusterRunaiCredentials; returns
-/// its store (to keep its members in the exchange) or `None` when it does
-/// not run.
-pub async fn controller(
+/// The ClusterRunaiCredential controller: its store (to keep its members in
+/// the exchange) and the future that serves them until `stop`, once their CRD
+/// is installed and they may be listed.
+pub fn controller(
     client: &Client,
     ctx: Arc<Context>,
     concurrency: u16,
     selector: Option<&str>,
     stop: impl Future<Output = ()> + Send + Sync + Clone + 'static,
-) -> Option<(Store<ClusterRunaiCredential>, impl Future<Output = ()>)> {
+) -> (Store<ClusterRunaiCredential>, impl Future<Output = ()>) {
+    let (store, writer) = reflector::store();
+    let client = client.clone();
+    let selector = selector.map(str::to_owned);
+    let served = store.clone();
+    let run = async move {
+        // Served once their CRD is installed and they may be listed: looked
+        // for again every 30 s until then.
+        let api: Api<ClusterRunaiCredential> = Api::all(client.clone());
+        let mut told = false;
+        loop {
+            match api.list_metadata(&ListParams::default().limit(1)).await {
+                Ok(_) => break,
+                Err(e) => {
+                    if !told {
+                        info!(error = %e, "not serving ClusterRunaiCredentials yet (their CRD is not installed, or they may not be listed); looking again every 30 s");
+                        told = true;
+                    }
+                    tokio::select! {
+                        () = stop.clone() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                    }
+                }
+            }
+        }
+        serve(
+            &client,
+            ctx,
+            concurrency,
+            selector.as_deref(),
+            served,
+            writer,
+            stop,
+        )
+        .await;
+    };
+    (store, run)
+}
+
+/// Runs the controller on `store` (filled through `writer`) until `stop`.
+async fn serve(
+    client: &Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    selector: Option<&str>,
+    store: Store<ClusterRunaiCredential>,
+    writer: reflector::store::Writer<ClusterRunaiCredential>,
+    stop: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
     let api: Api<ClusterRunaiCredential> = Api::all(client.clone());
     let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = selector {
         config = config.labels(selector);
     }
-    if let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
-        info!(error = %e, "not serving ClusterRunaiCredentials (their CRD is not installed, or they may not be listed)");
-        return None;
-    }
-    let (store, writer) = reflector::store();
     let released = ctx.clone();
     let changes = watcher(api, config)
         .default_backoff()
@@ -159,8 +201,14 @@ pub async fn controller(
     let controller_namespace = ctx.controller_namespace.clone();
     let own_namespace = controller_namespace.clone();
     info!("starting the ClusterRunaiCredential controller");
-    let running = Controller::for_stream(changes, store.clone())
-        .with_config(ControllerConfig::default().concurrency(concurrency))
+    // Debounced: a burst of namespace or Secret events makes one pass, and
+    // the namespaces' store has caught up with the event that triggered it.
+    Controller::for_stream(changes, store.clone())
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(concurrency)
+                .debounce(std::time::Duration::from_secs(1)),
+        )
         .watches_stream(namespace_changes, move |_ns| all(&for_namespaces))
         .watches_stream(labelled, move |secret| {
             for_secret(&for_labelled, &controller_namespace, &secret)
@@ -174,6 +222,6 @@ pub async fn controller(
         ))
         .graceful_shutdown_on(stop)
         .run(cluster::reconcile, cluster::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()));
-    Some((store, running))
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }

@@ -623,20 +623,17 @@ async fn run_controllers(
     }
 
     // ClusterRunaiCredentials, where their CRD is installed.
-    let (cluster_store, cluster_run) = match settings.cluster_credentials {
-        true => match super::cluster::controller(
+    let (cluster_store, cluster_run) = if settings.cluster_credentials {
+        let (store, run) = super::cluster::controller(
             client,
             ctx.clone(),
             settings.concurrency,
             settings.cluster_credentials_selector.as_deref(),
             stop.clone(),
-        )
-        .await
-        {
-            Some((store, run)) => (Some(store), run.boxed()),
-            None => (None, futures::future::ready(()).boxed()),
-        },
-        false => (None, futures::future::ready(()).boxed()),
+        );
+        (Some(store), run.boxed())
+    } else {
+        (None, futures::future::ready(()).boxed())
     };
 
     // Ready once every watch has listed what exists.
@@ -678,11 +675,18 @@ async fn run_controllers(
                     CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any())
                 })
                 .collect();
-            pruned.metrics.retain_credentials(&labels);
-            let cluster_uids = cluster_store
+            let clusters: Vec<Arc<crate::api::ClusterRunaiCredential>> = cluster_store
                 .iter()
                 .flat_map(|store| store.state())
-                .filter_map(|crc| crc.uid());
+                .collect();
+            let mut labels = labels;
+            labels.extend(
+                clusters
+                    .iter()
+                    .map(|crc| CredentialLabels::new("", &crc.name_any())),
+            );
+            pruned.metrics.retain_credentials(&labels);
+            let cluster_uids = clusters.iter().filter_map(|crc| crc.uid());
             pruned.retain_credentials(
                 &live
                     .iter()
@@ -699,9 +703,13 @@ async fn run_controllers(
                 .iter()
                 .filter_map(|h| pruned.ca_bundles.resolve(Some(h)))
                 .collect();
-            pruned
-                .token_clients
-                .retain(&texts.iter().map(|t| t.as_ref()).collect());
+            pruned.token_clients.retain(
+                &texts
+                    .iter()
+                    .map(|t| t.as_ref())
+                    .chain(clusters.iter().filter_map(|c| c.spec.ca_bundle.as_deref()))
+                    .collect(),
+            );
         }
     });
     // `status.sharedWith` of members reconciled before their group was

@@ -390,8 +390,7 @@ async fn watch_namespaces_confine_the_controller() {
     let (_controller, _standin, crc) =
         ready_with_chart_rights(&cluster, &release, &kubeconfig, &watched).await;
     // A ClusterRunaiCredential naming a namespace outside: not served there.
-    let crcs: Api<runai_token_sync::api::ClusterRunaiCredential> =
-        Api::all(cluster.client.clone());
+    let crcs: Api<runai_token_sync::api::ClusterRunaiCredential> = Api::all(cluster.client.clone());
     crcs.patch(
         &crc.name,
         &PatchParams::default(),
@@ -400,15 +399,28 @@ async fn watch_namespaces_confine_the_controller() {
     .await
     .unwrap();
     let generation = crcs.get(&crc.name).await.unwrap().metadata.generation;
-    eventually(Duration::from_secs(15), "the new generation is observed", || async {
-        let status = crcs.get(&crc.name).await.ok()?.status?;
-        (status.observed_generation == generation).then_some(status)
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the new generation is observed",
+        || async {
+            let status = crcs.get(&crc.name).await.ok()?.status?;
+            (status.observed_generation == generation).then_some(status)
+        },
+    )
     .await;
     let status = crcs.get(&crc.name).await.unwrap().status.unwrap();
-    assert_eq!((status.matched_namespaces, status.synced_namespaces), (1, 1));
+    assert_eq!(
+        (status.matched_namespaces, status.synced_namespaces),
+        (1, 1)
+    );
     let outside_admin: Api<Secret> = Api::namespaced(cluster.client.clone(), &outside);
-    assert!(outside_admin.get_opt("from-cluster").await.unwrap().is_none());
+    assert!(
+        outside_admin
+            .get_opt("from-cluster")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Outside: no Secret can be read, in that namespace or cluster-wide.
     let outside_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), &outside);
     assert!(

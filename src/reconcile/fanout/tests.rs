@@ -231,6 +231,7 @@ fn ready_says_whether_every_matched_namespace_holds_the_token() {
         matched: 3,
         synced: 3,
         failed: BTreeMap::new(),
+        pending: 0,
     };
     let s = status(&all, None);
     assert_eq!(condition(&s, "Ready"), ("True", "TokenReady"));
@@ -263,6 +264,7 @@ fn ready_says_whether_every_matched_namespace_holds_the_token() {
         matched: 30,
         synced: 5,
         failed,
+        pending: 0,
     };
     let s = status(&some, None);
     assert_eq!(condition(&s, "Ready"), ("False", REASON_NAMESPACES_FAILED));
@@ -277,6 +279,39 @@ fn ready_says_whether_every_matched_namespace_holds_the_token() {
         .unwrap()
         .message;
     assert!(ready_message.starts_with("5 of 30 matched namespaces hold the token, 25 failed"));
+
+    // An API server error in one namespace: working on it, not stuck.
+    let pending = Outcome {
+        matched: 3,
+        synced: 2,
+        failed: BTreeMap::new(),
+        pending: 1,
+    };
+    let s = status(&pending, None);
+    assert_eq!(condition(&s, "Ready"), ("False", REASON_NAMESPACES_PENDING));
+    assert_eq!(condition(&s, "Reconciling").0, "True");
+    assert_eq!(condition(&s, "Stalled").0, "False");
+    // No namespace to serve: Ready whatever the exchange says (no request
+    // is made for nobody).
+    let rejected_early = Failure {
+        reason: "InvalidCredentials",
+        message: "rejected".into(),
+        attempts: 1,
+    };
+    let s = cluster_status(
+        None,
+        Some(3),
+        None,
+        Some(&rejected_early),
+        &Outcome::default(),
+        next,
+        0,
+        now,
+    );
+    assert_eq!(
+        condition(&s, "Ready"),
+        ("True", REASON_NO_MATCHING_NAMESPACES)
+    );
 
     // The exchange fails and no valid token is left: the shared reason.
     let rejected = Failure {
@@ -306,6 +341,7 @@ fn an_unchanged_status_is_the_same_and_keeps_its_transition_times() {
         matched: 1,
         synced: 1,
         failed: BTreeMap::new(),
+        pending: 0,
     };
     let next = t("2026-01-01T00:40:00Z");
     let first = cluster_status(
