@@ -84,10 +84,19 @@ async fn reconcile_at(
     now: Timestamp,
 ) -> Result<Action, Error> {
     ctx.ensure_acting()?;
+    let finalized = crc.finalizers().iter().any(|f| f == RELEASE_FINALIZER);
+    let retain = crc.spec.target.deletion_policy == DeletionPolicy::Retain;
     if crc.meta().deletion_timestamp.is_some() {
-        // Delete: the garbage collector follows the owner references;
-        // Retain: released when the deletion is seen (`release_all`).
+        // Delete: the garbage collector follows the owner references.
+        // Retain: the Secrets are released before the object may go.
+        if finalized {
+            release_all(ctx, crc).await?;
+            set_finalizer(ctx, crc, false).await?;
+        }
         return Ok(Action::await_change());
+    }
+    if retain != finalized {
+        set_finalizer(ctx, crc, retain).await?;
     }
     let uid = crc.uid().unwrap_or_else(|| crc.name_any());
     let generation = crc.meta().generation;
@@ -591,28 +600,72 @@ async fn release_or_delete(
     }
 }
 
-/// After a ClusterRunaiCredential with `deletionPolicy: Retain` was deleted:
-/// its Secrets are released (best effort: logged, not retried).
-pub async fn release_all(ctx: Arc<Context>, crc: Arc<ClusterRunaiCredential>) {
-    if crc.spec.target.deletion_policy != DeletionPolicy::Retain {
-        return;
+/// The finalizer of a ClusterRunaiCredential with `deletionPolicy: Retain`:
+/// its Secrets are released before it goes (with `Delete`, the garbage
+/// collector follows the owner references instead, and there is none). If
+/// the controller is uninstalled first, remove it by hand.
+pub const RELEASE_FINALIZER: &str = "tokensync.dev/release-secrets";
+
+/// Adds or removes [`RELEASE_FINALIZER`], keeping the others (a JSON merge
+/// patch of the list, conditional on the resourceVersion read).
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the patch fails (a 409: read again and retried).
+async fn set_finalizer(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    present: bool,
+) -> Result<(), Error> {
+    ctx.ensure_acting()?;
+    let mut finalizers: Vec<String> = crc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != RELEASE_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(RELEASE_FINALIZER.to_owned());
     }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": crc.resource_version(), "finalizers": finalizers}
+    });
+    let api: Api<ClusterRunaiCredential> = Api::all(ctx.client.clone());
+    match api
+        .patch(
+            &crc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(
+            "updating the finalizer of a ClusterRunaiCredential",
+        )(e)),
+    }
+}
+
+/// Releases every Secret a ClusterRunaiCredential with `deletionPolicy:
+/// Retain` manages, before it is deleted.
+///
+/// # Errors
+///
+/// [`Error::Kube`] when they cannot be listed or one cannot be released
+/// (retried: the finalizer stays until all are).
+async fn release_all(ctx: &Context, crc: &ClusterRunaiCredential) -> Result<(), Error> {
     let name = crc.name_any();
-    match list_managed(&ctx, &name).await {
-        Ok(found) => {
-            for secret in found {
-                if let Err(e) =
-                    release_or_delete(&ctx, &secret, DeletionPolicy::Retain, crc.uid().as_deref())
-                        .await
-                {
-                    warn!(name, error = %e, "could not release a Secret of a deleted ClusterRunaiCredential");
-                }
-            }
-        }
-        Err(e) => {
-            warn!(name, error = %e, "could not list the Secrets of a deleted ClusterRunaiCredential")
+    for secret in list_managed(ctx, &name).await? {
+        if fanout::is_managed_by(&secret, &name, crc.uid().as_deref()) {
+            release_or_delete(ctx, &secret, DeletionPolicy::Retain, crc.uid().as_deref()).await?;
         }
     }
+    info!(
+        name,
+        "released the Secrets of a deleted ClusterRunaiCredential"
+    );
+    Ok(())
 }
 
 /// Records the status in the metrics and writes it when it changed.

@@ -154,10 +154,6 @@ async fn serve(
                 if let Some(uid) = crc.uid() {
                     released.exchange.leave(&uid);
                 }
-                tokio::spawn(cluster::release_all(
-                    released.clone(),
-                    Arc::new(crc.clone()),
-                ));
             }
             event
         })

@@ -26,7 +26,19 @@ pub struct Owned {
 impl Drop for Owned {
     fn drop(&mut self) {
         // With kubectl: the test's runtime, which its client needs, may be
-        // shutting down.
+        // shutting down. Its finalizer goes too: the controller may be gone.
+        let _ = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args([
+                "patch",
+                "clusterrunaicredential",
+                &self.name,
+                "--type=merge",
+            ])
+            .args(["-p", r#"{"metadata":{"finalizers":null}}"#])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = std::process::Command::new("kubectl")
             .env("KUBECONFIG", &self.kubeconfig)
             .args([
@@ -330,6 +342,9 @@ async fn retain_releases_the_secrets_of_namespaces_left_and_of_a_deleted_owner()
         .await;
     let in_a = secret_in(&f.cluster, &a).await.unwrap();
     assert!(in_a.owner_references().is_empty(), "Retain: no owner");
+    // Its finalizer: the Secrets are released before it may go.
+    let crc = f.api.get(&f.name).await.unwrap();
+    assert_eq!(crc.finalizers(), ["tokensync.dev/release-secrets"]);
 
     // a stops matching: released, its data kept.
     label_namespace(&f.cluster, &a, json!({"runai-access": null})).await;
@@ -361,6 +376,19 @@ async fn retain_releases_the_secrets_of_namespaces_left_and_of_a_deleted_owner()
     )
     .await;
     assert!(token_of(&kept).is_some());
+    eventually(
+        Duration::from_secs(15),
+        "the ClusterRunaiCredential is gone",
+        || async {
+            f.api
+                .get_opt(&f.name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         !kept
             .annotations()
