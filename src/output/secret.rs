@@ -352,6 +352,36 @@ pub fn release_patch(secret: &Secret, owner_uid: Option<&str>) -> serde_json::Va
     })
 }
 
+/// The owner references `existing` must have for `desired`, when they
+/// differ in the controller's own (kinds `RunaiCredential` and
+/// `ClusterRunaiCredential`): those of others kept, ours as desired. `None`
+/// when nothing is to change.
+pub fn owners_to_set(
+    existing: &Secret,
+    desired: &Secret,
+) -> Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>> {
+    let ours = |r: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
+        matches!(
+            r.kind.as_str(),
+            "RunaiCredential" | "ClusterRunaiCredential"
+        )
+    };
+    let have: Vec<_> = existing.owner_references().iter().filter(ours).collect();
+    let want: Vec<_> = desired.owner_references().iter().filter(ours).collect();
+    if have.len() == want.len() && have.iter().all(|h| want.iter().any(|w| w.uid == h.uid)) {
+        return None;
+    }
+    Some(
+        existing
+            .owner_references()
+            .iter()
+            .filter(|r| !ours(r))
+            .chain(desired.owner_references().iter())
+            .cloned()
+            .collect(),
+    )
+}
+
 /// Whether a managed Secret must be deleted and created again rather than
 /// updated: it was made `immutable`, or its type is not `Opaque` (a Secret's
 /// type cannot be changed in place).
@@ -486,6 +516,36 @@ pub fn whole_seconds(t: Timestamp) -> Timestamp {
 /// A timestamp as RFC 3339 to the second.
 pub fn rfc3339(t: Timestamp) -> String {
     whole_seconds(t).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    fn with_owners(owners: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s", "ownerReferences": owners}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_owner_reference_of_ours_that_must_go_is_named_and_others_are_kept() {
+        let ours = serde_json::json!({"apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential", "name": "t", "uid": "u1", "controller": true});
+        let theirs =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u2"});
+        let existing = with_owners(serde_json::json!([ours, theirs]));
+        // Retain now: ours goes, theirs stays.
+        let owners = owners_to_set(&existing, &with_owners(serde_json::json!([]))).unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, "u2");
+        // Unchanged: nothing to do.
+        assert!(owners_to_set(&existing, &with_owners(serde_json::json!([ours]))).is_none());
+        // Delete now: ours added, theirs kept.
+        let retained = with_owners(serde_json::json!([theirs]));
+        let owners = owners_to_set(&retained, &with_owners(serde_json::json!([ours]))).unwrap();
+        assert_eq!(owners.len(), 2);
+    }
 }
 
 #[cfg(test)]

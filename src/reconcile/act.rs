@@ -191,6 +191,20 @@ pub(super) async fn write_secret(
             // The precondition: a Secret changed since it was read (by
             // someone else, or recreated) is read again, not overwritten.
             desired.metadata.resource_version = current.metadata.resource_version.clone();
+            // An owner reference of ours that must go (deletionPolicy turned
+            // Retain) is not removed by the apply: the create that added it
+            // was another operation. Set the list first, others' kept.
+            if let Some(owners) = secret::owners_to_set(current, &desired) {
+                let patch = serde_json::json!({"metadata": {
+                    "resourceVersion": current.metadata.resource_version,
+                    "ownerReferences": owners,
+                }});
+                let patched = secrets
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(refused)?;
+                desired.metadata.resource_version = patched.metadata.resource_version;
+            }
             secrets
                 .patch(
                     &name,

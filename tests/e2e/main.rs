@@ -510,8 +510,43 @@ async fn deletion_policies_with_real_garbage_collection() {
         .create_credential("deleted", spec_for(&standin, "runai-client"))
         .await;
     cluster.create_credential("retained", retained).await;
+    // Created under Delete, then switched to Retain: its owner reference goes.
+    cluster
+        .create_credential("switched", spec_for(&standin, "runai-client"))
+        .await;
     cluster.wait_ready("deleted").await;
     cluster.wait_ready("retained").await;
+    cluster.wait_ready("switched").await;
+    assert_eq!(
+        cluster
+            .secret("switched")
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .map(|o| o.len()),
+        Some(1)
+    );
+    cluster
+        .patch_credential(
+            "switched",
+            json!({"spec": {"target": {"deletionPolicy": "Retain"}}}),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(15),
+        "the switched Secret loses its owner",
+        || async {
+            let secret = cluster.secret("switched").await?;
+            secret
+                .metadata
+                .owner_references
+                .unwrap_or_default()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
     let retained_secret = cluster.secret("retained").await.unwrap();
     assert!(
         retained_secret
@@ -531,6 +566,11 @@ async fn deletion_policies_with_real_garbage_collection() {
         .delete("retained", &DeleteParams::default())
         .await
         .unwrap();
+    cluster
+        .credentials()
+        .delete("switched", &DeleteParams::default())
+        .await
+        .unwrap();
     // The garbage collector can take ~30 s to notice a new CRD's objects.
     eventually(
         Duration::from_secs(90),
@@ -543,6 +583,11 @@ async fn deletion_policies_with_real_garbage_collection() {
         .await
         .expect("the Retain Secret stays");
     assert!(kept.data.unwrap().contains_key("accessToken"));
+    let switched = cluster
+        .secret("switched")
+        .await
+        .expect("the Secret switched to Retain stays");
+    assert!(switched.data.unwrap().contains_key("accessToken"));
 }
 
 #[tokio::test]
