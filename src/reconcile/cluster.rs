@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
-    runtime::{controller::Action, reflector::ObjectRef},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use tracing::{info, warn};
 
@@ -253,7 +253,25 @@ async fn reconcile_at(
                 )
                 .await;
             match outcome {
-                Exchanged::Shared(t) | Exchanged::Requested(t) => Some(t),
+                Exchanged::Shared(t) => Some(t),
+                Exchanged::Requested(t) => {
+                    let first = view.token.is_none();
+                    if first || requested || previous.is_some_and(|p| p.failed_attempts > 0) {
+                        act::publish_cluster(
+                            ctx,
+                            &crc.object_ref(&()),
+                            EventType::Normal,
+                            "TokenIssued",
+                            format!(
+                                "a new token ({}) for {} namespaces",
+                                reason.as_str(),
+                                matched.len()
+                            ),
+                        )
+                        .await;
+                    }
+                    Some(t)
+                }
                 Exchanged::Failed(err) if !err.is_refresh_failure() => return Err(err),
                 Exchanged::Failed(_) | Exchanged::HeldBack => {
                     let group = ctx.exchange.view(&key);
@@ -378,6 +396,49 @@ async fn reconcile_at(
         now,
     );
     write_status(crc, ctx, &status).await?;
+    // Warnings as for a RunaiCredential: when a failure starts, then at the
+    // 2nd, 4th, 8th … attempt; and when a namespace newly fails.
+    if let Some(f) = &failure
+        && f.attempts.is_power_of_two()
+        && previous.is_none_or(|p| p.failed_attempts != f.attempts)
+    {
+        act::publish_cluster(
+            ctx,
+            &crc.object_ref(&()),
+            EventType::Warning,
+            f.reason,
+            format!(
+                "refresh failed {} time(s) in a row: {}",
+                f.attempts, f.message
+            ),
+        )
+        .await;
+    }
+    let newly_failed: Vec<&String> = outcome
+        .failed
+        .keys()
+        .filter(|ns| {
+            previous.is_none_or(|p| !p.failed_namespaces.iter().any(|f| &f.namespace == *ns))
+        })
+        .take(5)
+        .collect();
+    if !newly_failed.is_empty() {
+        act::publish_cluster(
+            ctx,
+            &crc.object_ref(&()),
+            EventType::Warning,
+            fanout::REASON_NAMESPACES_FAILED,
+            format!(
+                "the Secret could not be written in {}",
+                newly_failed
+                    .iter()
+                    .map(|ns| format!("{ns} ({})", outcome.failed[*ns].0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await;
+    }
     let wake = schedule::delay_until(now, next_refresh).max(Duration::from_secs(1));
     Ok(Action::requeue(if outcome.pending > 0 {
         wake.min(PENDING_RECHECK)

@@ -242,6 +242,28 @@ async fn one_token_reaches_every_matched_namespace() {
     );
     // One request served every namespace.
     assert_eq!(f.standin.requests("app-fan"), 1);
+    // Events of a cluster-scoped object go to `default`.
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(f.cluster.client.clone(), "default");
+    let reasons = eventually(Duration::from_secs(10), "its Events", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let mine: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(f.name.as_str()))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+            .collect();
+        (mine.len() >= 2).then_some(mine)
+    })
+    .await;
+    assert!(
+        reasons.contains(&("Warning".to_owned(), "NamespacesFailed".to_owned())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("Normal".to_owned(), "TokenIssued".to_owned())),
+        "{reasons:?}"
+    );
 
     // c starts to match: served within seconds, with no request.
     label_namespace(&f.cluster, &c, json!({"runai-access": f.selector})).await;
