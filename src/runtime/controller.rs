@@ -662,6 +662,7 @@ async fn run_controllers(
     // What is kept about deleted RunaiCredentials (gauges, backoffs) goes
     // away within a minute.
     let pruned = ctx.clone();
+    let counted_clusters = cluster_store.clone();
     let pruning = tokio::spawn(async move {
         let period = Duration::from_secs(60);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -715,9 +716,9 @@ async fn run_controllers(
     // `status.sharedWith` of members reconciled before their group was
     // complete is put right once the group is: only those whose count
     // differs are reconciled again.
-    let counted = (ctx.clone(), sharing_stores);
+    let counted = (ctx.clone(), sharing_stores, counted_clusters);
     let counting = tokio::spawn(async move {
-        let (ctx, stores) = counted;
+        let (ctx, stores, cluster_store) = counted;
         let mut tick = tokio::time::interval(SHARED_WITH_CHECK);
         loop {
             tick.tick().await;
@@ -732,7 +733,17 @@ async fn run_controllers(
                 })
                 .map(|cr| ObjectRef::from_obj(cr.as_ref()).into())
                 .collect();
-            ctx.exchange.nudge(stale);
+            let stale_clusters = cluster_store
+                .iter()
+                .flat_map(|store| store.state())
+                .filter(|crc| {
+                    let shown = crc.status.as_ref().map(|s| s.shared_with);
+                    let members = crc.uid().and_then(|uid| ctx.exchange.settled_members_of(&uid));
+                    matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
+                })
+                .map(|crc| ObjectRef::from_obj(crc.as_ref()).into());
+            ctx.exchange
+                .nudge(stale.into_iter().chain(stale_clusters).collect());
         }
     });
     // Liveness: the API server answers (or reconciliations succeed) while

@@ -340,6 +340,46 @@ async fn one_token_reaches_every_matched_namespace() {
     }
     assert_eq!(f.standin.requests("app-fan"), 2);
 
+    // A RunaiCredential of the same application shares the exchange, both
+    // ways: it takes the token with no request, and its forced refresh
+    // reaches every namespace of the ClusterRunaiCredential.
+    let mut spec = crate::harness::spec_for(&f.standin, "platform-app");
+    spec["target"] = json!({"name": "member-token"});
+    f.cluster.create_credential("member", spec).await;
+    f.cluster.wait_ready("member").await;
+    assert_eq!(f.standin.requests("app-fan"), 2);
+    f.wait_status("sharedWith 1", |s| s["sharedWith"] == 1)
+        .await;
+    f.cluster
+        .patch_credential(
+            "member",
+            json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "1"}}}),
+        )
+        .await;
+    let renewed = eventually(
+        Duration::from_secs(15),
+        "the member's new token",
+        || async {
+            let t = f.cluster.token("member-token", "accessToken").await?;
+            (f.standin.requests("app-fan") == 3).then_some(t)
+        },
+    )
+    .await;
+    for ns in [&b, &c, &d] {
+        eventually(
+            Duration::from_secs(15),
+            "the member's token everywhere",
+            || async {
+                secret_in(&f.cluster, ns)
+                    .await
+                    .and_then(|s| token_of(&s))
+                    .filter(|t| *t == renewed)
+            },
+        )
+        .await;
+    }
+    assert_eq!(f.standin.requests("app-fan"), 3);
+
     // Deletion: the garbage collector follows the owner references.
     f.api
         .delete(&f.name, &DeleteParams::default())
