@@ -250,20 +250,37 @@ pub(super) async fn write_status(
     }
     let api: Api<RunaiCredential> =
         Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    apply_status(&api, &cr.name_any(), new).await
+}
+
+/// Writes `status` with a server-side apply of the status subresource
+/// (the controller owns all of it).
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the API server refuses it (a 404 after deletion is
+/// no error: there is no status left to write).
+pub(super) async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch = serde_json::json!({
-        "apiVersion": RunaiCredential::api_version(&()),
-        "kind": RunaiCredential::kind(&()),
-        "status": new,
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
     });
     api.patch_status(
-        &cr.name_any(),
+        name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await
     .map(drop)
     .or_else(|err| match err {
-        // Deleted meanwhile: there is no status left to write.
         kube::Error::Api(status) if status.code == 404 => Ok(()),
         other => Err(Error::kube("writing the status")(other)),
     })
@@ -281,7 +298,20 @@ pub(super) async fn publish(
     reason: &str,
     note: String,
 ) {
-    publish_about(ctx, &cr.object_ref(&()), type_, reason, note).await;
+    if type_ == EventType::Normal && !ctx.normal_event_allowed() {
+        return;
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "RefreshToken".to_owned(),
+        secondary: None,
+    };
+    // An Event is a courtesy: failing to publish one must not fail the work.
+    if let Err(err) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+        warn!(error = %err, "could not publish an Event");
+    }
 }
 
 /// Publishes an Event about a cluster-scoped object (a
@@ -332,30 +362,6 @@ pub(super) async fn publish_cluster(
     };
     let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), "default");
     if let Err(err) = events.create(&PostParams::default(), &event).await {
-        warn!(error = %err, "could not publish an Event");
-    }
-}
-
-/// [`publish`] about any object of a namespace.
-pub(super) async fn publish_about(
-    ctx: &Context,
-    about: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    if type_ == EventType::Normal && !ctx.normal_event_allowed() {
-        return;
-    }
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "RefreshToken".to_owned(),
-        secondary: None,
-    };
-    // An Event is a courtesy: failing to publish one must not fail the work.
-    if let Err(err) = ctx.recorder.publish(&event, about).await {
         warn!(error = %err, "could not publish an Event");
     }
 }

@@ -21,7 +21,7 @@ use kube::{
 use tracing::{info, warn};
 
 use super::{
-    Context, FIELD_MANAGER, Read, act,
+    Context, Read, act,
     fanout::{self, NamespaceFacts, Outcome, SecretAction},
     get_secret,
     status::Failure,
@@ -760,20 +760,5 @@ async fn write_status(
     }
     ctx.ensure_acting()?;
     let api: Api<ClusterRunaiCredential> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": ClusterRunaiCredential::api_version(&()),
-        "kind": ClusterRunaiCredential::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &crc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(drop)
-    .or_else(|err| match err {
-        kube::Error::Api(status) if status.code == 404 => Ok(()),
-        other => Err(Error::kube("writing the status")(other)),
-    })
+    act::apply_status(&api, &crc.name_any(), status).await
 }
