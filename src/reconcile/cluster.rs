@@ -28,13 +28,17 @@ use super::{
 };
 use crate::{
     api::{
-        ClusterRunaiCredential, ClusterRunaiCredentialStatus, DeletionPolicy, validate_cluster_spec,
+        ClusterRunaiCredential, ClusterRunaiCredentialStatus, DeletionPolicy, ValidSpec,
+        validate_cluster_spec,
     },
     error::Error,
-    output::secret::{self, CLUSTER_CREDENTIAL_LABEL, SecretOwner},
-    runai::exchange::{Exchanged, GroupKey, GroupToken},
+    output::secret::{self, CLUSTER_CREDENTIAL_LABEL, SecretOwner, StoredToken},
+    runai::{
+        client::{ClientCredentials, TokenClient, TrustKey},
+        exchange::{Exchanged, GroupKey, GroupToken},
+    },
     runtime::metrics::CredentialLabels,
-    token::schedule,
+    token::schedule::{self, TokenRecord},
 };
 
 /// Secret reads and writes in flight at once for one ClusterRunaiCredential:
@@ -144,167 +148,73 @@ async fn reconcile_at(
         )),
         other => other,
     });
-    let credentials = match credentials {
-        Ok(c) => c,
-        Err(err) => {
-            ctx.exchange.leave(&uid);
-            write_status(crc, ctx, &blocked(&err)).await?;
-            return Ok(Action::requeue(FAILED_RECHECK));
-        }
-    };
     // Nothing is matched, written or cleaned up before every namespace is
     // known: an empty list would look like "no namespace matches".
     let namespaces = namespace_facts(ctx)?;
     let matched = fanout::matched_namespaces(crc, &namespaces, ctx.scope.as_ref());
     let target_name = crc.target_secret_name();
     let existing = read_secrets(ctx, &matched, &target_name).await;
+    // The tokens its Secrets hold, as recorded by the controller.
+    let stored: Vec<StoredToken> = existing
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
+        .filter(|found| fanout::is_managed_by(found, &crc.name_any(), crc.uid().as_deref()))
+        .filter_map(|found| secret::stored_token(found, &crc.spec.target.key, &ctx.hash_key))
+        .filter(|s| s.intact)
+        .collect();
 
-    // The token, through the shared exchange.
-    let credentials_hash =
-        ctx.hash_key
-            .credentials_hash(spec.url.as_str(), crc.spec.token_api, &credentials);
-    let key = GroupKey::new(&credentials_hash, &trust);
-    let member: ObjectRef<ClusterRunaiCredential> = ObjectRef::from_obj(crc);
-    let mut view = ctx.exchange.join(&uid, member, &key);
-    // After a restart, the Secrets seed the group.
-    let mut handled_request = None;
-    for found in existing.values().filter_map(|r| r.as_ref().ok()).flatten() {
-        if !fanout::is_managed_by(found, &crc.name_any(), crc.uid().as_deref()) {
-            continue;
+    let Token {
+        token,
+        record,
+        failure,
+        retry_at,
+        shared_with,
+    } = match credentials {
+        Ok(credentials) => {
+            let source = Source {
+                spec: &spec,
+                trust: &trust,
+                client: &client,
+                credentials: &credentials,
+            };
+            exchange_token(ctx, crc, &source, &stored, matched.len(), now).await?
         }
-        if let Some(stored) = secret::stored_token(found, &crc.spec.target.key, &ctx.hash_key)
-            .filter(|s| {
-                s.intact && secret::hashes_equal(&credentials_hash, &s.record.credentials_hash)
-            })
+        // Without its credentials, the token the Secrets hold stays in use
+        // while it is valid (Degraded, as for a RunaiCredential).
+        Err(err) => match stored
+            .iter()
+            .filter(|s| s.record.expires_at.is_none_or(|at| at > now))
+            .max_by_key(|s| s.record.issued_at)
         {
-            // Answered if any Secret records the value asked for now.
-            if handled_request.as_deref() != crc.refresh_request() {
-                handled_request = stored.record.refresh_request.clone();
-            }
-            if view
-                .token
-                .as_ref()
-                .is_none_or(|t| t.issued_at < stored.record.issued_at)
-            {
-                view = ctx.exchange.offer(
-                    &key,
-                    &stored.access_token,
-                    stored.record.issued_at,
-                    stored.record.expires_at,
-                );
-            }
-        }
-    }
-    // A refresh request is answered once: by a token newer than the group's
-    // when it was seen, whether or not any Secret could take it.
-    let handled_request = ctx.handled_refresh(&uid).or(handled_request);
-    let requested = crc
-        .refresh_request()
-        .is_some_and(|r| handled_request.as_deref() != Some(r));
-    let jitter: f64 = rand::random();
-    let mut failure: Option<Failure> = None;
-    let mut retry_at: Option<Timestamp> = None;
-    let seen_serial = view.token.as_ref().map(|t| t.serial);
-    let token: Option<GroupToken> = match fanout::refresh_reason(
-        view.token.as_ref(),
-        spec.refresh_interval,
-        &uid,
-        requested,
-        now,
-    ) {
-        None => view.token.clone(),
-        Some(reason) => {
-            let api = crc.spec.token_api;
-            let refresh_interval = spec.refresh_interval;
-            let uid_for_accept = uid.clone();
-            let outcome = ctx
-                .exchange
-                .obtain(
-                    &key,
-                    &uid,
-                    |t| {
-                        (!requested || Some(t.serial) > seen_serial)
-                            && fanout::refresh_reason(
-                                Some(t),
-                                refresh_interval,
-                                &uid_for_accept,
-                                false,
-                                now,
-                            )
-                            .is_none()
-                    },
-                    view.failure.as_ref(),
-                    (now, jitter),
-                    || async {
-                        ctx.ensure_acting()?;
-                        info!(
-                            reason = reason.as_str(),
-                            token_api = api.as_str(),
-                            "requesting a token for a ClusterRunaiCredential"
-                        );
-                        let started = std::time::Instant::now();
-                        let issued = client
-                            .request_token(&spec.url, api, &credentials, now)
-                            .await;
-                        let result = issued.as_ref().map_or_else(Error::class, |_| "success");
-                        ctx.metrics.token_requested(api, result, started.elapsed());
-                        issued.map(|issued| (issued, now))
-                    },
-                )
-                .await;
-            match outcome {
-                Exchanged::Shared(t) => Some(t),
-                Exchanged::Requested(t) => {
-                    let first = view.token.is_none();
-                    if first || requested || previous.is_some_and(|p| p.failed_attempts > 0) {
-                        act::publish_cluster(
-                            ctx,
-                            &crc.object_ref(&()),
-                            EventType::Normal,
-                            "TokenIssued",
-                            format!(
-                                "a new token ({}) for {} namespaces",
-                                reason.as_str(),
-                                matched.len()
-                            ),
-                        )
-                        .await;
-                    }
-                    Some(t)
-                }
-                Exchanged::Failed(err) if !err.is_refresh_failure() => return Err(err),
-                Exchanged::Failed(_) | Exchanged::HeldBack => {
-                    let group = ctx.exchange.view(&key);
-                    if let Some(f) = group.failure {
-                        failure = Some(f.failure);
-                        retry_at = Some(f.retry_at);
-                    }
-                    // The group's token stays in use while it is valid.
-                    group
-                        .token
-                        .filter(|t| t.expires_at.is_none_or(|at| at > now))
+            Some(kept) => {
+                ctx.exchange.leave(&uid);
+                Token {
+                    token: Some(GroupToken {
+                        access_token: kept.access_token.clone(),
+                        issued_at: kept.record.issued_at,
+                        expires_at: kept.record.expires_at,
+                        serial: 0,
+                        requested: false,
+                    }),
+                    record: Some(kept.record.clone()),
+                    // No request is made: the count stays as it was.
+                    failure: Some(Failure {
+                        reason: err.reason(),
+                        message: err.to_string(),
+                        attempts: previous.map_or(0, |p| p.failed_attempts).max(1),
+                    }),
+                    retry_at: Some(now + FAILED_RECHECK),
+                    shared_with: 0,
                 }
             }
-        }
+            None => {
+                ctx.exchange.leave(&uid);
+                write_status(crc, ctx, &blocked(&err)).await?;
+                return Ok(Action::requeue(FAILED_RECHECK));
+            }
+        },
     };
-
-    // Act: every matched namespace's Secret, at a bounded concurrency.
-    let refresh_request = if requested && token.as_ref().map(|t| t.serial) > seen_serial {
-        if let Some(value) = crc.refresh_request() {
-            ctx.set_handled_refresh(&uid, value);
-        }
-        crc.refresh_request()
-    } else {
-        handled_request.as_deref()
-    };
-    let record = token.as_ref().map(|t| {
-        fanout::record_of(
-            t,
-            &credentials_hash,
-            generation.unwrap_or_default(),
-            refresh_request,
-        )
-    });
     let mut outcome = Outcome {
         matched: matched.len(),
         ..Outcome::default()
@@ -384,7 +294,6 @@ async fn reconcile_at(
         ),
         (None, None) => now + Duration::from_secs(30),
     };
-    let shared_with = ctx.exchange.view(&key).members.saturating_sub(1);
     let status = fanout::cluster_status(
         previous,
         generation,
@@ -392,7 +301,7 @@ async fn reconcile_at(
         failure.as_ref(),
         &outcome,
         next_refresh,
-        u32::try_from(shared_with).unwrap_or(u32::MAX),
+        shared_with,
         now,
     );
     write_status(crc, ctx, &status).await?;
@@ -447,6 +356,191 @@ async fn reconcile_at(
     } else {
         wake.min(FAILED_RECHECK)
     }))
+}
+
+/// The token for this pass, and what the status says of it.
+struct Token {
+    token: Option<GroupToken>,
+    record: Option<TokenRecord>,
+    failure: Option<Failure>,
+    retry_at: Option<Timestamp>,
+    /// Other members of the exchange.
+    shared_with: u32,
+}
+
+/// What a token request needs.
+struct Source<'a> {
+    spec: &'a ValidSpec,
+    trust: &'a TrustKey,
+    client: &'a TokenClient,
+    credentials: &'a ClientCredentials,
+}
+
+/// The group's token, through the shared exchange: taken as it is while it
+/// suits, else one request for the whole group (none while no namespace
+/// matches). After a restart the Secrets' tokens (`stored`) seed the group.
+///
+/// # Errors
+///
+/// Errors of the controller itself (the lease lost).
+async fn exchange_token(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    source: &Source<'_>,
+    stored: &[StoredToken],
+    matched: usize,
+    now: Timestamp,
+) -> Result<Token, Error> {
+    let uid = crc.uid().unwrap_or_else(|| crc.name_any());
+    let previous = crc.status.as_ref();
+    let spec = source.spec;
+    let credentials_hash =
+        ctx.hash_key
+            .credentials_hash(spec.url.as_str(), crc.spec.token_api, source.credentials);
+    let key = GroupKey::new(&credentials_hash, source.trust);
+    let member: ObjectRef<ClusterRunaiCredential> = ObjectRef::from_obj(crc);
+    let mut view = ctx.exchange.join(&uid, member, &key);
+    let mut handled_request = None;
+    for kept in stored
+        .iter()
+        .filter(|s| secret::hashes_equal(&credentials_hash, &s.record.credentials_hash))
+    {
+        // Answered if any Secret records the value asked for now.
+        if handled_request.as_deref() != crc.refresh_request() {
+            handled_request = kept.record.refresh_request.clone();
+        }
+        if view
+            .token
+            .as_ref()
+            .is_none_or(|t| t.issued_at < kept.record.issued_at)
+        {
+            view = ctx.exchange.offer(
+                &key,
+                &kept.access_token,
+                kept.record.issued_at,
+                kept.record.expires_at,
+            );
+        }
+    }
+    // A refresh request is answered once: by a token newer than the group's
+    // when it was seen, whether or not any Secret could take it.
+    let handled_request = ctx.handled_refresh(&uid).or(handled_request);
+    let requested = crc
+        .refresh_request()
+        .is_some_and(|r| handled_request.as_deref() != Some(r));
+    let jitter: f64 = rand::random();
+    let mut failure: Option<Failure> = None;
+    let mut retry_at: Option<Timestamp> = None;
+    let seen_serial = view.token.as_ref().map(|t| t.serial);
+    let reason = if matched == 0 {
+        // No namespace to serve: no token is requested for nobody.
+        None
+    } else {
+        fanout::refresh_reason(
+            view.token.as_ref(),
+            spec.refresh_interval,
+            &uid,
+            requested,
+            now,
+        )
+    };
+    let token: Option<GroupToken> = match reason {
+        None => view.token.clone(),
+        Some(reason) => {
+            let api = crc.spec.token_api;
+            let refresh_interval = spec.refresh_interval;
+            let uid_for_accept = uid.clone();
+            let outcome = ctx
+                .exchange
+                .obtain(
+                    &key,
+                    &uid,
+                    |t| {
+                        (!requested || Some(t.serial) > seen_serial)
+                            && fanout::refresh_reason(
+                                Some(t),
+                                refresh_interval,
+                                &uid_for_accept,
+                                false,
+                                now,
+                            )
+                            .is_none()
+                    },
+                    view.failure.as_ref(),
+                    (now, jitter),
+                    || async {
+                        ctx.ensure_acting()?;
+                        info!(
+                            reason = reason.as_str(),
+                            token_api = api.as_str(),
+                            "requesting a token for a ClusterRunaiCredential"
+                        );
+                        let started = std::time::Instant::now();
+                        let issued = source
+                            .client
+                            .request_token(&spec.url, api, source.credentials, now)
+                            .await;
+                        let result = issued.as_ref().map_or_else(Error::class, |_| "success");
+                        ctx.metrics.token_requested(api, result, started.elapsed());
+                        issued.map(|issued| (issued, now))
+                    },
+                )
+                .await;
+            match outcome {
+                Exchanged::Shared(t) => Some(t),
+                Exchanged::Requested(t) => {
+                    let first = view.token.is_none();
+                    if first || requested || previous.is_some_and(|p| p.failed_attempts > 0) {
+                        act::publish_cluster(
+                            ctx,
+                            &crc.object_ref(&()),
+                            EventType::Normal,
+                            "TokenIssued",
+                            format!("a new token ({}) for {matched} namespaces", reason.as_str(),),
+                        )
+                        .await;
+                    }
+                    Some(t)
+                }
+                Exchanged::Failed(err) if !err.is_refresh_failure() => return Err(err),
+                Exchanged::Failed(_) | Exchanged::HeldBack => {
+                    let group = ctx.exchange.view(&key);
+                    if let Some(f) = group.failure {
+                        failure = Some(f.failure);
+                        retry_at = Some(f.retry_at);
+                    }
+                    // The group's token stays in use while it is valid.
+                    group
+                        .token
+                        .filter(|t| t.expires_at.is_none_or(|at| at > now))
+                }
+            }
+        }
+    };
+    let refresh_request = if requested && token.as_ref().map(|t| t.serial) > seen_serial {
+        if let Some(value) = crc.refresh_request() {
+            ctx.set_handled_refresh(&uid, value);
+        }
+        crc.refresh_request()
+    } else {
+        handled_request.as_deref()
+    };
+    let record = token.as_ref().map(|t| {
+        fanout::record_of(
+            t,
+            &credentials_hash,
+            crc.meta().generation.unwrap_or_default(),
+            refresh_request,
+        )
+    });
+    let shared_with = ctx.exchange.view(&key).members.saturating_sub(1);
+    Ok(Token {
+        token,
+        record,
+        failure,
+        retry_at,
+        shared_with: u32::try_from(shared_with).unwrap_or(u32::MAX),
+    })
 }
 
 /// The namespaces the controller knows, from its watch of them.

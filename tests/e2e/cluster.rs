@@ -399,7 +399,7 @@ async fn one_token_reaches_every_matched_namespace() {
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn retain_releases_the_secrets_of_namespaces_left_and_of_a_deleted_owner() {
     let (f, _owned) = Fanout::start("retain", "Retain").await;
-    let [a, b, _, _] = f.namespaces.clone();
+    let [a, b, c, _] = f.namespaces.clone();
     f.wait_status("a, b synced", |s| s["syncedNamespaces"] == 2)
         .await;
     let in_a = secret_in(&f.cluster, &a).await.unwrap();
@@ -407,6 +407,52 @@ async fn retain_releases_the_secrets_of_namespaces_left_and_of_a_deleted_owner()
     // Its finalizer: the Secrets are released before it may go.
     let crc = f.api.get(&f.name).await.unwrap();
     assert_eq!(crc.finalizers(), ["tokensync.dev/release-secrets"]);
+
+    // The credentials Secret goes: the token the Secrets hold stays in use
+    // while valid, Ready stays, Degraded says why; a new namespace still gets
+    // it, with no request.
+    f.cluster
+        .secrets()
+        .delete("platform-app", &DeleteParams::default())
+        .await
+        .unwrap();
+    let s = f
+        .wait_status("Degraded: CredentialsNotFound", |s| {
+            s["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Degraded" && c["status"] == "True")
+            })
+        })
+        .await;
+    // Ready as before (d holds a foreign Secret): the missing credentials
+    // are not what keeps it from being ready.
+    assert_eq!(ready(&s), ("False".into(), "NamespacesFailed".into()));
+    let degraded = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["reason"], "CredentialsNotFound");
+    label_namespace(&f.cluster, &c, json!({"runai-access": f.selector})).await;
+    let in_c = eventually(Duration::from_secs(10), "c gets the kept token", || async {
+        secret_in(&f.cluster, &c).await
+    })
+    .await;
+    assert_eq!(token_of(&in_c), token_of(&in_a));
+    assert_eq!(f.standin.requests("app-fan"), 1);
+    // Back: Degraded clears.
+    f.cluster
+        .put_credentials("platform-app", "app-fan", "s3cr3t-fan")
+        .await;
+    f.wait_status("Degraded clears", |s| {
+        s["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Degraded" && c["status"] == "False")
+        })
+    })
+    .await;
 
     // a stops matching: released, its data kept.
     label_namespace(&f.cluster, &a, json!({"runai-access": null})).await;
