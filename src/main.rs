@@ -36,9 +36,9 @@ enum Command {
     /// controller would, and print what came back. Needs no cluster.
     #[command(after_help = check::exit_statuses_help())]
     Check(CheckArgs),
-    /// Ask for an immediate refresh of RunaiCredentials (sets the
-    /// tokensync.dev/refresh-requested-at annotation), with the current
-    /// kubeconfig.
+    /// Ask for an immediate refresh of RunaiCredentials, or with --cluster of
+    /// ClusterRunaiCredentials (sets the tokensync.dev/refresh-requested-at
+    /// annotation), with the current kubeconfig.
     Renew(RenewArgs),
 }
 
@@ -100,8 +100,12 @@ struct RenewArgs {
     all: bool,
 
     /// The namespace (default: the kubeconfig context's).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, conflicts_with = "cluster")]
     namespace: Option<String>,
+
+    /// ClusterRunaiCredentials instead of RunaiCredentials.
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn parse_token_api(value: &str) -> Result<TokenApi, String> {
@@ -361,21 +365,32 @@ async fn renew_command(args: RenewArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match renew::renew(client, &namespace, &selection, jiff::Timestamp::now()).await {
+    let (target, kind, scope) = if args.cluster {
+        (
+            renew::Target::Cluster,
+            "clusterrunaicredential",
+            "the cluster".to_owned(),
+        )
+    } else {
+        (
+            renew::Target::Namespaced(namespace.clone()),
+            "runaicredential",
+            format!("namespace {namespace}"),
+        )
+    };
+    match renew::renew(client, &target, &selection, jiff::Timestamp::now()).await {
         Ok(renewed) if renewed.is_empty() => {
-            eprintln!(
-                "runai-token-sync renew: no RunaiCredential matched in namespace {namespace}"
-            );
+            eprintln!("runai-token-sync renew: no {kind} matched in {scope}");
             ExitCode::FAILURE
         }
         Ok(renewed) => {
             let mut failed = false;
             for one in renewed {
                 match one.result {
-                    Ok(()) => println!("runaicredential/{} refresh requested", one.name),
+                    Ok(()) => println!("{kind}/{} refresh requested", one.name),
                     Err(e) => {
                         failed = true;
-                        eprintln!("runaicredential/{}: {e}", one.name);
+                        eprintln!("{kind}/{}: {e}", one.name);
                     }
                 }
             }

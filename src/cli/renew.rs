@@ -8,7 +8,7 @@ use kube::{
 };
 
 use crate::{
-    api::{REFRESH_REQUESTED_AT_ANNOTATION, RunaiCredential},
+    api::{ClusterRunaiCredential, REFRESH_REQUESTED_AT_ANNOTATION, RunaiCredential},
     error::Error,
 };
 
@@ -30,29 +30,55 @@ pub struct Renewed {
     pub result: Result<(), Error>,
 }
 
+/// Which kind `renew` annotates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// RunaiCredentials of this namespace.
+    Namespaced(String),
+    /// ClusterRunaiCredentials.
+    Cluster,
+}
+
 /// Sets `tokensync.dev/refresh-requested-at` to `at` (RFC 3339 with
 /// nanoseconds, so that every call is a new value) on the selected
-/// RunaiCredentials of `namespace`, with a JSON merge patch that touches
-/// nothing else.
+/// RunaiCredentials (or ClusterRunaiCredentials), with a JSON merge patch
+/// that touches nothing else.
 ///
 /// # Errors
 ///
-/// [`Error::Kube`] when the RunaiCredentials cannot be listed; the failure
-/// of one patch (a name that does not exist, no right to patch) is in its
-/// [`Renewed`] entry and does not stop the others.
+/// [`Error::Kube`] when they cannot be listed; the failure of one patch (a
+/// name that does not exist, no right to patch) is in its [`Renewed`] entry
+/// and does not stop the others.
 pub async fn renew(
     client: Client,
-    namespace: &str,
+    target: &Target,
     selection: &Selection,
     at: Timestamp,
 ) -> Result<Vec<Renewed>, Error> {
-    let api: Api<RunaiCredential> = Api::namespaced(client, namespace);
+    match target {
+        Target::Namespaced(namespace) => {
+            let api: Api<RunaiCredential> = Api::namespaced(client, namespace);
+            annotate(&api, selection, at).await
+        }
+        Target::Cluster => {
+            let api: Api<ClusterRunaiCredential> = Api::all(client);
+            annotate(&api, selection, at).await
+        }
+    }
+}
+
+async fn annotate<K>(
+    api: &Api<K>,
+    selection: &Selection,
+    at: Timestamp,
+) -> Result<Vec<Renewed>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let names = match selection {
         Selection::Names(names) => names.clone(),
-        Selection::Selector(selector) => {
-            list(&api, &ListParams::default().labels(selector)).await?
-        }
-        Selection::All => list(&api, &ListParams::default()).await?,
+        Selection::Selector(selector) => list(api, &ListParams::default().labels(selector)).await?,
+        Selection::All => list(api, &ListParams::default()).await?,
     };
     let value = at.to_string();
     let patch = serde_json::json!({
@@ -70,11 +96,14 @@ pub async fn renew(
     Ok(renewed)
 }
 
-async fn list(api: &Api<RunaiCredential>, params: &ListParams) -> Result<Vec<String>, Error> {
+async fn list<K>(api: &Api<K>, params: &ListParams) -> Result<Vec<String>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     Ok(api
         .list_metadata(params)
         .await
-        .map_err(Error::kube("listing RunaiCredentials"))?
+        .map_err(Error::kube("listing the credentials"))?
         .items
         .iter()
         .map(ResourceExt::name_any)

@@ -318,17 +318,22 @@ async fn one_token_reaches_every_matched_namespace() {
     assert!(table.lines().nth(1).unwrap().contains(" 3/3 "), "{table}");
     assert_eq!(f.standin.requests("app-fan"), 1);
 
-    // A forced refresh: one request, the new token everywhere.
-    f.api
-        .patch(
-            &f.name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "1"}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    // A forced refresh with `renew --cluster`: one request, the new token
+    // everywhere.
+    let renewed = std::process::Command::new(env!("CARGO_BIN_EXE_runai-token-sync"))
+        .args(["renew", "--cluster", &f.name])
+        .env("KUBECONFIG", &f.cluster.kubeconfig)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        renewed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renewed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&renewed.stdout),
+        format!("clusterrunaicredential/{} refresh requested\n", f.name)
+    );
     for ns in [&b, &c, &d] {
         eventually(Duration::from_secs(15), "the new token", || async {
             secret_in(&f.cluster, ns)
