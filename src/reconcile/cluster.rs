@@ -409,18 +409,13 @@ async fn exchange_token(
         if handled_request.as_deref() != crc.refresh_request() {
             handled_request = kept.record.refresh_request.clone();
         }
-        if view
-            .token
-            .as_ref()
-            .is_none_or(|t| t.issued_at < kept.record.issued_at)
-        {
-            view = ctx.exchange.offer(
-                &key,
-                &kept.access_token,
-                kept.record.issued_at,
-                kept.record.expires_at,
-            );
-        }
+        // Kept by the exchange only when newer than what it holds.
+        view = ctx.exchange.offer(
+            &key,
+            &kept.access_token,
+            kept.record.issued_at,
+            kept.record.expires_at,
+        );
     }
     // A refresh request is answered once: by a token newer than the group's
     // when it was seen, whether or not any Secret could take it.

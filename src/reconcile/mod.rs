@@ -601,15 +601,12 @@ async fn observe<'a>(
             let member: ObjectRef<RunaiCredential> =
                 ObjectRef::new(&cr.name_any()).within(&namespace);
             let mut view = ctx.exchange.join(&uid, member, &key);
-            // After a restart, the members' Secrets seed their group.
+            // After a restart, the members' Secrets seed their group (kept
+            // by the exchange only when newer than what it holds).
             if let Some(stored) = observed
                 .stored
                 .as_ref()
                 .filter(|s| s.intact && secret::hashes_equal(hash, &s.record.credentials_hash))
-                && view
-                    .token
-                    .as_ref()
-                    .is_none_or(|t| t.issued_at < stored.record.issued_at)
             {
                 view = ctx.exchange.offer(
                     &key,
