@@ -52,6 +52,8 @@ struct Scripted {
 struct FakeApi {
     objects: Mutex<HashMap<String, Value>>,
     writes: Mutex<Vec<Write>>,
+    /// Paths read, in order.
+    reads: Mutex<Vec<String>>,
     scripted: Mutex<Vec<Scripted>>,
     versions: std::sync::atomic::AtomicU64,
 }
@@ -81,6 +83,15 @@ impl FakeApi {
             code,
             reason,
         });
+    }
+
+    fn reads_of(&self, path: &str) -> usize {
+        self.reads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
     }
 
     fn writes(&self) -> Vec<Write> {
@@ -142,6 +153,7 @@ impl FakeApi {
         body: Value,
     ) -> (StatusCode, Value) {
         if *method == Method::GET {
+            self.reads.lock().unwrap().push(path.to_owned());
             if path == SECRETS {
                 let selector = url::form_urlencoded::parse(query.as_bytes())
                     .find(|(k, _)| k == "labelSelector")
@@ -533,6 +545,68 @@ async fn a_tampered_secret_is_repaired_without_a_new_token() {
     assert_eq!(writes.len(), 1, "{:?}", api.writes());
     assert_eq!(writes[0].body["metadata"]["labels"]["team"], "ml");
     assert_eq!(endpoint.received_requests().await.unwrap().len(), 1);
+}
+
+/// Makes the context know every Secret of the fake API server's namespace
+/// as a Secret watch that has listed them would, `except` one it missed.
+fn secrets_listed(api: &FakeApi, ctx: &Context, except: &str) {
+    use kube::runtime::watcher::Event;
+    let seen = ctx.known_secrets.watch(Some(NS));
+    seen.observe(&Event::<Secret>::Init);
+    for item in api.list(SECRETS, "")["items"].as_array().unwrap() {
+        let secret: Secret = serde_json::from_value(item.clone()).unwrap();
+        if secret.metadata.name.as_deref() != Some(except) {
+            seen.observe(&Event::InitApply(secret));
+        }
+    }
+    seen.observe(&Event::<Secret>::InitDone);
+}
+
+#[tokio::test]
+async fn a_target_the_secret_watch_has_not_seen_is_created_without_a_read() {
+    let endpoint = token_endpoint(3600).await;
+    // Positive control: without a Secret watch, the target is read.
+    let (api, cr, ctx) = setup(&endpoint, true);
+    reconciler::reconcile(Arc::new(cr.clone()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(api.reads_of(&format!("{SECRETS}/trainer")), 1);
+
+    let (api, cr, ctx) = setup(&endpoint, true);
+    secrets_listed(&api, &ctx, "");
+    reconciler::reconcile(Arc::new(cr.clone()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(api.reads_of(&format!("{SECRETS}/trainer")), 0);
+    assert_eq!(api.reads_of(&format!("{SECRETS}/runai-client")), 1);
+    let writes = secret_writes(&api);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].method, Method::POST);
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_foreign_secret_the_watch_missed_is_still_a_conflict_and_left_alone() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup(&endpoint, true);
+    let foreign = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "trainer", "namespace": NS}, "data": {"mine": b64("x")}});
+    api.put(&format!("{SECRETS}/trainer"), foreign);
+    let before = api.get(&format!("{SECRETS}/trainer")).unwrap();
+    // Created after the watch listed the namespace, not yet seen by it.
+    secrets_listed(&api, &ctx, "trainer");
+
+    reconciler::reconcile(Arc::new(cr), ctx).await.unwrap();
+
+    // The create is refused (409 AlreadyExists); the Secret is read from
+    // etcd, found foreign, and left as it was.
+    let writes = secret_writes(&api);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].method, Method::POST);
+    assert_eq!(api.reads_of(&format!("{SECRETS}/trainer")), 1);
+    assert_eq!(api.get(&format!("{SECRETS}/trainer")).unwrap(), before);
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["reason"], "SecretConflict");
 }
 
 #[tokio::test]

@@ -101,6 +101,9 @@ pub struct Context {
     /// Which RunaiCredentials each Secret concerns, and how many read alike
     /// (kept from the RunaiCredential watches).
     pub index: Arc<crate::runtime::index::SecretIndex>,
+    /// Which Secrets exist, as the Secret watches saw them: a target Secret
+    /// surely missing is not read.
+    pub known_secrets: Arc<crate::runtime::known_secrets::KnownSecrets>,
     /// One copy of each `caBundle` text of the cached RunaiCredentials.
     pub ca_bundles: Arc<crate::runtime::ca_bundles::CaBundles>,
     /// The budget of Normal Events (see [`act::publish`]).
@@ -141,6 +144,7 @@ impl Context {
             namespaces: None,
             namespaces_readable: std::sync::atomic::AtomicBool::new(true),
             index: Arc::default(),
+            known_secrets: Arc::default(),
             ca_bundles: Arc::default(),
             normal_events: governor::RateLimiter::direct(
                 governor::Quota::per_second(NORMAL_EVENTS_PER_SECOND)
@@ -570,11 +574,18 @@ async fn observe<'a>(
     // caught: every write is conditional (a write refused as stale reads the
     // target again, see `reconcile_at`) and a credentials Secret the cache
     // does not have yet is looked up again in etcd before it counts as missing.
+    // A target Secret the Secret watches surely have not seen (a new
+    // RunaiCredential's) is not read at all, on the same grounds.
     let reference = &cr.spec.client_credentials_secret_ref;
-    let (existing, credentials_secret) = tokio::join!(
-        get_secret(&secrets, &secret_name, Read::Cached),
-        get_secret(&secrets, &reference.name, Read::Cached)
-    );
+    let target = async {
+        if ctx.known_secrets.surely_missing(&namespace, &secret_name) {
+            Ok(None)
+        } else {
+            get_secret(&secrets, &secret_name, Read::Cached).await
+        }
+    };
+    let (existing, credentials_secret) =
+        tokio::join!(target, get_secret(&secrets, &reference.name, Read::Cached));
     let existing = existing.map_err(Error::kube("reading the target Secret"))?;
     let credentials_secret = match credentials_secret {
         Ok(None) => get_secret(&secrets, &reference.name, Read::Latest).await,

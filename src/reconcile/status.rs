@@ -135,15 +135,11 @@ pub fn token_status(
         ),
     };
     let record = token.map(|t| t.record);
-    let [reconciling, stalled] = kstatus(&ready);
+    let mut conditions = ready_with_kstatus(ready);
+    conditions.insert(1, degraded);
     RunaiCredentialStatus {
         observed_generation: generation,
-        conditions: merge_conditions(
-            previous,
-            vec![ready, degraded, reconciling, stalled],
-            generation,
-            now,
-        ),
+        conditions: merge_conditions(previous, conditions, generation, now),
         secret_name: Some(secret_name.to_owned()),
         last_refresh_time: record.map(|r| rfc3339(r.issued_at)),
         expiration_time: record.and_then(|r| r.expires_at).map(rfc3339),
@@ -166,10 +162,9 @@ pub fn blocked_status(
     now: Timestamp,
 ) -> RunaiCredentialStatus {
     let ready = condition(CONDITION_READY, false, reason, message);
-    let [reconciling, stalled] = kstatus(&ready);
     RunaiCredentialStatus {
         observed_generation: generation,
-        conditions: merge_conditions(previous, vec![ready, reconciling, stalled], generation, now),
+        conditions: merge_conditions(previous, ready_with_kstatus(ready), generation, now),
         secret_name: Some(secret_name.to_owned()),
         ..RunaiCredentialStatus::default()
     }
@@ -201,16 +196,15 @@ pub fn with_ready(
     now: Timestamp,
 ) -> RunaiCredentialStatus {
     let ready = condition(CONDITION_READY, ready, reason, message);
-    let [reconciling, stalled] = kstatus(&ready);
-    let replaced = [ready, reconciling, stalled];
+    let replaced = [CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED];
     let mut conditions: Vec<Condition> = status
         .conditions
         .into_iter()
-        .filter(|c| !replaced.iter().any(|r| r.type_ == c.type_))
+        .filter(|c| !replaced.contains(&c.type_.as_str()))
         .collect();
     conditions.extend(merge_conditions(
         previous,
-        replaced.to_vec(),
+        ready_with_kstatus(ready),
         generation,
         now,
     ));
@@ -218,39 +212,32 @@ pub fn with_ready(
     status
 }
 
-/// The kstatus conditions `[Reconciling, Stalled]` that go with `ready`:
-/// a Ready credential is neither; one stuck on a person's change is Stalled
-/// with Ready's reason and message; any other is Reconciling, also while
-/// transient failures are retried.
-pub fn kstatus(ready: &Condition) -> [Condition; 2] {
+/// The kstatus condition that goes with `ready`, if any: a Ready credential
+/// has neither `Reconciling` nor `Stalled`; one stuck on a person's change is
+/// `Stalled=True` with Ready's reason and message; any other is
+/// `Reconciling=True`, also while transient failures are retried.
+///
+/// A condition that is not True is left out rather than written as False,
+/// as the kstatus conventions recommend for these abnormal-true conditions
+/// (Flux does the same): a healthy status is then two conditions, which
+/// makes every status write, and the watch event it causes, smaller.
+/// Source: sigs.k8s.io/cli-utils, pkg/kstatus/README.md.
+pub fn kstatus(ready: &Condition) -> Option<Condition> {
     let reason = ready.reason.as_str();
     if ready.status == "True" {
-        let done = "the current generation's token is in place";
-        return [
-            condition(CONDITION_RECONCILING, false, reason, done.to_owned()),
-            condition(CONDITION_STALLED, false, reason, done.to_owned()),
-        ];
+        return None;
     }
-    if STALLED_REASONS.contains(&reason) {
-        return [
-            condition(
-                CONDITION_RECONCILING,
-                false,
-                reason,
-                "waiting for a change of the spec, the credentials or the Secret".to_owned(),
-            ),
-            condition(CONDITION_STALLED, true, reason, ready.message.clone()),
-        ];
-    }
-    [
-        condition(CONDITION_RECONCILING, true, reason, ready.message.clone()),
-        condition(
-            CONDITION_STALLED,
-            false,
-            reason,
-            "the controller keeps trying".to_owned(),
-        ),
-    ]
+    Some(if STALLED_REASONS.contains(&reason) {
+        condition(CONDITION_STALLED, true, reason, ready.message.clone())
+    } else {
+        condition(CONDITION_RECONCILING, true, reason, ready.message.clone())
+    })
+}
+
+/// `ready` followed by its kstatus condition, if any.
+fn ready_with_kstatus(ready: Condition) -> Vec<Condition> {
+    let kstatus = kstatus(&ready);
+    std::iter::once(ready).chain(kstatus).collect()
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
@@ -575,7 +562,7 @@ mod tests {
             "taken".into(),
             t(NEXT),
         );
-        assert_eq!(s.conditions.len(), 3);
+        assert_eq!(s.conditions.len(), 2);
         assert!(s.conditions.iter().all(|c| c.type_ != CONDITION_DEGRADED));
         assert_eq!(ready(&s).reason, "SecretConflict");
         let stalled = find(&s, CONDITION_STALLED);
@@ -587,7 +574,11 @@ mod tests {
             ),
             ("True", "SecretConflict", "taken")
         );
-        assert_eq!(find(&s, CONDITION_RECONCILING).status, "False");
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.type_ != CONDITION_RECONCILING)
+        );
         assert_eq!(s.observed_generation, Some(4));
         assert!(
             s.conditions
@@ -612,11 +603,21 @@ mod tests {
         let status = |token, failure: Option<&Failure>, now| {
             token_status(None, Some(2), "sec", token, failure, t(NEXT), now)
         };
+        // An absent condition reads as "False", as kstatus reads it.
         let pair = |s: &RunaiCredentialStatus| {
-            (
-                find(s, CONDITION_RECONCILING).status.clone(),
-                find(s, CONDITION_STALLED).status.clone(),
-            )
+            let status = |type_| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == type_)
+                    .map_or_else(|| "False".to_owned(), |c| c.status.clone())
+            };
+            assert!(
+                s.conditions.iter().all(|c| c.status == "True"
+                    || ![CONDITION_RECONCILING, CONDITION_STALLED].contains(&c.type_.as_str())),
+                "a kstatus condition written as False: {:?}",
+                s.conditions
+            );
+            (status(CONDITION_RECONCILING), status(CONDITION_STALLED))
         };
         let t_ = |s: &str| s.to_owned();
         // Healthy: neither.

@@ -245,6 +245,11 @@ impl Exchange {
         if let Some(known) = state.members.iter_mut().find(|(m, _)| **m == *uid) {
             known.1 = member;
         } else {
+            // Most groups have one member: room for exactly one, not the
+            // four a first push would make.
+            if state.members.is_empty() {
+                state.members.reserve_exact(1);
+            }
             state.members.push((uid.into(), member));
             state.changed_at = Some(std::time::Instant::now());
         }

@@ -179,9 +179,7 @@ async fn serve(
     let labelled = futures::stream::select_all(scopes.into_iter().map(|secrets| {
         watcher(
             secrets,
-            watcher::Config::default()
-                .labels(CLUSTER_CREDENTIAL_LABEL)
-                .any_semantic(),
+            super::paged_watch_config().labels(CLUSTER_CREDENTIAL_LABEL),
         )
         .default_backoff()
         .touched_objects()

@@ -529,7 +529,7 @@ async fn run_controllers(
         let scope = namespace.map(str::to_owned);
         let bundles = ctx.ca_bundles.clone();
         let forgotten = ctx.clone();
-        let credential_changes = watcher(credentials, watcher::Config::default().any_semantic())
+        let credential_changes = watcher(credentials, super::paged_watch_config())
             .default_backoff()
             .modify(move |cr: &mut RunaiCredential| {
                 cr.managed_fields_mut().clear();
@@ -574,10 +574,12 @@ async fn run_controllers(
             // Only labelled credentials and the controller's own Secrets
             // concern it. A foreign Secret blocking a target name is then
             // looked at again by the periodic requeue of SecretConflict.
+            // These watches do not see an unlabelled Secret taking a target's
+            // name, so they cannot tell that one is missing: targets are read.
             let labelled = |selector: String| {
                 watcher(
                     secrets.clone(),
-                    watcher::Config::default().labels(&selector).any_semantic(),
+                    super::paged_watch_config().labels(&selector),
                 )
                 .touched_objects()
             };
@@ -587,7 +589,13 @@ async fn run_controllers(
             )
             .boxed()
         } else {
-            watcher(secrets, watcher::Config::default().any_semantic())
+            // It sees every Secret: one it has not seen need not be read.
+            let seen = ctx.known_secrets.watch(namespace);
+            watcher(secrets, super::paged_watch_config())
+                .map_ok(move |event| {
+                    seen.observe(&event);
+                    event
+                })
                 .touched_objects()
                 .boxed()
         };

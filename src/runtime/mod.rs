@@ -5,8 +5,26 @@ pub mod ca_bundles;
 pub mod cluster;
 pub mod controller;
 pub mod index;
+pub mod known_secrets;
 pub mod leader;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+
+/// The watch configuration for what may number in the thousands
+/// (RunaiCredentials, Secrets): the first list, and any list after the watch
+/// expired, is read from etcd in pages of 500 objects (kube's default page
+/// size), not in one answer from the API server's watch cache.
+///
+/// The watch cache ignores `limit` when asked with `resourceVersion=0`, so
+/// that "any" list semantic returns all objects at once: at 10,000
+/// RunaiCredentials a single body of tens of megabytes, parsed whole, with
+/// every object's `managedFields`, before the cache keeps what decisions
+/// read. That peak, not what is kept, set the controller's resident memory.
+/// Pages cost the API server one etcd range read per 500 objects, once per
+/// start. Source: Kubernetes API concepts, "Retrieving large results sets in
+/// chunks" and "Semantics for get and list".
+pub(crate) fn paged_watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default()
+}
