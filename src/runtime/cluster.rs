@@ -142,9 +142,7 @@ async fn serve(
     let changes = watcher(api, config)
         .default_backoff()
         .modify(|crc: &mut ClusterRunaiCredential| {
-            crc.managed_fields_mut().clear();
-            crc.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
+            super::strip_for_cache(&mut crc.metadata);
         })
         .map_ok(move |event| {
             if let watcher::Event::Delete(crc) = &event {

@@ -267,9 +267,6 @@ pub async fn load_or_create_hash_key(client: &Client, namespace: &str) -> Result
 /// ([`crate::token::schedule::MAX_REFRESH_AFTER`]).
 const PREDICATE_MEMORY: Duration = Duration::from_secs(25 * 3600);
 
-/// The annotation `kubectl apply` keeps a copy of the whole object in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// What of a RunaiCredential is worth a reconciliation when it changes: its
 /// identity, its generation (the spec), the refresh annotation and deletion.
 /// A change of the status alone is not.
@@ -375,7 +372,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         tokio::spawn(
             watcher(namespaces_api, watcher::Config::default().any_semantic())
                 .default_backoff()
-                .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
+                .modify(|ns: &mut PartialObjectMeta<Namespace>| {
+                    super::strip_for_cache(&mut ns.metadata)
+                })
                 .reflect(writer)
                 .for_each(|_| futures::future::ready(())),
         );
@@ -532,8 +531,7 @@ async fn run_controllers(
         let credential_changes = watcher(credentials, super::paged_watch_config())
             .default_backoff()
             .modify(move |cr: &mut RunaiCredential| {
-                cr.managed_fields_mut().clear();
-                cr.annotations_mut().remove(LAST_APPLIED);
+                super::strip_for_cache(&mut cr.metadata);
                 // Thousands of RunaiCredentials often carry the same bundle:
                 // the cache keeps one copy of each.
                 if let Some(pem) = cr.spec.ca_bundle.take() {

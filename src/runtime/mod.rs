@@ -28,3 +28,17 @@ pub mod telemetry;
 pub(crate) fn paged_watch_config() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default()
 }
+
+/// Drops from an object's metadata what no decision reads before its cache
+/// keeps it: `managedFields` (emptied lists keep their allocation, so the
+/// field goes) and the last-applied copy of the spec that `kubectl apply`
+/// leaves, often the largest annotation.
+pub(crate) fn strip_for_cache(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
