@@ -587,6 +587,34 @@ async fn a_target_the_secret_watch_has_not_seen_is_created_without_a_read() {
 }
 
 #[tokio::test]
+async fn a_valid_token_the_watch_missed_is_not_reported_missing() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let requests = endpoint.received_requests().await.unwrap().len();
+    // The credentials Secret goes: with the valid token in place this is
+    // Degraded, still Ready. The watch has not shown the target Secret.
+    api.objects
+        .lock()
+        .unwrap()
+        .remove(&format!("{SECRETS}/runai-client"));
+    secrets_listed(&api, &ctx, "trainer");
+
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx)
+        .await
+        .unwrap();
+
+    // Positive control of the skip: the decision without a write had the
+    // target read from etcd before it was final.
+    assert_eq!(api.reads_of(&format!("{SECRETS}/trainer")), 2);
+    assert!(secret_writes(&api).is_empty());
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), requests);
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(condition(status, "Degraded")["reason"], "CredentialsNotFound");
+    assert!(status["expirationTime"].is_string());
+}
+
+#[tokio::test]
 async fn a_foreign_secret_the_watch_missed_is_still_a_conflict_and_left_alone() {
     let endpoint = token_endpoint(3600).await;
     let (api, cr, ctx) = setup(&endpoint, true);

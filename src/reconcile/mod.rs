@@ -215,6 +215,12 @@ impl Context {
         }
     }
 
+    /// Whether a write of the controller to this Secret is in flight or its
+    /// echo has not arrived yet: the Secret watch may not have seen it.
+    fn own_write_pending(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.own_writes).contains_key(&(namespace.to_owned(), name.to_owned()))
+    }
+
     fn begin_own_write(&self, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), name.to_owned());
         lock(&self.own_writes).insert(key, OwnWrite::InFlight { seen: None });
@@ -419,11 +425,25 @@ pub async fn reconcile_at(
     now: Timestamp,
 ) -> Result<Action, Error> {
     ctx.ensure_acting()?;
-    let mut observed = observe(cr, ctx, now).await?;
+    let (mut observed, mut target_skipped) = observe(cr, ctx, now).await?;
     let mut target_reread = false;
     // Each I/O step is taken at most twice; the bound only guards the loop.
     for _ in 0..8 {
         match decide::decide(&observed) {
+            // A target taken for missing without a read is only trusted by
+            // the create that follows (a 409 then reads it): a decision
+            // reached without writing it is made again on what etcd holds,
+            // so that a valid token in a Secret the watch has not shown yet
+            // is never reported missing.
+            Step::Finish(_) if target_skipped && observed.written.is_none() => {
+                target_skipped = false;
+                let secrets: Api<Secret> =
+                    Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+                let latest = get_secret(&secrets, &cr.target_secret_name(), Read::Latest)
+                    .await
+                    .map_err(Error::kube("reading the target Secret"))?;
+                reclassify_target(cr, ctx, &mut observed, latest);
+            }
             Step::Finish(finish) => return finish_with(cr, ctx, *finish, now).await,
             Step::ReleaseOldTargets => {
                 let secrets: Api<Secret> =
@@ -473,13 +493,8 @@ pub async fn reconcile_at(
                         let latest = get_secret(&secrets, &name, Read::Latest)
                             .await
                             .map_err(Error::kube("reading the target Secret"))?;
-                        observed.target = TargetSecret::classify(latest, cr);
-                        observed.stored = match &observed.target {
-                            TargetSecret::Managed(secret) => {
-                                secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key)
-                            }
-                            TargetSecret::Missing | TargetSecret::Foreign => None,
-                        };
+                        reclassify_target(cr, ctx, &mut observed, latest);
+                        target_skipped = false;
                     }
                     Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. }))
                         if !repair =>
@@ -502,13 +517,30 @@ pub async fn reconcile_at(
     ))
 }
 
+/// Puts a target Secret read again into `observed`.
+fn reclassify_target(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    observed: &mut Observed<'_>,
+    latest: Option<Secret>,
+) {
+    observed.target = TargetSecret::classify(latest, cr);
+    observed.stored = match &observed.target {
+        TargetSecret::Managed(secret) => {
+            secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key)
+        }
+        TargetSecret::Missing | TargetSecret::Foreign => None,
+    };
+}
+
 /// Reads what the decision needs: the spec checked, the target and
-/// credentials Secrets, the controller's memory and the group.
+/// credentials Secrets, the controller's memory and the group. Also says
+/// whether the target Secret was taken for missing without a read.
 async fn observe<'a>(
     cr: &'a RunaiCredential,
     ctx: &'a Context,
     now: Timestamp,
-) -> Result<Observed<'a>, Error> {
+) -> Result<(Observed<'a>, bool), Error> {
     let namespace = cr.namespace().unwrap_or_default();
     let uid = uid_of(cr);
     let secret_name = cr.target_secret_name();
@@ -538,7 +570,7 @@ async fn observe<'a>(
         written: None,
     };
     if cr.meta().deletion_timestamp.is_some() {
-        return Ok(observed);
+        return Ok((observed, false));
     }
     // The allowed URLs are checked before the credentials Secret is read.
     let spec = validate_spec(cr, ctx.policy.allow_insecure_http).and_then(|spec| {
@@ -549,7 +581,7 @@ async fn observe<'a>(
         Ok(spec) => spec,
         Err(err) => {
             observed.spec = Err(err);
-            return Ok(observed);
+            return Ok((observed, false));
         }
     };
     let ca_bundle = ctx.ca_bundles.resolve(cr.spec.ca_bundle.as_deref());
@@ -557,7 +589,7 @@ async fn observe<'a>(
         Ok(found) => found,
         Err(err @ Error::InvalidSpec { .. }) => {
             observed.spec = Err(err);
-            return Ok(observed);
+            return Ok((observed, false));
         }
         // Not the user's doing: retried by `error_policy`.
         Err(err) => return Err(err),
@@ -577,8 +609,10 @@ async fn observe<'a>(
     // A target Secret the Secret watches surely have not seen (a new
     // RunaiCredential's) is not read at all, on the same grounds.
     let reference = &cr.spec.client_credentials_secret_ref;
+    let target_skipped = !ctx.own_write_pending(&namespace, &secret_name)
+        && ctx.known_secrets.surely_missing(&namespace, &secret_name);
     let target = async {
-        if ctx.known_secrets.surely_missing(&namespace, &secret_name) {
+        if target_skipped {
             Ok(None)
         } else {
             get_secret(&secrets, &secret_name, Read::Cached).await
@@ -638,7 +672,7 @@ async fn observe<'a>(
     observed.pending = ctx.pending(&uid);
     observed.spec = Ok(spec);
     observed.token_client = Some(token_client);
-    Ok(observed)
+    Ok((observed, target_skipped))
 }
 
 /// Whether a refused write of the target Secret means that it was read

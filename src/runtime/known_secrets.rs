@@ -81,11 +81,12 @@ impl SeenSecrets {
         }
     }
 
-    /// `Some(whether the Secret was seen)`, or `None` before a complete list.
+    /// `Some(whether the Secret was seen)`, or `None` before a complete list
+    /// and while the watch lists again (after it expired, Secrets created
+    /// meanwhile are in no set yet).
     fn has(&self, namespace: &str, name: &str) -> Option<bool> {
         let seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        seen.synced
-            .then(|| seen.names.contains(&key(namespace, name)))
+        (seen.synced && seen.listing.is_none()).then(|| seen.names.contains(&key(namespace, name)))
     }
 }
 
@@ -171,9 +172,12 @@ mod tests {
         // The watch expired; "gone" was deleted meanwhile.
         all.observe(&watcher::Event::<Secret>::Init);
         all.observe(&watcher::Event::InitApply(secret("ml", "kept")));
-        // Until the relist completes, the old list answers.
+        // Until the relist completes, nothing is surely missing: a Secret
+        // created while the watch was down is in neither list yet.
         assert!(!known.surely_missing("ml", "gone"));
+        assert!(!known.surely_missing("ml", "created-meanwhile"));
         all.observe(&watcher::Event::<Secret>::InitDone);
+        assert!(known.surely_missing("ml", "created-meanwhile"));
         assert!(known.surely_missing("ml", "gone"));
         assert!(!known.surely_missing("ml", "kept"));
     }
