@@ -610,7 +610,10 @@ async fn a_valid_token_the_watch_missed_is_not_reported_missing() {
     assert_eq!(endpoint.received_requests().await.unwrap().len(), requests);
     let status = &api.writes_to("/trainer/status")[0].body["status"];
     assert_eq!(condition(status, "Ready")["status"], "True");
-    assert_eq!(condition(status, "Degraded")["reason"], "CredentialsNotFound");
+    assert_eq!(
+        condition(status, "Degraded")["reason"],
+        "CredentialsNotFound"
+    );
     assert!(status["expirationTime"].is_string());
 }
 
