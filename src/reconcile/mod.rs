@@ -517,7 +517,7 @@ pub async fn reconcile_at(
     ))
 }
 
-/// Puts a target Secret read again into `observed`.
+/// Puts what was read under the target name into `observed`.
 fn reclassify_target(
     cr: &RunaiCredential,
     ctx: &Context,
@@ -626,10 +626,7 @@ async fn observe<'a>(
         other => other,
     }
     .map_err(Error::kube("reading the credentials Secret"))?;
-    observed.target = TargetSecret::classify(existing, cr);
-    if let TargetSecret::Managed(secret) = &observed.target {
-        observed.stored = secret::stored_token(secret, &cr.spec.target.key, &ctx.hash_key);
-    }
+    reclassify_target(cr, ctx, &mut observed, existing);
     let credentials = if ctx.policy.credentials_label_required {
         secret::require_credentials_label(credentials_secret.as_ref(), reference)
     } else {
