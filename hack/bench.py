@@ -348,6 +348,7 @@ def main():
     rss_ready = controller.rss_mib()
     cpu_ready = controller.cpu_seconds()
     others_after = others_cpu(args.state)
+    say(f"all Ready after {all_ready:.1f} s; controller RSS {rss_ready:.1f} MiB")
     say(f"CPU in the cold start ({all_ready:.1f} s on {os.cpu_count()} cores): controller {cpu_ready:.1f} s, "
         + ", ".join(f"{name} {others_after[name] - others_before.get(name, 0):.1f} s" for name in others_after))
     # Late status writes (sharedWith once groups settle) belong to the cold start.

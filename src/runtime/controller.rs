@@ -15,7 +15,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, ObjectMeta, PartialObjectMeta, PostParams},
     runtime::{
-        Controller, PredicateConfig, WatchStreamExt,
+        Controller, WatchStreamExt,
         controller::Config as ControllerConfig,
         events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
@@ -36,6 +36,7 @@ use crate::{
     runtime::leader,
     runtime::metrics::{CredentialLabels, Metrics},
     runtime::server::{self, Health},
+    runtime::triggers::TriggerMemory,
 };
 
 /// Name of the Secret, in the controller's namespace, holding the hash key.
@@ -260,27 +261,6 @@ pub async fn load_or_create_hash_key(client: &Client, namespace: &str) -> Result
     Err(Error::Startup(
         "cannot settle the hash key Secret".to_owned(),
     ))
-}
-
-/// How long what triggered a reconciliation of a RunaiCredential is
-/// remembered: beyond the longest refresh period
-/// ([`crate::token::schedule::MAX_REFRESH_AFTER`]).
-const PREDICATE_MEMORY: Duration = Duration::from_secs(25 * 3600);
-
-/// What of a RunaiCredential is worth a reconciliation when it changes: its
-/// identity, its generation (the spec), the refresh annotation and deletion.
-/// A change of the status alone is not.
-fn reconcile_trigger(cr: &RunaiCredential) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (
-        cr.uid(),
-        cr.metadata.generation,
-        cr.refresh_request(),
-        cr.metadata.deletion_timestamp.is_some(),
-    )
-        .hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 /// The RunaiCredentials a change of this Secret concerns (see
@@ -528,6 +508,8 @@ async fn run_controllers(
         let scope = namespace.map(str::to_owned);
         let bundles = ctx.ca_bundles.clone();
         let forgotten = ctx.clone();
+        let triggers = Arc::new(TriggerMemory::default());
+        let (deleted, listed, filtered) = (triggers.clone(), triggers.clone(), triggers);
         let credential_changes = watcher(credentials, super::paged_watch_config())
             .default_backoff()
             .modify(move |cr: &mut RunaiCredential| {
@@ -547,6 +529,7 @@ async fn run_controllers(
                         &cr.namespace().unwrap_or_default(),
                         &cr.name_any(),
                     ));
+                    deleted.forget(cr);
                 }
                 event
             })
@@ -554,16 +537,12 @@ async fn run_controllers(
             .map_ok(move |event| {
                 if matches!(event, watcher::Event::InitDone) {
                     rebuilt.rebuild(scope.as_deref(), &after);
+                    listed.retain(&after);
                 }
                 event
             })
             .applied_objects()
-            // Remembered longer than the longest refresh period (24 h), so
-            // that the echo of a status write is still known as one.
-            .predicate_filter(
-                reconcile_trigger,
-                PredicateConfig::default().ttl(PREDICATE_MEMORY),
-            );
+            .try_filter_map(move |cr| futures::future::ready(Ok(filtered.trigger(cr))));
         let controller = Controller::for_stream(credential_changes, store.clone())
             .with_config(ControllerConfig::default().concurrency(settings.concurrency));
         // Metadata only: a change of any Secret's data bumps its resourceVersion,

@@ -5,14 +5,16 @@
 //! name, as cert-manager does for certificates. Never a URL, a secret or a token.
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, text::encode},
     metrics::{
+        MetricType,
         counter::Counter,
         family::Family,
         gauge::Gauge,
@@ -39,9 +41,7 @@ struct TokenApiLabels {
     token_api: &'static str,
 }
 
-/// Identifies one RunaiCredential in the per-credential gauges. The names
-/// are shared by all its series (a pointer each), as there are five series
-/// per credential and thousands of credentials.
+/// Identifies one RunaiCredential in the per-credential gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
     pub namespace: Arc<str>,
@@ -55,14 +55,6 @@ impl CredentialLabels {
             name: name.into(),
         }
     }
-}
-
-/// One series of the Ready gauge: `condition` is `True`, `False` or `Unknown`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReadyLabels {
-    namespace: Arc<str>,
-    name: Arc<str>,
-    condition: &'static str,
 }
 
 /// The values of a condition's `status`, and so of the Ready gauge's
@@ -83,12 +75,95 @@ pub struct Metrics {
     reconcile_duration: HistogramFamily<ResultLabels>,
     token_requests: Family<TokenRequestLabels, Counter>,
     token_request_duration: HistogramFamily<TokenApiLabels>,
-    token_expiration: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
-    consecutive_failures: Family<CredentialLabels, Gauge>,
-    ready_status: Family<ReadyLabels, Gauge>,
+    credentials: Arc<CredentialSeries>,
     leader: Gauge,
-    /// The credentials with per-credential series, to drop them once deleted.
-    observed: Mutex<HashSet<CredentialLabels>>,
+}
+
+/// What the per-credential series of one RunaiCredential show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CredentialState {
+    /// Unix seconds; no series when unknown.
+    expires_at: Option<i64>,
+    failures: u32,
+    /// Index into [`CONDITION_STATUSES`].
+    ready: u8,
+}
+
+/// The per-credential gauges (token expiration, consecutive failures, Ready
+/// status): five series per RunaiCredential, rendered at each scrape from
+/// one small record each.
+///
+/// As a `Family` of gauges per metric they took about 700 bytes per
+/// RunaiCredential (a hash table entry and a shared counter per series); this
+/// is under 200.
+#[derive(Debug, Default)]
+struct CredentialSeries {
+    states: Mutex<HashMap<CredentialLabels, CredentialState>>,
+}
+
+impl CredentialSeries {
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialLabels, CredentialState>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn credential_labels(c: &CredentialLabels) -> [(&'static str, &str); 2] {
+    [("namespace", &c.namespace), ("name", &c.name)]
+}
+
+impl Collector for CredentialSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let states = self.states();
+        if states.is_empty() {
+            return Ok(());
+        }
+
+        if states.values().any(|s| s.expires_at.is_some()) {
+            let mut family = encoder.encode_descriptor(
+                "token_expiration_timestamp_seconds",
+                "When the token in a RunaiCredential's Secret expires (Unix time), when known",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (credential, state) in states.iter() {
+                if let Some(at) = state.expires_at {
+                    let labels = credential_labels(credential);
+                    family.encode_family(&labels)?.encode_gauge(&(at as f64))?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "consecutive_failures",
+            "Failed refresh attempts of a RunaiCredential since its last success",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (credential, state) in states.iter() {
+            let labels = credential_labels(credential);
+            family
+                .encode_family(&labels)?
+                .encode_gauge(&i64::from(state.failures))?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "credential_ready_status",
+            "The Ready condition of a credential: 1 on the series of its status (True, False or Unknown), 0 on the others; as cert-manager's certmanager_certificate_ready_status",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (credential, state) in states.iter() {
+            for (i, condition) in CONDITION_STATUSES.iter().enumerate() {
+                let labels = [
+                    ("namespace", &*credential.namespace),
+                    ("name", &*credential.name),
+                    ("condition", *condition),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&i64::from(usize::from(state.ready) == i))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -126,24 +201,8 @@ impl Metrics {
             "Latency of the Run:ai token endpoint",
             token_request_duration.clone(),
         );
-        let token_expiration = Family::<CredentialLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "token_expiration_timestamp_seconds",
-            "When the token in a RunaiCredential's Secret expires (Unix time), when known",
-            token_expiration.clone(),
-        );
-        let consecutive_failures = Family::<CredentialLabels, Gauge>::default();
-        registry.register(
-            "consecutive_failures",
-            "Failed refresh attempts of a RunaiCredential since its last success",
-            consecutive_failures.clone(),
-        );
-        let ready_status = Family::<ReadyLabels, Gauge>::default();
-        registry.register(
-            "credential_ready_status",
-            "The Ready condition of a credential: 1 on the series of its status (True, False or Unknown), 0 on the others; as cert-manager's certmanager_certificate_ready_status",
-            ready_status.clone(),
-        );
+        let credentials = Arc::new(CredentialSeries::default());
+        registry.register_collector(Box::new(credentials.clone()));
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -156,11 +215,8 @@ impl Metrics {
             reconcile_duration,
             token_requests,
             token_request_duration,
-            token_expiration,
-            consecutive_failures,
-            ready_status,
+            credentials,
             leader,
-            observed: Mutex::default(),
         }
     }
 
@@ -196,72 +252,35 @@ impl Metrics {
         failures: u32,
         ready: &str,
     ) {
-        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-        // The names already held by this credential's series, if any.
-        let credential = match observed.get(&credential) {
-            Some(known) => known.clone(),
-            None => {
-                observed.insert(credential.clone());
-                credential
-            }
+        // "Unknown" for anything but True and False.
+        let ready = CONDITION_STATUSES[..2]
+            .iter()
+            .position(|c| *c == ready)
+            .unwrap_or(2) as u8;
+        let state = CredentialState {
+            expires_at,
+            failures,
+            ready,
         };
-        drop(observed);
-        for condition in CONDITION_STATUSES {
-            let current = condition == ready
-                || (condition == "Unknown" && !CONDITION_STATUSES[..2].contains(&ready));
-            self.ready_status
-                .get_or_create(&ReadyLabels {
-                    namespace: credential.namespace.clone(),
-                    name: credential.name.clone(),
-                    condition,
-                })
-                .set(i64::from(current));
-        }
-        match expires_at {
-            Some(at) => {
-                self.token_expiration
-                    .get_or_create(&credential)
-                    .set(at as f64);
-            }
+        let mut states = self.credentials.states();
+        match states.get_mut(&credential) {
+            Some(known) => *known = state,
             None => {
-                self.token_expiration.remove(&credential);
+                states.insert(credential, state);
             }
         }
-        self.consecutive_failures
-            .get_or_create(&credential)
-            .set(i64::from(failures));
     }
 
     /// Drops the gauges of RunaiCredentials that no longer exist.
     pub fn retain_credentials(&self, live: &HashSet<CredentialLabels>) {
-        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-        observed.retain(|credential| {
-            let keep = live.contains(credential);
-            if !keep {
-                self.remove_series(credential);
-            }
-            keep
-        });
+        self.credentials
+            .states()
+            .retain(|credential, _| live.contains(credential));
     }
 
     /// Drops the gauges of one deleted RunaiCredential.
     pub fn forget_credential(&self, credential: &CredentialLabels) {
-        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-        if observed.remove(credential) {
-            self.remove_series(credential);
-        }
-    }
-
-    fn remove_series(&self, credential: &CredentialLabels) {
-        self.token_expiration.remove(credential);
-        self.consecutive_failures.remove(credential);
-        for condition in CONDITION_STATUSES {
-            self.ready_status.remove(&ReadyLabels {
-                namespace: credential.namespace.clone(),
-                name: credential.name.clone(),
-                condition,
-            });
-        }
+        self.credentials.states().remove(credential);
     }
 
     /// Sets whether this replica leads.

@@ -1,6 +1,7 @@
 //! Running the controller: watches and their triggers, leader election, the
 //! metrics and health server, telemetry, and the API server's proxy.
 
+pub mod allocator;
 pub mod ca_bundles;
 pub mod cluster;
 pub mod controller;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod triggers;
 
 /// The watch configuration for what may number in the thousands
 /// (RunaiCredentials, Secrets): the first list, and any list after the watch
