@@ -208,7 +208,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    runai_token_sync::runtime::allocator::limit_malloc_arenas();
+    runai_token_sync::runtime::allocator::tune_malloc();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
