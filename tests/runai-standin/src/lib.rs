@@ -439,8 +439,11 @@ fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("a valid response")
 }
 
-/// A JWT-shaped token: real header and claims, a random signature; `iat`
-/// and `exp` as an issuer whose clock is `skew` seconds off would set them.
+/// A JWT-shaped token: real header and claims, a random signature of an
+/// RS256 signature's length (256 bytes, RFC 7518 section 3.3, with a 2048-bit
+/// key), so that tokens are as long as the real ones (Run:ai's are RS256);
+/// `iat` and `exp` as an issuer whose clock is `skew` seconds off would set
+/// them.
 fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -459,7 +462,7 @@ fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
         })
         .to_string(),
     );
-    let signature = enc.encode(rand::random::<[u8; 32]>());
+    let signature = enc.encode((0..256).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
     format!("{header}.{claims}.{signature}")
 }
 
