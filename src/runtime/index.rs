@@ -61,6 +61,16 @@ fn reading_hash(cr: &RunaiCredential) -> u64 {
     hasher.finish()
 }
 
+/// Pushes onto a list that usually holds one entry: a first push makes room
+/// for exactly one, not the four a `Vec` makes by default (at 10,000
+/// RunaiCredentials with a credentials Secret each, about 1 MB).
+fn push_one<V>(list: &mut Vec<V>, value: V) {
+    if list.is_empty() {
+        list.reserve_exact(1);
+    }
+    list.push(value);
+}
+
 fn remove_from<V: PartialEq>(map: &mut HashMap<Key, Vec<V>>, key: &Key, is: impl Fn(&V) -> bool) {
     if let Some(list) = map.get_mut(key) {
         list.retain(|v| !is(v));
@@ -77,16 +87,16 @@ impl Inner {
             namespace.clone(),
             cr.spec.client_credentials_secret_ref.name.clone(),
         );
-        self.readers
-            .entry(reader)
-            .or_default()
-            .push((name.clone(), reading_hash(cr)));
+        push_one(
+            self.readers.entry(reader).or_default(),
+            (name.clone(), reading_hash(cr)),
+        );
         let target = cr.target_secret_name();
         if target != name {
-            self.targets
-                .entry((namespace.clone(), target))
-                .or_default()
-                .push(name.clone());
+            push_one(
+                self.targets.entry((namespace.clone(), target)).or_default(),
+                name.clone(),
+            );
         }
         let label = credential_label_value(&name);
         if label != name {

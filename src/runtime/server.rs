@@ -9,8 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Frame},
+    service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
@@ -168,7 +172,27 @@ pub async fn serve(
     Ok(bound)
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+/// A response body: one piece, or the metrics as they are rendered.
+type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// The metrics text, streamed: rendered on a blocking thread in pieces of
+/// [`crate::runtime::metrics::METRICS_CHUNK`] bytes, two at most waiting for
+/// the scraper, so that a scrape holds a few hundred kilobytes, not the
+/// whole text.
+fn metrics_body(metrics: &Arc<Metrics>) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let metrics = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        metrics.encode_in_chunks(|chunk| tx.blocking_send(Bytes::from(chunk)).is_ok());
+    });
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok(Frame::data(chunk)), rx))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Arc<Metrics>, health: &Health) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned());
     }
@@ -178,7 +202,7 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
                 "content-type",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
-            .body(Full::new(Bytes::from(metrics.encode())))
+            .body(metrics_body(metrics))
             .expect("a valid response"),
         "/healthz" if health.stopped.load(Ordering::Acquire) => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,11 +235,11 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
         .expect("a valid response")
 }
 
@@ -223,19 +247,24 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    fn get(path: &str, metrics: &Metrics, health: &Health) -> (StatusCode, String) {
+    fn get(path: &str, metrics: &Arc<Metrics>, health: &Health) -> (StatusCode, String) {
         let req = Request::get(path).body(()).unwrap();
-        let resp = respond(&req, metrics, health);
-        let status = resp.status();
-        let body = futures::executor::block_on(http_body_util::BodyExt::collect(resp.into_body()))
-            .unwrap()
-            .to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
+        // The metrics are rendered on the runtime's blocking threads.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let resp = respond(&req, metrics, health);
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        })
     }
 
     #[test]
     fn readiness_follows_the_sync_and_shows_the_role() {
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let health = Health::default();
         assert_eq!(
             get("/readyz", &metrics, &health).0,
@@ -255,7 +284,7 @@ mod tests {
 
     #[test]
     fn liveness_fails_once_the_controller_stopped() {
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let health = Health::default();
         assert_eq!(get("/healthz", &metrics, &health).0, StatusCode::OK);
         health.set_stopped();
@@ -277,12 +306,15 @@ mod tests {
         health.set_leading(true);
         health.set_has_work(true);
         health.record_progress();
-        assert_eq!(get("/healthz", &Metrics::new(), &health).0, StatusCode::OK);
+        assert_eq!(
+            get("/healthz", &Arc::new(Metrics::new()), &health).0,
+            StatusCode::OK
+        );
     }
 
     #[test]
     fn metrics_are_served_as_text() {
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let (status, body) = get("/metrics", &metrics, &Health::default());
         assert_eq!(status, StatusCode::OK);
         assert!(
@@ -293,5 +325,23 @@ mod tests {
             get("/other", &metrics, &Health::default()).0,
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn many_series_are_streamed_whole() {
+        let metrics = Arc::new(Metrics::new());
+        for i in 0..3_000 {
+            metrics.observe_credential(
+                crate::runtime::metrics::CredentialLabels::new("ml", &format!("c{i}")),
+                Some(i),
+                1,
+                "False",
+            );
+        }
+        let (status, body) = get("/metrics", &metrics, &Health::default());
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.len() > 4 * crate::runtime::metrics::METRICS_CHUNK);
+        assert_eq!(body, metrics.encode());
+        assert!(body.contains("name=\"c2999\",condition=\"False\"} 1"));
     }
 }
