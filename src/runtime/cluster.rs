@@ -30,16 +30,10 @@ use crate::{
 /// What of a ClusterRunaiCredential is worth a reconciliation when it
 /// changes: identity, generation, the refresh annotation, deletion.
 fn reconcile_trigger(crc: &ClusterRunaiCredential) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (
-        crc.uid(),
-        crc.metadata.generation,
+    Some(super::triggers::trigger_hash(
+        &crc.metadata,
         crc.refresh_request(),
-        crc.metadata.deletion_timestamp.is_some(),
-    )
-        .hash(&mut hasher);
-    Some(hasher.finish())
+    ))
 }
 
 /// Every ClusterRunaiCredential: a namespace's labels may make any match.

@@ -25,6 +25,7 @@ use std::{
 
 use kube::{
     ResourceExt,
+    api::ObjectMeta,
     runtime::reflector::{ObjectRef, Store},
 };
 
@@ -35,12 +36,20 @@ use crate::api::RunaiCredential;
 /// A change of the status alone is not.
 #[must_use]
 pub fn reconcile_trigger(cr: &RunaiCredential) -> u64 {
+    trigger_hash(&cr.metadata, cr.refresh_request())
+}
+
+/// The hash of what starts a reconciliation of either kind: the uid, the
+/// generation, the value of the refresh annotation and whether deletion
+/// began.
+#[must_use]
+pub fn trigger_hash(meta: &ObjectMeta, refresh_request: Option<&str>) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (
-        cr.uid(),
-        cr.metadata.generation,
-        cr.refresh_request(),
-        cr.metadata.deletion_timestamp.is_some(),
+        meta.uid.as_deref(),
+        meta.generation,
+        refresh_request,
+        meta.deletion_timestamp.is_some(),
     )
         .hash(&mut hasher);
     hasher.finish()
