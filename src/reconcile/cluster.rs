@@ -417,6 +417,19 @@ async fn exchange_token(
             kept.record.expires_at,
         );
     }
+    // The group's token is only in a RunaiCredential's Secret: read it there
+    // rather than ask Run:ai again.
+    if view.token.is_none()
+        && let Some(elsewhere) = view.held_by.clone()
+        && let Some(found) = super::read_held(ctx, &elsewhere, &credentials_hash).await?
+    {
+        view = ctx.exchange.offer(
+            &key,
+            &found.access_token,
+            found.record.issued_at,
+            found.record.expires_at,
+        );
+    }
     // A refresh request is answered once: by a token newer than the group's
     // when it was seen, whether or not any Secret could take it.
     let handled_request = ctx.handled_refresh(&uid).or(handled_request);

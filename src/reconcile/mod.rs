@@ -41,7 +41,7 @@ use crate::{
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
     runai::client::TokenClients,
-    runai::exchange::{Exchange, Exchanged, GroupFailure, GroupKey},
+    runai::exchange::{Exchange, Exchanged, GroupFailure, GroupKey, TokenHolder},
     runtime::metrics::Metrics,
     token::schedule::{self, Backoff, Desired},
 };
@@ -485,7 +485,17 @@ pub async fn reconcile_at(
                 let result = act::write_secret(&secrets, existing, *secret, &token).await;
                 ctx.end_own_write(cr, &name, result.as_ref().ok().cloned().flatten());
                 match result {
-                    Ok(_) => observed.written = Some(Ok(())),
+                    Ok(_) => {
+                        if let Some((key, _)) = &observed.group {
+                            let holder = TokenHolder::new(
+                                &cr.namespace().unwrap_or_default(),
+                                &name,
+                                &cr.spec.target.key,
+                            );
+                            ctx.exchange.held_in(key, &token, holder);
+                        }
+                        observed.written = Some(Ok(()));
+                    }
                     // The target was read from the cache and has changed
                     // since: read once more from etcd and decide again.
                     Err(ref err) if !target_reread && stale_write(err) => {
@@ -643,19 +653,40 @@ async fn observe<'a>(
             let member: ObjectRef<RunaiCredential> =
                 ObjectRef::new(&cr.name_any()).within(&namespace);
             let mut view = ctx.exchange.join(&uid, member, &key);
-            // After a restart, the members' Secrets seed their group (kept
-            // by the exchange only when newer than what it holds).
-            if let Some(stored) = observed
+            let own = observed
                 .stored
                 .as_ref()
-                .filter(|s| s.intact && secret::hashes_equal(hash, &s.record.credentials_hash))
-            {
+                .filter(|s| s.intact && secret::hashes_equal(hash, &s.record.credentials_hash));
+            // After a restart, the members' Secrets seed their group (kept
+            // by the exchange only when newer than what it holds).
+            if let Some(stored) = own {
                 view = ctx.exchange.offer(
                     &key,
                     &stored.access_token,
                     stored.record.issued_at,
                     stored.record.expires_at,
                 );
+            }
+            // The group's token is only in another member's Secret: read it
+            // there rather than ask Run:ai again.
+            let holder = TokenHolder::new(&namespace, &secret_name, &cr.spec.target.key);
+            if let Some(elsewhere) = view.held_by.clone().filter(|h| *h != holder)
+                && let Some(found) = read_held(ctx, &elsewhere, hash).await?
+            {
+                info!(
+                    namespace = elsewhere.namespace(),
+                    secret = elsewhere.name(),
+                    "taking the group's token from another member's Secret"
+                );
+                view = ctx.exchange.offer(
+                    &key,
+                    &found.access_token,
+                    found.record.issued_at,
+                    found.record.expires_at,
+                );
+            }
+            if let Some(stored) = own {
+                ctx.exchange.held_in(&key, &stored.access_token, holder);
             }
             Some((key, view))
         }
@@ -716,6 +747,32 @@ async fn get_secret(
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+/// Reads the token of a group from the Secret `holder` (another member's),
+/// from etcd, as it may have just been written; `None` when that Secret no
+/// longer holds an intact token of the credentials hashed `hash`.
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the API server refuses the read (other than 404).
+async fn read_held(
+    ctx: &Context,
+    holder: &TokenHolder,
+    hash: &str,
+) -> Result<Option<secret::StoredToken>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), holder.namespace());
+    let found = get_secret(&secrets, holder.name(), Read::Latest)
+        .await
+        .map_err(Error::kube(
+            "reading the Secret of another member of the group",
+        ))?;
+    Ok(found
+        .filter(|s| {
+            s.labels().get(secret::MANAGED_BY_LABEL).map(String::as_str) == Some(secret::MANAGED_BY)
+        })
+        .and_then(|s| secret::stored_token(&s, holder.key(), &ctx.hash_key))
+        .filter(|t| t.intact && secret::hashes_equal(hash, &t.record.credentials_hash)))
 }
 
 /// Reads the group again (after a request failed or was held back).

@@ -14,7 +14,14 @@
 //! - a token obtained by a request is offered to every other member, which is
 //!   reconciled at once to write it ([`Exchange::subscribe`]);
 //! - after a restart, the members' Secrets seed the group ([`Exchange::offer`]),
-//!   so that no request is made while their token is fresh.
+//!   so that no request is made while their token is fresh;
+//! - a group that serves one RunaiCredential does not keep its token's text
+//!   once that RunaiCredential's Secret holds it ([`Exchange::held_in`]): the
+//!   Secret is the copy, and a member that joins later reads it from there
+//!   ([`GroupView::held_by`]).
+//!   At ten thousand RunaiCredentials of as many applications, the texts
+//!   (a Run:ai token is a JWT of about a kilobyte) would otherwise be most of
+//!   the controller's memory.
 //!
 //! Token requests of all groups together are limited by one semaphore
 //! (`--max-concurrent-token-requests`).
@@ -109,6 +116,42 @@ impl std::fmt::Debug for GroupToken {
     }
 }
 
+/// A Secret that holds a group's token under the data key `key`, as
+/// `namespace/name/key` in one allocation (none of the three may contain a
+/// `/`: Kubernetes object names and Secret data keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenHolder(Box<str>);
+
+impl TokenHolder {
+    /// The Secret `name` in `namespace`, with the token under `key`.
+    #[must_use]
+    pub fn new(namespace: &str, name: &str, key: &str) -> Self {
+        TokenHolder(format!("{namespace}/{name}/{key}").into_boxed_str())
+    }
+
+    fn part(&self, n: usize) -> &str {
+        self.0.splitn(3, '/').nth(n).unwrap_or_default()
+    }
+
+    /// The Secret's namespace.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        self.part(0)
+    }
+
+    /// The Secret's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.part(1)
+    }
+
+    /// The data key of the token.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        self.part(2)
+    }
+}
+
 /// The last failed request of a group, held against every member until
 /// `retry_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +163,11 @@ pub struct GroupFailure {
 /// What a member sees of its group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupView {
+    /// The group's token, when the group keeps its text.
     pub token: Option<GroupToken>,
+    /// The group has a token whose text it does not keep: the Secret that
+    /// holds it (see the module's documentation).
+    pub held_by: Option<TokenHolder>,
     pub failure: Option<GroupFailure>,
     /// How many RunaiCredentials the group serves, this one included.
     pub members: usize,
@@ -140,9 +187,45 @@ struct Group {
     state: Mutex<GroupState>,
 }
 
+/// A group's token as the group keeps it.
+struct Held {
+    /// `None` while the group serves one RunaiCredential whose Secret holds
+    /// the token.
+    text: Option<String>,
+    /// Tells whether a text offered is this token without keeping it.
+    fingerprint: u64,
+    issued_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    serial: u64,
+    requested: bool,
+}
+
+impl Held {
+    fn token(&self) -> Option<GroupToken> {
+        self.text.as_ref().map(|text| GroupToken {
+            access_token: text.clone(),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            serial: self.serial,
+            requested: self.requested,
+        })
+    }
+}
+
+/// The fingerprint of a token's text: only ever compared with another
+/// fingerprint of this process, never shown or kept elsewhere.
+fn fingerprint(text: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one(text)
+}
+
 #[derive(Default)]
 struct GroupState {
-    token: Option<GroupToken>,
+    token: Option<Held>,
+    /// A Secret known to hold `token` ([`Exchange::held_in`]).
+    holder: Option<TokenHolder>,
     failure: Option<GroupFailure>,
     /// By uid; a list, as most groups are small (a map's least allocation is
     /// several times one entry).
@@ -325,9 +408,10 @@ impl Exchange {
         lock(&self.groups).len()
     }
 
-    /// Offers a token found in a member's Secret (after a restart): kept as
-    /// the group's token when the group has none or an older one. Returns
-    /// the group's view afterwards.
+    /// Offers a token found in a member's Secret (after a restart, or where
+    /// [`GroupView::held_by`] pointed): kept as the group's token when the
+    /// group has none or an older one; the group's own token gets its text
+    /// back. Returns the group's view afterwards, with the text.
     pub fn offer(
         &self,
         key: &GroupKey,
@@ -337,16 +421,49 @@ impl Exchange {
     ) -> GroupView {
         let group = self.group(key);
         let mut state = lock(&group.state);
-        if state.token.as_ref().is_none_or(|t| t.issued_at < issued_at) {
-            state.token = Some(GroupToken {
-                access_token: access_token.to_owned(),
-                issued_at,
-                expires_at,
-                serial: self.next_serial(),
-                requested: false,
-            });
+        let offered = fingerprint(access_token);
+        match state.token.as_mut() {
+            Some(held) if held.issued_at == issued_at && held.fingerprint == offered => {
+                if held.text.is_none() {
+                    held.text = Some(access_token.to_owned());
+                }
+            }
+            Some(held) if held.issued_at >= issued_at => {}
+            _ => {
+                state.token = Some(Held {
+                    text: Some(access_token.to_owned()),
+                    fingerprint: offered,
+                    issued_at,
+                    expires_at,
+                    serial: self.next_serial(),
+                    requested: false,
+                });
+                state.holder = None;
+            }
         }
         view(&state)
+    }
+
+    /// Records that the Secret `holder` holds `access_token`: when that is
+    /// the group's token and the group serves one RunaiCredential (and no
+    /// ClusterRunaiCredential), the group stops keeping its text, and a
+    /// member that joins later reads it from `holder`.
+    pub fn held_in(&self, key: &GroupKey, access_token: &str, holder: TokenHolder) {
+        let Some(group) = lock(&self.groups).get(key).cloned() else {
+            return;
+        };
+        let mut state = lock(&group.state);
+        if state
+            .token
+            .as_ref()
+            .is_some_and(|held| held.fingerprint == fingerprint(access_token))
+        {
+            state.holder = Some(holder);
+            let alone = matches!(state.members.as_slice(), [(_, Member::Namespaced(_))]);
+            if alone && let Some(held) = state.token.as_mut() {
+                held.text = None;
+            }
+        }
     }
 
     fn next_serial(&self) -> u64 {
@@ -380,8 +497,13 @@ impl Exchange {
         let _flight = group.flight.lock().await;
         {
             let state = lock(&group.state);
-            if let Some(token) = state.token.as_ref().filter(|t| accept(t)) {
-                return Exchanged::Shared(token.clone());
+            if let Some(token) = state
+                .token
+                .as_ref()
+                .and_then(Held::token)
+                .filter(|t| accept(t))
+            {
+                return Exchanged::Shared(token);
             }
             if let Some(failure) = &state.failure
                 && Some(failure) != seen_failure
@@ -403,7 +525,17 @@ impl Exchange {
                 };
                 let others: Vec<Member> = {
                     let mut state = lock(&group.state);
-                    state.token = Some(token.clone());
+                    // Kept whole until a member's Secret holds it (offered
+                    // back after the write).
+                    state.token = Some(Held {
+                        text: Some(token.access_token.clone()),
+                        fingerprint: fingerprint(&token.access_token),
+                        issued_at: token.issued_at,
+                        expires_at: token.expires_at,
+                        serial: token.serial,
+                        requested: true,
+                    });
+                    state.holder = None;
                     state.failure = None;
                     state
                         .members
@@ -474,8 +606,13 @@ impl Exchange {
 }
 
 fn view(state: &GroupState) -> GroupView {
+    let token = state.token.as_ref().and_then(Held::token);
     GroupView {
-        token: state.token.clone(),
+        held_by: match (&token, &state.token) {
+            (None, Some(_)) => state.holder.clone(),
+            _ => None,
+        },
+        token,
         failure: state.failure.clone(),
         members: state.members.len(),
         settled: state
@@ -621,6 +758,75 @@ mod tests {
             .await;
         assert!(matches!(retried, Exchanged::Requested(_)), "{retried:?}");
         assert_eq!(exchange.view(&key(1)).failure, None);
+    }
+
+    #[tokio::test]
+    async fn a_group_of_one_keeps_no_text_once_its_secret_holds_it() {
+        let exchange = Exchange::new(1);
+        exchange.join("a", member("a"), &key(1));
+        let requested = exchange
+            .obtain(
+                &key(1),
+                "a",
+                |_| false,
+                None,
+                (Timestamp::now(), 0.0),
+                || async { issued("tok") },
+            )
+            .await;
+        assert!(
+            matches!(requested, Exchanged::Requested(_)),
+            "{requested:?}"
+        );
+        // Kept until written: a member joining meanwhile would need it.
+        assert!(exchange.view(&key(1)).token.is_some());
+        let holder = TokenHolder::new("ns", "a", "accessToken");
+        // Another text is not the group's token: nothing changes.
+        exchange.held_in(&key(1), "other", holder.clone());
+        assert!(exchange.view(&key(1)).token.is_some());
+        exchange.held_in(&key(1), "tok", holder.clone());
+        let view = exchange.view(&key(1));
+        assert_eq!((view.token, view.held_by.as_ref()), (None, Some(&holder)));
+        assert_eq!(
+            (holder.namespace(), holder.name(), holder.key()),
+            ("ns", "a", "accessToken")
+        );
+
+        // A joiner is pointed at the holder; the text read there is taken
+        // back without a new serial, and kept while two are served.
+        assert_eq!(
+            exchange.join("b", member("b"), &key(1)).held_by,
+            Some(holder.clone())
+        );
+        let at = Timestamp::from_second(1_000).unwrap();
+        assert!(exchange.offer(&key(1), "forged", at, None).token.is_none());
+        let back = exchange.offer(&key(1), "tok", at, None);
+        let token = back.token.expect("the text is back");
+        assert_eq!(
+            (token.access_token.as_str(), token.serial, token.requested),
+            ("tok", 1, true)
+        );
+        assert_eq!(back.held_by, None);
+        exchange.held_in(&key(1), "tok", TokenHolder::new("ns", "b", "accessToken"));
+        assert!(
+            exchange.view(&key(1)).token.is_some(),
+            "two members share it"
+        );
+    }
+
+    #[test]
+    fn a_group_with_a_cluster_member_keeps_the_text() {
+        let exchange = Exchange::new(1);
+        exchange.join("c", ObjectRef::<ClusterRunaiCredential>::new("c"), &key(1));
+        let at = Timestamp::from_second(10).unwrap();
+        exchange.offer(&key(1), "tok", at, None);
+        exchange.held_in(&key(1), "tok", TokenHolder::new("ns", "c", "accessToken"));
+        assert!(exchange.view(&key(1)).token.is_some());
+        // Positive control: a RunaiCredential alone in its group does not.
+        exchange.join("a", member("a"), &key(2));
+        exchange.offer(&key(2), "tok", at, None);
+        exchange.held_in(&key(2), "tok", TokenHolder::new("ns", "a", "accessToken"));
+        assert!(exchange.view(&key(2)).token.is_none());
     }
 
     #[test]

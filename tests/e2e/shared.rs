@@ -155,6 +155,51 @@ async fn one_application_one_exchange_across_namespaces() {
         Some(second.as_str())
     );
     assert_eq!(shared_with(namespaces[0].clone(), "seventh").await, Some(0));
+    let seventh = cluster.token("seventh", "accessToken").await.unwrap();
+
+    // An eighth of that application, in another namespace, joins once the
+    // seventh's Secret is the only copy of the token: it takes it from there,
+    // with no request.
+    put_credentials_in(
+        &cluster.client,
+        &namespaces[2],
+        "other-creds",
+        "app-other",
+        "s3cr3t-other",
+    )
+    .await;
+    let eighth: RunaiCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+        "metadata": {"name": "eighth"}, "spec": spec_for(&standin, "other-creds"),
+    }))
+    .unwrap();
+    Api::<RunaiCredential>::namespaced(cluster.client.clone(), &namespaces[2])
+        .create(&PostParams::default(), &eighth)
+        .await
+        .unwrap();
+    let eighth_token = eventually(Duration::from_secs(30), "the eighth's Secret", || async {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(cluster.client.clone(), &namespaces[2]);
+        secrets
+            .get_opt("eighth")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| {
+                s.data?
+                    .get("accessToken")
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            })
+    })
+    .await;
+    assert_eq!(eighth_token, seventh);
+    assert_eq!(standin.requests("app-other"), 1);
+    assert!(
+        controller
+            .logs()
+            .contains("taking the group's token from another member's Secret"),
+        "read from the seventh's Secret, not from memory"
+    );
 
     // A 429 with Retry-After holds back the whole group: two forced
     // refreshes in two namespaces make one request, not two.

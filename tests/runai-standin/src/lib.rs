@@ -10,8 +10,9 @@
 //!   `{"access_token","token_type","expires_in"}`, errors
 //!   `{"error","error_description"}`.
 //!
-//! Tokens are JWT-shaped (`RS256` header, `sub`, `iat`, `exp` claims, a
-//! random signature). Clients, their secrets and token lifetimes are set per
+//! Tokens are JWT-shaped (`RS256` header, the claims of a Keycloak
+//! client-credentials token with `sub`, `iat` and `exp`, a random signature;
+//! about 1.2 KB). Clients, their secrets and token lifetimes are set per
 //! test; faults can be injected; requests are counted per client.
 
 use std::{
@@ -452,13 +453,30 @@ fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
         .saturating_add_signed(skew);
     let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = enc.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string());
+    // The claims of a Keycloak client-credentials token, which Run:ai's
+    // are: a token is about 1.2 KB, as long as a real one.
     let claims = enc.encode(
         json!({
-            "sub": subject,
-            "email": format!("{subject}@stand-in.local"),
-            "iat": now,
             "exp": now + lifetime.as_secs(),
-            "jti": rand::random::<u64>().to_string(),
+            "iat": now,
+            "jti": format!("{:032x}", rand::random::<u128>()),
+            "iss": "https://stand-in.local/auth/realms/runai",
+            "aud": ["runai", "account"],
+            "sub": subject,
+            "typ": "Bearer",
+            "azp": subject,
+            "session_state": format!("{:032x}", rand::random::<u128>()),
+            "acr": "1",
+            "realm_access": {"roles": ["offline_access", "uma_authorization", "default-roles-runai"]},
+            "resource_access": {"account": {"roles": ["manage-account", "view-profile"]}},
+            "scope": "openid email profile",
+            "clientId": subject,
+            "email_verified": false,
+            "clientHost": "10.0.0.1",
+            "preferred_username": format!("service-account-{subject}"),
+            "email": format!("{subject}@stand-in.local"),
+            "tenant_id": 1001,
+            "clientAddress": "10.0.0.1",
         })
         .to_string(),
     );
