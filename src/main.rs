@@ -209,7 +209,17 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     runai_token_sync::runtime::allocator::tune_malloc();
+    // One worker thread unless `TOKIO_WORKER_THREADS` says otherwise: the
+    // work is waiting on the API server and Run:ai, and at 10,000
+    // RunaiCredentials a second worker cost about 12% more CPU in handing
+    // tasks between the two (`hack/bench.sh`), for no gain in time.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
     match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

@@ -713,7 +713,7 @@ async fn run_controllers(
                 .filter(|cr| cr.metadata.deletion_timestamp.is_none())
                 .filter(|cr| {
                     let shown = cr.status.as_ref().map(|s| s.shared_with);
-                    let members = cr.uid().and_then(|uid| ctx.exchange.settled_members_of(&uid));
+                    let members = cr.metadata.uid.as_deref().and_then(|uid| ctx.exchange.settled_members_of(uid));
                     matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
                 })
                 .map(|cr| ObjectRef::from_obj(cr.as_ref()).into())
@@ -723,7 +723,7 @@ async fn run_controllers(
                 .flat_map(|store| store.state())
                 .filter(|crc| {
                     let shown = crc.status.as_ref().map(|s| s.shared_with);
-                    let members = crc.uid().and_then(|uid| ctx.exchange.settled_members_of(&uid));
+                    let members = crc.metadata.uid.as_deref().and_then(|uid| ctx.exchange.settled_members_of(uid));
                     matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
                 })
                 .map(|crc| ObjectRef::from_obj(crc.as_ref()).into());
