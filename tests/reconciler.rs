@@ -952,6 +952,45 @@ async fn an_immutable_secret_is_replaced() {
     assert_eq!(replaced.immutable, None);
 }
 
+/// A RunaiCredential alone in its group has its token only in its Secret
+/// (the exchange keeps no copy once it is written): a replacement whose
+/// create fails after the delete must not lose it.
+#[tokio::test]
+async fn a_replacement_that_fails_after_the_delete_keeps_the_token() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let path = format!("{SECRETS}/trainer");
+    let token = api.get(&path).unwrap()["data"]["accessToken"].clone();
+    // Read and left as it is: the exchange now relies on the Secret.
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx.clone())
+        .await
+        .unwrap();
+    assert!(secret_writes(&api).is_empty());
+    // Made immutable, and a label to put back: a repair that replaces it.
+    let mut secret = api.get(&path).unwrap();
+    secret["immutable"] = json!(true);
+    secret["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("team");
+    api.put(&path, secret);
+    api.script(Method::POST, SECRETS, 500, "InternalError");
+
+    let failed = reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx.clone()).await;
+    assert!(failed.is_err(), "the create failed");
+    assert!(api.get(&path).is_none(), "deleted before the create failed");
+
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx)
+        .await
+        .unwrap();
+    assert_eq!(api.get(&path).unwrap()["data"]["accessToken"], token);
+    assert_eq!(
+        endpoint.received_requests().await.unwrap().len(),
+        1,
+        "the token is written back with no request"
+    );
+}
+
 #[tokio::test]
 async fn a_credential_being_deleted_gets_no_request_and_no_write() {
     let endpoint = token_endpoint(3600).await;

@@ -419,9 +419,10 @@ async fn exchange_token(
     }
     // The group's token is only in a RunaiCredential's Secret: read it there
     // rather than ask Run:ai again.
-    if view.token.is_none()
+    if matched > 0
+        && view.token.is_none()
         && let Some(elsewhere) = view.held_by.clone()
-        && let Some(found) = super::read_held(ctx, &elsewhere, &credentials_hash).await?
+        && let Some(found) = super::read_held(ctx, &elsewhere, &credentials_hash).await
     {
         view = ctx.exchange.offer(
             &key,
@@ -439,7 +440,7 @@ async fn exchange_token(
     let jitter: f64 = rand::random();
     let mut failure: Option<Failure> = None;
     let mut retry_at: Option<Timestamp> = None;
-    let seen_serial = view.token.as_ref().map(|t| t.serial);
+    let seen_serial = (view.serial > 0).then_some(view.serial);
     let reason = if matched == 0 {
         // No namespace to serve: no token is requested for nobody.
         None

@@ -309,7 +309,7 @@ fn suits(o: &Observed<'_>, spec: &ValidSpec, token: &GroupToken) -> bool {
 #[must_use]
 pub fn accepts(o: &Observed<'_>, reason: RefreshReason, token: &GroupToken) -> bool {
     let Ok(spec) = &o.spec else { return false };
-    let seen = group_token(o).map_or(0, |t| t.serial);
+    let seen = o.group.as_ref().map_or(0, |(_, view)| view.serial);
     match reason {
         RefreshReason::RefreshRequested => {
             token.serial > seen && token.expires_at.is_none_or(|at| at > o.now)

@@ -444,7 +444,25 @@ pub async fn reconcile_at(
                     .map_err(Error::kube("reading the target Secret"))?;
                 reclassify_target(cr, ctx, &mut observed, latest);
             }
-            Step::Finish(finish) => return finish_with(cr, ctx, *finish, now).await,
+            Step::Finish(finish) => {
+                // Nothing written this time: the Secret as read holds the
+                // token, if it is the group's.
+                if observed.written.is_none()
+                    && let Some(stored) = observed.stored.as_ref().filter(|s| {
+                        s.intact
+                            && observed
+                                .desired
+                                .credentials_hash
+                                .as_deref()
+                                .is_some_and(|h| {
+                                    secret::hashes_equal(h, &s.record.credentials_hash)
+                                })
+                    })
+                {
+                    note_held(ctx, &observed, &stored.access_token);
+                }
+                return finish_with(cr, ctx, *finish, now).await;
+            }
             Step::ReleaseOldTargets => {
                 let secrets: Api<Secret> =
                     Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
@@ -486,14 +504,7 @@ pub async fn reconcile_at(
                 ctx.end_own_write(cr, &name, result.as_ref().ok().cloned().flatten());
                 match result {
                     Ok(_) => {
-                        if let Some((key, _)) = &observed.group {
-                            let holder = TokenHolder::new(
-                                &cr.namespace().unwrap_or_default(),
-                                &name,
-                                &cr.spec.target.key,
-                            );
-                            ctx.exchange.held_in(key, &token, holder);
-                        }
+                        note_held(ctx, &observed, &token);
                         observed.written = Some(Ok(()));
                     }
                     // The target was read from the cache and has changed
@@ -667,26 +678,26 @@ async fn observe<'a>(
                     stored.record.expires_at,
                 );
             }
-            // The group's token is only in another member's Secret: read it
-            // there rather than ask Run:ai again.
-            let holder = TokenHolder::new(&namespace, &secret_name, &cr.spec.target.key);
-            if let Some(elsewhere) = view.held_by.clone().filter(|h| *h != holder)
-                && let Some(found) = read_held(ctx, &elsewhere, hash).await?
+            // The group's token is only in a Secret: another member's, or
+            // this one's own when the cache has not shown its last write yet.
+            // Read it there, from etcd, rather than ask Run:ai again.
+            if view.token.is_none()
+                && let Some(holder) = view.held_by.clone()
+                && let Some(found) = read_held(ctx, &holder, hash).await
             {
-                info!(
-                    namespace = elsewhere.namespace(),
-                    secret = elsewhere.name(),
-                    "taking the group's token from another member's Secret"
-                );
+                if holder != own_holder(cr) {
+                    info!(
+                        namespace = holder.namespace(),
+                        secret = holder.name(),
+                        "taking the group's token from another member's Secret"
+                    );
+                }
                 view = ctx.exchange.offer(
                     &key,
                     &found.access_token,
                     found.record.issued_at,
                     found.record.expires_at,
                 );
-            }
-            if let Some(stored) = own {
-                ctx.exchange.held_in(&key, &stored.access_token, holder);
             }
             Some((key, view))
         }
@@ -749,30 +760,56 @@ async fn get_secret(
     }
 }
 
-/// Reads the token of a group from the Secret `holder` (another member's),
-/// from etcd, as it may have just been written; `None` when that Secret no
-/// longer holds an intact token of the credentials hashed `hash`.
-///
-/// # Errors
-///
-/// [`Error::Kube`] when the API server refuses the read (other than 404).
-async fn read_held(
-    ctx: &Context,
-    holder: &TokenHolder,
-    hash: &str,
-) -> Result<Option<secret::StoredToken>, Error> {
+/// Reads the token of a group from the Secret `holder`, from etcd, as it may
+/// have just been written; `None` when that Secret no longer holds an intact
+/// token of the credentials hashed `hash`, or cannot be read (logged: the
+/// caller then does without the group's token, as with none).
+async fn read_held(ctx: &Context, holder: &TokenHolder, hash: &str) -> Option<secret::StoredToken> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), holder.namespace());
-    let found = get_secret(&secrets, holder.name(), Read::Latest)
-        .await
-        .map_err(Error::kube(
-            "reading the Secret of another member of the group",
-        ))?;
-    Ok(found
+    let found = match get_secret(&secrets, holder.name(), Read::Latest).await {
+        Ok(found) => found,
+        Err(err) => {
+            warn!(
+                namespace = holder.namespace(),
+                secret = holder.name(),
+                error = %err,
+                "could not read the Secret that holds the group's token"
+            );
+            return None;
+        }
+    };
+    found
         .filter(|s| {
             s.labels().get(secret::MANAGED_BY_LABEL).map(String::as_str) == Some(secret::MANAGED_BY)
         })
         .and_then(|s| secret::stored_token(&s, holder.key(), &ctx.hash_key))
-        .filter(|t| t.intact && secret::hashes_equal(hash, &t.record.credentials_hash)))
+        .filter(|t| t.intact && secret::hashes_equal(hash, &t.record.credentials_hash))
+}
+
+/// Where this RunaiCredential's token is kept: its target Secret, under its
+/// key.
+fn own_holder(cr: &RunaiCredential) -> TokenHolder {
+    TokenHolder::new(
+        &cr.namespace().unwrap_or_default(),
+        &cr.target_secret_name(),
+        &cr.spec.target.key,
+    )
+}
+
+/// Tells the exchange that this RunaiCredential's target Secret holds
+/// `access_token`, once that is known to be so (written, or read and left as
+/// it is): a group of one then keeps no copy of it in memory. Never before a
+/// write that may fail, so that a failed write never loses the only copy of
+/// a valid token.
+fn note_held(ctx: &Context, observed: &Observed<'_>, access_token: &str) {
+    if let Some((key, _)) = &observed.group {
+        ctx.exchange.held_in(
+            key,
+            &uid_of(observed.cr),
+            access_token,
+            own_holder(observed.cr),
+        );
+    }
 }
 
 /// Reads the group again (after a request failed or was held back).

@@ -168,6 +168,9 @@ pub struct GroupView {
     /// The group has a token whose text it does not keep: the Secret that
     /// holds it (see the module's documentation).
     pub held_by: Option<TokenHolder>,
+    /// The serial of the group's token, whether or not its text is kept; 0
+    /// for none.
+    pub serial: u64,
     pub failure: Option<GroupFailure>,
     /// How many RunaiCredentials the group serves, this one included.
     pub members: usize,
@@ -444,11 +447,11 @@ impl Exchange {
         view(&state)
     }
 
-    /// Records that the Secret `holder` holds `access_token`: when that is
-    /// the group's token and the group serves one RunaiCredential (and no
-    /// ClusterRunaiCredential), the group stops keeping its text, and a
-    /// member that joins later reads it from `holder`.
-    pub fn held_in(&self, key: &GroupKey, access_token: &str, holder: TokenHolder) {
+    /// Records that the Secret `holder` of the member `uid` holds
+    /// `access_token`: when that is the group's token and `uid` is the one
+    /// member of the group (a RunaiCredential), the group stops keeping its
+    /// text, and a member that joins later reads it from `holder`.
+    pub fn held_in(&self, key: &GroupKey, uid: &str, access_token: &str, holder: TokenHolder) {
         let Some(group) = lock(&self.groups).get(key).cloned() else {
             return;
         };
@@ -459,7 +462,7 @@ impl Exchange {
             .is_some_and(|held| held.fingerprint == fingerprint(access_token))
         {
             state.holder = Some(holder);
-            let alone = matches!(state.members.as_slice(), [(_, Member::Namespaced(_))]);
+            let alone = matches!(state.members.as_slice(), [(only, Member::Namespaced(_))] if **only == *uid);
             if alone && let Some(held) = state.token.as_mut() {
                 held.text = None;
             }
@@ -612,6 +615,7 @@ fn view(state: &GroupState) -> GroupView {
             (None, Some(_)) => state.holder.clone(),
             _ => None,
         },
+        serial: state.token.as_ref().map_or(0, |held| held.serial),
         token,
         failure: state.failure.clone(),
         members: state.members.len(),
@@ -781,12 +785,22 @@ mod tests {
         // Kept until written: a member joining meanwhile would need it.
         assert!(exchange.view(&key(1)).token.is_some());
         let holder = TokenHolder::new("ns", "a", "accessToken");
-        // Another text is not the group's token: nothing changes.
-        exchange.held_in(&key(1), "other", holder.clone());
+        // Only the one member's own Secret counts (a member that just left
+        // may still be finishing its write).
+        exchange.held_in(
+            &key(1),
+            "gone",
+            "tok",
+            TokenHolder::new("ns", "gone", "accessToken"),
+        );
         assert!(exchange.view(&key(1)).token.is_some());
-        exchange.held_in(&key(1), "tok", holder.clone());
+        // Another text is not the group's token: nothing changes.
+        exchange.held_in(&key(1), "a", "other", holder.clone());
+        assert!(exchange.view(&key(1)).token.is_some());
+        exchange.held_in(&key(1), "a", "tok", holder.clone());
         let view = exchange.view(&key(1));
         assert_eq!((view.token, view.held_by.as_ref()), (None, Some(&holder)));
+        assert_eq!(view.serial, 1, "which token it was is still known");
         assert_eq!(
             (holder.namespace(), holder.name(), holder.key()),
             ("ns", "a", "accessToken")
@@ -807,7 +821,12 @@ mod tests {
             ("tok", 1, true)
         );
         assert_eq!(back.held_by, None);
-        exchange.held_in(&key(1), "tok", TokenHolder::new("ns", "b", "accessToken"));
+        exchange.held_in(
+            &key(1),
+            "b",
+            "tok",
+            TokenHolder::new("ns", "b", "accessToken"),
+        );
         assert!(
             exchange.view(&key(1)).token.is_some(),
             "two members share it"
@@ -820,12 +839,22 @@ mod tests {
         exchange.join("c", ObjectRef::<ClusterRunaiCredential>::new("c"), &key(1));
         let at = Timestamp::from_second(10).unwrap();
         exchange.offer(&key(1), "tok", at, None);
-        exchange.held_in(&key(1), "tok", TokenHolder::new("ns", "c", "accessToken"));
+        exchange.held_in(
+            &key(1),
+            "c",
+            "tok",
+            TokenHolder::new("ns", "c", "accessToken"),
+        );
         assert!(exchange.view(&key(1)).token.is_some());
         // Positive control: a RunaiCredential alone in its group does not.
         exchange.join("a", member("a"), &key(2));
         exchange.offer(&key(2), "tok", at, None);
-        exchange.held_in(&key(2), "tok", TokenHolder::new("ns", "a", "accessToken"));
+        exchange.held_in(
+            &key(2),
+            "a",
+            "tok",
+            TokenHolder::new("ns", "a", "accessToken"),
+        );
         assert!(exchange.view(&key(2)).token.is_none());
     }
 

@@ -122,6 +122,13 @@ fn condition<'a>(
         .unwrap()
 }
 
+/// Gives the group of `o` the token `token`, its text kept.
+fn give_group(o: &mut Observed<'_>, token: GroupToken) {
+    let view = &mut o.group.as_mut().unwrap().1;
+    view.serial = token.serial;
+    view.token = Some(token);
+}
+
 fn group_token(token: &str, issued: Timestamp, lifetime: i64, serial: u64) -> GroupToken {
     GroupToken {
         access_token: token.into(),
@@ -277,6 +284,7 @@ fn a_newer_token_of_the_group_is_written_without_a_request_or_an_event() {
     let view = &mut o.group.as_mut().unwrap().1;
     view.members = 6;
     view.token = Some(group_token("tok-2", now() - secs(5), 3600, 7));
+    view.serial = 7;
     match decide(&o) {
         Step::WriteSecret { token, repair, .. } => {
             assert_eq!((token.as_str(), repair), ("tok-2", false))
@@ -296,7 +304,7 @@ fn a_newer_token_of_the_group_is_written_without_a_request_or_an_event() {
         "tok-1",
         record(&k, now() - secs(60), 3600),
     );
-    o.group.as_mut().unwrap().1.token = Some(group_token("tok-1", now() - secs(60), 3600, 7));
+    give_group(&mut o, group_token("tok-1", now() - secs(60), 3600, 7));
     assert_eq!(finish(decide(&o)).note, Note::Fresh);
 }
 
@@ -304,7 +312,7 @@ fn a_newer_token_of_the_group_is_written_without_a_request_or_an_event() {
 fn a_member_that_joins_takes_the_groups_fresh_token() {
     let (cr, k) = (credential(), key());
     let mut o = observed(&cr, &k);
-    o.group.as_mut().unwrap().1.token = Some(group_token("tok-g", now() - secs(60), 3600, 3));
+    give_group(&mut o, group_token("tok-g", now() - secs(60), 3600, 3));
     match decide(&o) {
         Step::WriteSecret { token, .. } => assert_eq!(token, "tok-g"),
         other => panic!("{other:?}"),
@@ -317,7 +325,7 @@ fn the_shortest_refresh_interval_of_a_group_wins() {
     cr.spec.refresh_interval = Some("5m".into());
     let mut o = observed(&cr, &k);
     // Ten minutes old: fresh for the group, due for this member.
-    o.group.as_mut().unwrap().1.token = Some(group_token("tok-g", now() - secs(600), 3600, 3));
+    give_group(&mut o, group_token("tok-g", now() - secs(600), 3600, 3));
     o.namespace_terminating = Some(false);
     assert!(matches!(
         decide(&o),
@@ -349,7 +357,7 @@ fn a_refresh_request_needs_a_newer_token_than_the_group_had() {
         "tok-1",
         record(&k, now() - secs(60), 3600),
     );
-    o.group.as_mut().unwrap().1.token = Some(group_token("tok-1", now() - secs(60), 3600, 3));
+    give_group(&mut o, group_token("tok-1", now() - secs(60), 3600, 3));
     o.namespace_terminating = Some(false);
     assert!(matches!(
         decide(&o),
@@ -360,6 +368,18 @@ fn a_refresh_request_needs_a_newer_token_than_the_group_had() {
     let seen = o.group.as_ref().unwrap().1.token.clone().unwrap();
     assert!(!accepts(&o, RefreshReason::RefreshRequested, &seen));
     // Another member's forced refresh that finished meanwhile serves this one.
+    assert!(accepts(
+        &o,
+        RefreshReason::RefreshRequested,
+        &group_token("tok-2", now(), 3600, 4)
+    ));
+    // A group that keeps no text (its token is only in a Secret) still
+    // tells which token was seen: that one, its text read back meanwhile,
+    // does not answer the request.
+    let view = &mut o.group.as_mut().unwrap().1;
+    view.token = None;
+    assert_eq!(view.serial, 3);
+    assert!(!accepts(&o, RefreshReason::RefreshRequested, &seen));
     assert!(accepts(
         &o,
         RefreshReason::RefreshRequested,
@@ -575,10 +595,13 @@ fn a_routine_refresh_is_requested_when_due_and_not_announced() {
         "tok-1",
         record(&k, now() - secs(3000), 3600),
     );
-    o.group.as_mut().unwrap().1.token = Some(GroupToken {
-        requested: false,
-        ..group_token("tok-1", now() - secs(3000), 3600, 1)
-    });
+    give_group(
+        &mut o,
+        GroupToken {
+            requested: false,
+            ..group_token("tok-1", now() - secs(3000), 3600, 1)
+        },
+    );
     o.namespace_terminating = Some(false);
     // The group's token is the one that is due: not taken again.
     assert!(matches!(
