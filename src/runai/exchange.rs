@@ -836,26 +836,23 @@ mod tests {
     #[test]
     fn a_group_with_a_cluster_member_keeps_the_text() {
         let exchange = Exchange::new(1);
+        // `uid`'s Secret holds the group's token: is the text still kept?
+        let kept_after_held_in = |group: u8, uid: &str| {
+            exchange.offer(
+                &key(group),
+                "tok",
+                Timestamp::from_second(10).unwrap(),
+                None,
+            );
+            let holder = TokenHolder::new("ns", uid, "accessToken");
+            exchange.held_in(&key(group), uid, "tok", holder);
+            exchange.view(&key(group)).token.is_some()
+        };
         exchange.join("c", ObjectRef::<ClusterRunaiCredential>::new("c"), &key(1));
-        let at = Timestamp::from_second(10).unwrap();
-        exchange.offer(&key(1), "tok", at, None);
-        exchange.held_in(
-            &key(1),
-            "c",
-            "tok",
-            TokenHolder::new("ns", "c", "accessToken"),
-        );
-        assert!(exchange.view(&key(1)).token.is_some());
+        assert!(kept_after_held_in(1, "c"));
         // Positive control: a RunaiCredential alone in its group does not.
         exchange.join("a", member("a"), &key(2));
-        exchange.offer(&key(2), "tok", at, None);
-        exchange.held_in(
-            &key(2),
-            "a",
-            "tok",
-            TokenHolder::new("ns", "a", "accessToken"),
-        );
-        assert!(exchange.view(&key(2)).token.is_none());
+        assert!(!kept_after_held_in(2, "a"));
     }
 
     #[test]
