@@ -410,12 +410,7 @@ async fn exchange_token(
             handled_request = kept.record.refresh_request.clone();
         }
         // Kept by the exchange only when newer than what it holds.
-        view = ctx.exchange.offer(
-            &key,
-            &kept.access_token,
-            kept.record.issued_at,
-            kept.record.expires_at,
-        );
+        view = super::offer_stored(ctx, &key, kept);
     }
     // The group's token is only in a RunaiCredential's Secret: read it there
     // rather than ask Run:ai again.
@@ -424,12 +419,7 @@ async fn exchange_token(
         && let Some(elsewhere) = view.held_by.clone()
         && let Some(found) = super::read_held(ctx, &elsewhere, &credentials_hash).await
     {
-        view = ctx.exchange.offer(
-            &key,
-            &found.access_token,
-            found.record.issued_at,
-            found.record.expires_at,
-        );
+        view = super::offer_stored(ctx, &key, &found);
     }
     // A refresh request is answered once: by a token newer than the group's
     // when it was seen, whether or not any Secret could take it.

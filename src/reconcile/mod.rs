@@ -41,7 +41,7 @@ use crate::{
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
     runai::client::TokenClients,
-    runai::exchange::{Exchange, Exchanged, GroupFailure, GroupKey, TokenHolder},
+    runai::exchange::{Exchange, Exchanged, GroupFailure, GroupKey, GroupView, TokenHolder},
     runtime::metrics::Metrics,
     token::schedule::{self, Backoff, Desired},
 };
@@ -448,16 +448,7 @@ pub async fn reconcile_at(
                 // Nothing written this time: the Secret as read holds the
                 // token, if it is the group's.
                 if observed.written.is_none()
-                    && let Some(stored) = observed.stored.as_ref().filter(|s| {
-                        s.intact
-                            && observed
-                                .desired
-                                .credentials_hash
-                                .as_deref()
-                                .is_some_and(|h| {
-                                    secret::hashes_equal(h, &s.record.credentials_hash)
-                                })
-                    })
+                    && let Some(stored) = own_stored(&observed)
                 {
                     note_held(ctx, &observed, &stored.access_token);
                 }
@@ -664,19 +655,10 @@ async fn observe<'a>(
             let member: ObjectRef<RunaiCredential> =
                 ObjectRef::new(&cr.name_any()).within(&namespace);
             let mut view = ctx.exchange.join(&uid, member, &key);
-            let own = observed
-                .stored
-                .as_ref()
-                .filter(|s| s.intact && secret::hashes_equal(hash, &s.record.credentials_hash));
             // After a restart, the members' Secrets seed their group (kept
             // by the exchange only when newer than what it holds).
-            if let Some(stored) = own {
-                view = ctx.exchange.offer(
-                    &key,
-                    &stored.access_token,
-                    stored.record.issued_at,
-                    stored.record.expires_at,
-                );
+            if let Some(stored) = own_stored(&observed) {
+                view = offer_stored(ctx, &key, stored);
             }
             // The group's token is only in a Secret: another member's, or
             // this one's own when the cache has not shown its last write yet.
@@ -692,12 +674,7 @@ async fn observe<'a>(
                         "taking the group's token from another member's Secret"
                     );
                 }
-                view = ctx.exchange.offer(
-                    &key,
-                    &found.access_token,
-                    found.record.issued_at,
-                    found.record.expires_at,
-                );
+                view = offer_stored(ctx, &key, &found);
             }
             Some((key, view))
         }
@@ -784,6 +761,27 @@ async fn read_held(ctx: &Context, holder: &TokenHolder, hash: &str) -> Option<se
         })
         .and_then(|s| secret::stored_token(&s, holder.key(), &ctx.hash_key))
         .filter(|t| t.intact && secret::hashes_equal(hash, &t.record.credentials_hash))
+}
+
+/// The token in this RunaiCredential's own target Secret, when it is intact
+/// and of the credentials read now (so possibly the group's).
+fn own_stored<'o>(observed: &'o Observed<'_>) -> Option<&'o secret::StoredToken> {
+    let hash = observed.desired.credentials_hash.as_deref()?;
+    observed
+        .stored
+        .as_ref()
+        .filter(|s| s.intact && secret::hashes_equal(hash, &s.record.credentials_hash))
+}
+
+/// Offers a token read from a Secret to the group `key` (see
+/// [`Exchange::offer`]).
+fn offer_stored(ctx: &Context, key: &GroupKey, stored: &secret::StoredToken) -> GroupView {
+    ctx.exchange.offer(
+        key,
+        &stored.access_token,
+        stored.record.issued_at,
+        stored.record.expires_at,
+    )
 }
 
 /// Where this RunaiCredential's token is kept: its target Secret, under its
