@@ -32,12 +32,19 @@ CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
 STATE="$CACHE/plane-bench"
 say() { printf '[bench] %s\n' "$*" >&2; }
 
+source hack/lib.sh
+
 pids=()
 cleanup() {
+  # Ignored, not reset: a second Ctrl-C must not stop the cleanup half way.
+  trap '' INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # The controller bench.py started, if bench.py itself was interrupted.
+  [ -f "$STATE/controller.pid" ] && kill "$(cat "$STATE/controller.pid")" 2>/dev/null
   hack/plane.sh down "$STATE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 say "building release binaries"
 cargo build --release --quiet --bins -p runai-token-sync -p runai-standin
@@ -57,7 +64,7 @@ echo $! > "$STATE/standin.pid"
 for _ in $(seq 1 100); do [ -s "$STATE/standin-url" ] && break; sleep 0.1; done
 [ -s "$STATE/standin-url" ] || { say "the stand-in did not start:"; cat "$STATE/standin.log" >&2; exit 1; }
 target/release/runai-token-sync crd | kubectl apply -f - >/dev/null 2> >(grep -v 'version difference' >&2)
-kubectl wait --for condition=established --timeout=30s crd/runaicredentials.tokensync.dev >/dev/null
+wait_crd_served runaicredentials.tokensync.dev
 
 python3 hack/bench.py --count "$COUNT" --clients "$CLIENTS" --probes "$PROBES" \
   --server "https://127.0.0.1:$(cat "$STATE/apiserver.port")" \

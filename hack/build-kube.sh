@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian's
-# `kubernetes` source package into a cache outside the checkout, and installs
-# the Debian packages the local control plane needs. Does nothing when the
-# binaries are already cached.
+# Builds the local control plane's binaries from their Go modules and caches
+# them outside the checkout, one folder per version:
+#   $CACHE/kube-vX.Y.Z/{kube-apiserver,kube-controller-manager}
+#   $CACHE/etcd-vA.B.C/etcd
+#
+#   hack/build-kube.sh [KUBE_VERSION]
+#
+# KUBE_VERSION defaults to $KUBE_VERSION or 1.37.2. Prints, on its last line of
+# stdout, the folder holding all three binaries (etcd linked in), so that
+# `BIN=$(hack/build-kube.sh)` is all a caller needs. Idempotent: does nothing
+# when they are cached.
+#
+# Without KUBE_VERSION set, a version the Go module proxy refuses falls back
+# to the next older one of DEFAULT_VERSIONS, saying which module was refused.
+#
+# Why not `go install k8s.io/kubernetes/cmd/kube-apiserver@vX`: that module's
+# go.mod replaces its staging modules (k8s.io/api, k8s.io/apiserver, ...) by
+# `./staging/...` folders that are not in the module zip. A throwaway main
+# module requires k8s.io/kubernetes and replaces each staging module by its
+# own release (v0.Y.Z), read from that version's go.mod as the proxy serves
+# it.
 set -euo pipefail
 
 CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
-BIN="$CACHE/kube-v1.20.2"
-SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+DEFAULT_VERSIONS=(1.37.2 1.36.3 1.35.4 1.34.4)
+# Go's caches for these builds live beside the binaries, so that removing
+# $CACHE removes all of it.
+export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go/path"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 
 log() { printf '[build-kube] %s\n' "$*" >&2; }
 
@@ -25,50 +46,115 @@ install_packages() {
   fi
 }
 
-install_packages etcd-server openssl curl ca-certificates
+# Prefixes every line of a build's output, so that progress shows as it goes.
+progress() { sed -u 's/^/[build-kube]   /' >&2; }
 
-if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ]; then
-  exit 0
+build_etcd() {
+  local out="$CACHE/etcd-v$ETCD_VERSION"
+  [ -x "$out/etcd" ] && return 0
+  log "building etcd v$ETCD_VERSION from go.etcd.io/etcd/server/v3 (once; about 2 minutes, 30 MB)"
+  local work; work=$(mktemp -d "$CACHE/etcd-build.XXXXXX")
+  (
+    cd "$work"
+    go mod init local/etcd-build >/dev/null 2>&1
+    # In a module that only requires etcd, the server's own `replace` lines
+    # do not apply; its go.mod's requirements resolve from the proxy.
+    go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" 2>&1 | progress
+    [ "${PIPESTATUS[0]}" -eq 0 ]
+    go build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3
+  ) || { rm -rf "$work"; return 1; }
+  mkdir -p "$out"
+  mv "$work/etcd" "$out/etcd.tmp" && mv "$out/etcd.tmp" "$out/etcd"
+  rm -rf "$work"
+  log "etcd v$ETCD_VERSION: $out/etcd"
+}
+
+# Builds kube-apiserver and kube-controller-manager of one version. Returns 3
+# when the proxy refuses a module (the caller may fall back), 1 on any other
+# failure.
+build_kube() {
+  local version=$1 out="$CACHE/kube-v$1"
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ]; then return 0; fi
+  local minor=${version#*.}; minor=${minor%%.*}
+  local staging="0.${version#*.}"
+  log "building kube-apiserver and kube-controller-manager v$version from the Go module proxy"
+  log "once per machine and version: about 10 minutes on 2 cores, 250 MB of binaries, about 5 GB of Go caches in $CACHE/go"
+  local work; work=$(mktemp -d "$CACHE/kube-build.XXXXXX")
+  local rc=0
+  (
+    cd "$work"
+    go mod init local/kube-build >/dev/null 2>&1
+    log "fetching k8s.io/kubernetes@v$version's go.mod"
+    local modfile
+    modfile=$(go mod download -json "k8s.io/kubernetes@v$version" 2>"$work/download.err" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin).get("GoMod",""))') || true
+    if [ -z "$modfile" ] || [ ! -f "$modfile" ]; then
+      log "the Go module proxy refused k8s.io/kubernetes@v$version: $(tr '\n' ' ' < "$work/download.err")"
+      exit 3
+    fi
+    go mod edit -require="k8s.io/kubernetes@v$version"
+    # Every staging module that go.mod replaces by ./staging/..., replaced
+    # here by its own release.
+    local mods
+    mods=$(sed -nE 's#^[[:space:]]*(replace[[:space:]]+)?(k8s\.io/[A-Za-z0-9._/-]+)[[:space:]]+=>[[:space:]]+\./staging/.*#\2#p' "$modfile")
+    [ -n "$mods" ] || { log "no staging modules found in $modfile"; exit 1; }
+    log "replacing $(echo "$mods" | wc -l) staging modules by their v$staging releases"
+    local m
+    for m in $mods; do go mod edit -replace="$m=$m@v$staging"; done
+    local godebug
+    godebug=$(sed -nE 's/^godebug[[:space:]]+(.*)$/\1/p' "$modfile" | head -n1)
+    [ -z "$godebug" ] || go mod edit -godebug="$godebug"
+    log "resolving dependencies (downloads only)"
+    if ! go list -deps k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      >/dev/null 2>"$work/list.err"; then
+      if grep -qE '(404|410) Not Found|not found: |unknown revision|invalid version' "$work/list.err"; then
+        log "the Go module proxy refused a module needed by v$version:"
+        grep -E '(404|410) Not Found|not found: |unknown revision|invalid version' "$work/list.err" | head -n 5 | progress
+        exit 3
+      fi
+      progress < "$work/list.err"; exit 1
+    fi
+    local ld="-s -w" pkg
+    local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld+=" -X $pkg.gitVersion=v$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      ld+=" -X $pkg.gitCommit=v$version -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+    done
+    log "compiling (each package is listed as it is built)"
+    go build -v -trimpath -pgo=off -ldflags "$ld" -o "$work/bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager 2>&1 \
+      | awk '{ n++; if (n % 25 == 0 || $0 !~ /^[a-z0-9.\/_-]+$/) { print "(" n " packages) " $0; fflush() } }' | progress
+    [ -x "$work/bin/kube-apiserver" ] && [ -x "$work/bin/kube-controller-manager" ]
+  ) || rc=$?
+  if [ "$rc" -ne 0 ]; then rm -rf "$work"; return "$rc"; fi
+  mkdir -p "$out"
+  mv "$work/bin/kube-apiserver" "$work/bin/kube-controller-manager" "$out/"
+  rm -rf "$work"
+  log "kube v$version: $out"
+}
+
+install_packages openssl curl ca-certificates python3
+mkdir -p "$CACHE"
+command -v go >/dev/null || { log "Go is needed (go1.26 or later) to build the control plane"; exit 1; }
+
+if [ -n "${KUBE_VERSION:-${1:-}}" ]; then
+  candidates=("${KUBE_VERSION:-$1}")
+else
+  candidates=("${DEFAULT_VERSIONS[@]}")
 fi
 
-install_packages golang-1.19-go golang-github-modern-go-reflect2-dev make rsync dpkg-dev xz-utils
-
-log "building kube-apiserver and kube-controller-manager v1.20.2 from Debian's source package"
-log "this happens once per machine and takes about 5-10 minutes on 2 cores; the result is cached in $BIN"
-
-WORK="$CACHE/build"
-rm -rf "$WORK"
-mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/src"
-cat > "$WORK/apt/sources.list" <<SRC
-deb-src http://deb.debian.org/debian bookworm main
-deb-src http://deb.debian.org/debian-security bookworm-security main
-SRC
-APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cache" -o "APT::Sandbox::User=root")
-log "fetching the source package"
-apt-get "${APT_OPTS[@]}" update -qq
-(cd "$WORK/src" && apt-get "${APT_OPTS[@]}" source --download-only -qq "kubernetes=$SRC_VERSION")
-orig=$(ls "$WORK/src"/kubernetes_*.orig.tar.* | head -n1)
-log "unpacking $(basename "$orig")"
-mkdir -p "$WORK/tree"
-tar -xf "$orig" -C "$WORK/tree" --strip-components=1
-
-# The vendored reflect2 v1.0.1 crashes under Go >= 1.18 on the first
-# custom-resource write; Debian's v1.0.2 copy fixes it.
-rm -rf "$WORK/tree/vendor/github.com/modern-go/reflect2"
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$WORK/tree/vendor/github.com/modern-go/reflect2"
-
-log "compiling (progress below)"
-(
-  cd "$WORK/tree"
-  export PATH="/usr/lib/go-1.19/bin:$PATH" GOPROXY=off GOFLAGS=-mod=vendor \
-    KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" \
-    KUBE_BUILD_PLATFORMS=linux/amd64 GOLDFLAGS="-s -w"
-) 2>&1 | sed -u 's/^/[build-kube]   /' >&2
-
-mkdir -p "$BIN"
-cp "$WORK/tree/_output/local/bin/linux/amd64/kube-apiserver" \
-   "$WORK/tree/_output/local/bin/linux/amd64/kube-controller-manager" "$BIN/"
-rm -rf "$WORK"
-log "done: $BIN"
+built=""
+for v in "${candidates[@]}"; do
+  v=${v#v}
+  rc=0; build_kube "$v" || rc=$?
+  if [ "$rc" -eq 0 ]; then built=$v; break; fi
+  if [ "$rc" -eq 3 ] && [ "${#candidates[@]}" -gt 1 ]; then
+    log "falling back from v$v to the next older version"
+    continue
+  fi
+  log "building Kubernetes v$v failed"; exit 1
+done
+[ -n "$built" ] || { log "no Kubernetes version of ${candidates[*]} could be built"; exit 1; }
+build_etcd
+ln -sfn "../etcd-v$ETCD_VERSION/etcd" "$CACHE/kube-v$built/etcd"
+echo "$CACHE/kube-v$built"

@@ -14,6 +14,18 @@ PATH="$(hack/tools.sh):$PATH"
 export PATH
 export RUNAI_TOKEN_SYNC_CHAOS_SECONDS="${1:-300}"
 hack/build-kube.sh >&2
+# The test's own plane goes here, and is stopped here however the run ends.
+RUNAI_TOKEN_SYNC_OWN_PLANES="$(mktemp -d "${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}/chaos.XXXXXX")"
+export RUNAI_TOKEN_SYNC_OWN_PLANES
+cleanup() {
+  trap '' INT TERM
+  for own in "$RUNAI_TOKEN_SYNC_OWN_PLANES"/plane-own-*; do
+    [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1
+  done
+  rm -rf "$RUNAI_TOKEN_SYNC_OWN_PLANES"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 cargo build --bin runai-token-sync >&2
 # The plane is the test's own; this variable only satisfies the harness.
 export RUNAI_TOKEN_SYNC_E2E_KUBECONFIG="${RUNAI_TOKEN_SYNC_E2E_KUBECONFIG:-unused}"

@@ -14,9 +14,15 @@ NS=ml-team
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
+source hack/lib.sh
+
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
+  # Ignored, not reset: a second Ctrl-C while cleaning up must not stop the
+  # cleanup half way (the plane's processes run in sessions of their own and
+  # only `hack/plane.sh down` stops them). Children inherit the ignore.
+  trap '' INT TERM
+  trap - EXIT
   say "cleaning up"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -28,8 +34,8 @@ trap 'exit 130' INT TERM
 say "building the controller and the Run:ai stand-in"
 cargo build --workspace --bins
 
-if [ ! -x "$CACHE/kube-v1.20.2/kube-apiserver" ]; then
-  say "first run on this machine: building kube-apiserver and kube-controller-manager from Debian's source package (several minutes, once)"
+if [ ! -x "$CACHE/kube-v${KUBE_VERSION:-1.37.2}/kube-apiserver" ]; then
+  say "first run on this machine: building Kubernetes ${KUBE_VERSION:-1.37.2} and etcd from their Go modules (about 12 minutes, once)"
 fi
 PATH="$(hack/tools.sh):$PATH"
 say "starting a local Kubernetes control plane"
@@ -48,7 +54,8 @@ echo "Run:ai stand-in at $URL"
 
 say "installing the CRD"
 target/debug/runai-token-sync crd | kubectl apply -f -
-kubectl wait --for condition=established --timeout=30s crd/runaicredentials.tokensync.dev
+wait_crd_served runaicredentials.tokensync.dev
+kubectl version 2>/dev/null | grep -i server || true
 
 say "starting the controller (log: $STATE/controller.log)"
 target/debug/runai-token-sync run --controller-namespace default > "$STATE/controller.log" 2>&1 &

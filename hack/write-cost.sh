@@ -10,11 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
 STATE="$CACHE/plane-write-cost"
-trap 'hack/plane.sh down "$STATE" >/dev/null 2>&1 || true' EXIT
+source hack/lib.sh
+# A second Ctrl-C must not stop the cleanup half way: it ignores INT.
+trap 'trap "" INT TERM; hack/plane.sh down "$STATE" >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM
 cargo build --release --quiet --bin runai-token-sync
 PATH="$(hack/tools.sh):$PATH"
 KUBECONFIG="$(hack/plane.sh up "$STATE")"
 export KUBECONFIG PATH
 target/release/runai-token-sync crd | kubectl apply -f - >/dev/null 2> >(grep -v 'version difference' >&2)
-kubectl wait --for condition=established --timeout=30s crd/runaicredentials.tokensync.dev >/dev/null
+wait_crd_served runaicredentials.tokensync.dev
 python3 hack/write-cost.py --state "$STATE" --count "${1:-1500}"

@@ -365,3 +365,157 @@ fn the_plain_manifests_are_rendered_from_the_chart() {
 fn the_dockerfile_passes_hadolint() {
     run("hadolint", &["Dockerfile"]);
 }
+
+/// Runs a tool from PATH in the repository root: whether it succeeded, and
+/// what it printed (stdout, then stderr).
+fn outcome(tool: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(tool)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}); hack/test.sh installs it (hack/tools.sh)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// A folder of this test's own under the system's temporary folder.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rts-chart-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch folder");
+    dir
+}
+
+/// The Kubernetes version whose schemas the manifests are checked against:
+/// the newest the suite runs on (see the README's tested versions).
+const SCHEMA_VERSION: &str = "1.37.0";
+
+#[test]
+#[ignore = "needs helm and kubernetes-validate: run hack/test.sh"]
+fn the_manifests_validate_against_the_current_kubernetes_schemas() {
+    let dir = scratch("validate");
+    let mut files = Vec::new();
+    for (name, extra) in [
+        ("default.yaml", vec![]),
+        (
+            "watch-namespaces.yaml",
+            vec!["--set", "watchNamespaces={team-a,team-b}"],
+        ),
+    ] {
+        let mut args = vec![
+            "template",
+            "rts",
+            CHART,
+            "--namespace",
+            "rts-system",
+            "--include-crds",
+        ];
+        args.extend(extra);
+        let path = dir.join(name);
+        std::fs::write(&path, run("helm", &args)).expect("the rendering is written");
+        files.push(path.to_string_lossy().into_owned());
+    }
+    files.push("deploy/runai-token-sync.yaml".to_owned());
+    let expected_objects: usize = files
+        .iter()
+        .map(|f| objects(&std::fs::read_to_string(Path::new(ROOT).join(f)).unwrap()).len())
+        .sum();
+
+    let mut args = vec!["--strict", "-k", SCHEMA_VERSION];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, report) = outcome("kubernetes-validate", &args);
+    assert!(ok, "the manifests do not validate:\n{report}");
+    let passed = report.matches(" passed for resource ").count();
+    assert_eq!(
+        passed, expected_objects,
+        "every object must have been checked:\n{report}"
+    );
+
+    // Positive control: the validator refuses what 1.37 would refuse.
+    let mut broken = objects(&std::fs::read_to_string(dir.join("default.yaml")).unwrap());
+    let deployment = broken
+        .iter_mut()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy2"] =
+        Value::from("Always");
+    let broken_path = dir.join("broken.yaml");
+    std::fs::write(
+        &broken_path,
+        serde_yaml::to_string(deployment).expect("YAML"),
+    )
+    .unwrap();
+    let (ok, report) = outcome(
+        "kubernetes-validate",
+        &[
+            "--strict",
+            "-k",
+            SCHEMA_VERSION,
+            broken_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && report.contains("imagePullPolicy2"),
+        "an unknown field must be refused:\n{report}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+#[ignore = "needs helm and checkov: run hack/test.sh"]
+fn checkov_finds_nothing_in_the_chart_but_its_documented_exceptions() {
+    let config = format!("{CHART}/.checkov.yaml");
+    let scan = |with_exceptions: bool| {
+        let mut args = vec![
+            "-d",
+            CHART,
+            "--framework",
+            "helm",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+        ];
+        if with_exceptions {
+            args.extend(["--config-file", &config]);
+        }
+        outcome("checkov", &args)
+    };
+    let (ok, report) = scan(true);
+    assert!(
+        ok && report.contains("Failed checks: 0"),
+        "checkov finds something in the chart:\n{report}"
+    );
+
+    // Each exception carries its reason, on the line above it.
+    let text = read(&config);
+    let lines: Vec<&str> = text.lines().collect();
+    let exceptions: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let id = line.trim().strip_prefix("- ")?;
+            assert!(
+                i > 0 && lines[i - 1].trim().starts_with("# ") && lines[i - 1].len() > 20,
+                "{config}: {id} has no reason on the line above it"
+            );
+            Some(id)
+        })
+        .collect();
+    assert!(!exceptions.is_empty());
+
+    // Positive control: without them, checkov reports each of them, and an
+    // exception that no longer matches a finding is dropped.
+    let (ok, report) = scan(false);
+    assert!(!ok, "checkov must fail without the exceptions:\n{report}");
+    for id in exceptions {
+        assert!(
+            report.contains(&format!("Check: {id}:")),
+            "{id} is excepted in {config} but checkov no longer finds it; remove it:\n{report}"
+        );
+    }
+}

@@ -286,14 +286,17 @@ where
     })
 }
 
-/// Publishes an Event about `cr`; a failure to publish is logged only. A
-/// Normal Event goes out only within [`Context`]'s budget for them (a burst of
+/// Publishes an Event about the object `about` (a RunaiCredential, or a
+/// ClusterRunaiCredential: an `events.k8s.io/v1` Event about a
+/// cluster-scoped object goes to the `default` namespace, where `kubectl
+/// describe` looks for it); a failure to publish is logged only. A Normal
+/// Event goes out only within [`Context`]'s budget for them (a burst of
 /// [`super::NORMAL_EVENT_BURST`], then [`super::NORMAL_EVENTS_PER_SECOND`]), so
 /// that thousands of first tokens at a cold start do not double the API
 /// server's writes; Warnings always go out (they are spaced by the decision).
 pub(super) async fn publish(
     ctx: &Context,
-    cr: &RunaiCredential,
+    about: &k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
     reason: &str,
     note: String,
@@ -309,59 +312,7 @@ pub(super) async fn publish(
         secondary: None,
     };
     // An Event is a courtesy: failing to publish one must not fail the work.
-    if let Err(err) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
-        warn!(error = %err, "could not publish an Event");
-    }
-}
-
-/// Publishes an Event about a cluster-scoped object (a
-/// ClusterRunaiCredential) in the `default` namespace, as `kubectl describe`
-/// looks for them there. A `core/v1` Event: the `events.k8s.io/v1` API of
-/// some Kubernetes releases (1.20) refuses one whose object has no
-/// namespace. Budget and failure handling as [`publish`].
-pub(super) async fn publish_cluster(
-    ctx: &Context,
-    about: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    if type_ == EventType::Normal && !ctx.normal_event_allowed() {
-        return;
-    }
-    let now = Time(Timestamp::now());
-    let event = CoreEvent {
-        metadata: kube::api::ObjectMeta {
-            generate_name: Some(format!("{}.", about.name.as_deref().unwrap_or("object"))),
-            namespace: Some("default".to_owned()),
-            ..Default::default()
-        },
-        involved_object: about.clone(),
-        reason: Some(reason.to_owned()),
-        message: Some(note),
-        type_: Some(
-            match type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            }
-            .to_owned(),
-        ),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        source: Some(EventSource {
-            component: Some("runai-token-sync".to_owned()),
-            host: None,
-        }),
-        reporting_component: Some("runai-token-sync".to_owned()),
-        reporting_instance: std::env::var("POD_NAME").ok(),
-        action: Some("RefreshToken".to_owned()),
-        ..CoreEvent::default()
-    };
-    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), "default");
-    if let Err(err) = events.create(&PostParams::default(), &event).await {
+    if let Err(err) = ctx.recorder.publish(&event, about).await {
         warn!(error = %err, "could not publish an Event");
     }
 }

@@ -311,7 +311,7 @@ async fn reconcile_at(
         && f.attempts.is_power_of_two()
         && previous.is_none_or(|p| p.failed_attempts != f.attempts)
     {
-        act::publish_cluster(
+        act::publish(
             ctx,
             &crc.object_ref(&()),
             EventType::Warning,
@@ -332,7 +332,7 @@ async fn reconcile_at(
         .take(5)
         .collect();
     if !newly_failed.is_empty() {
-        act::publish_cluster(
+        act::publish(
             ctx,
             &crc.object_ref(&()),
             EventType::Warning,
@@ -490,7 +490,7 @@ async fn exchange_token(
                 Exchanged::Requested(t) => {
                     let first = view.token.is_none();
                     if first || requested || previous.is_some_and(|p| p.failed_attempts > 0) {
-                        act::publish_cluster(
+                        act::publish(
                             ctx,
                             &crc.object_ref(&()),
                             EventType::Normal,

@@ -947,7 +947,7 @@ async fn finish_with(
         } else {
             EventType::Normal
         };
-        act::publish(ctx, cr, type_, event.reason, event.note).await;
+        act::publish(ctx, &cr.object_ref(&()), type_, event.reason, event.note).await;
     }
     Ok(match finish.requeue {
         Requeue::OnChange => Action::await_change(),

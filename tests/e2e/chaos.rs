@@ -50,17 +50,29 @@ pub struct OwnPlane {
 }
 
 impl OwnPlane {
-    /// Starts one when the local Kubernetes binaries are there.
+    /// Starts one when the local Kubernetes binaries (of `KUBE_VERSION`,
+    /// default 1.37.2) are there. Its state folder goes under
+    /// `RUNAI_TOKEN_SYNC_OWN_PLANES` when set (`hack/test.sh` sets it and
+    /// stops every plane there when it ends, however it ends), else under
+    /// the cache.
     pub fn start() -> Option<OwnPlane> {
         let cache = std::env::var_os("RUNAI_TOKEN_SYNC_CACHE")
             .map(PathBuf::from)
             .or_else(|| {
                 std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/runai-token-sync"))
             })?;
-        if !cache.join("kube-v1.20.2/kube-apiserver").exists() {
+        let version = std::env::var("KUBE_VERSION").unwrap_or_else(|_| "1.37.2".to_owned());
+        let version = version.trim_start_matches('v');
+        if !cache
+            .join(format!("kube-v{version}/kube-apiserver"))
+            .exists()
+        {
             return None;
         }
-        let state = cache.join(format!("plane-chaos-{}", rand::random::<u32>()));
+        let parent = std::env::var_os("RUNAI_TOKEN_SYNC_OWN_PLANES")
+            .map(PathBuf::from)
+            .unwrap_or(cache);
+        let state = parent.join(format!("plane-own-{}", rand::random::<u32>()));
         let output = Command::new(plane_script())
             .args(["up", state.to_str()?])
             .output()

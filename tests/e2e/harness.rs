@@ -262,6 +262,30 @@ async fn install_one_crd(client: &Client, crd: CustomResourceDefinition) {
         },
     )
     .await;
+    // Established comes first; for a moment after it the API server may still
+    // answer 429 while the resource's storage initialises (1.28+). Ready is
+    // when a list of the resource succeeds.
+    let names = crd.spec.names;
+    let resource = kube::api::ApiResource {
+        group: crd.spec.group.clone(),
+        version: crd.spec.versions[0].name.clone(),
+        api_version: format!("{}/{}", crd.spec.group, crd.spec.versions[0].name),
+        kind: names.kind.clone(),
+        plural: names.plural.clone(),
+    };
+    let served: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    eventually(
+        Duration::from_secs(30),
+        "the CRD's resources are served",
+        || async {
+            served
+                .list_metadata(&kube::api::ListParams::default().limit(1))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
 }
 
 async fn create_namespace(client: &Client, name: &str) {
