@@ -133,8 +133,17 @@ build_kube() {
   log "kube v$version: $out"
 }
 
-install_packages openssl curl ca-certificates python3
+install_packages openssl curl ca-certificates python3 util-linux
 mkdir -p "$CACHE"
+# One build at a time per cache (a demo and a test run started together);
+# the second waits, then finds the binaries there. A build interrupted
+# earlier left its work folder: cleared under the lock.
+exec 9> "$CACHE/build.lock"
+if ! flock -n 9; then
+  log "another build is running in $CACHE; waiting for it"
+  flock 9
+fi
+rm -rf "$CACHE"/kube-build.* "$CACHE"/etcd-build.*
 command -v go >/dev/null || { log "Go is needed (go1.26 or later) to build the control plane"; exit 1; }
 
 if [ -n "${KUBE_VERSION:-${1:-}}" ]; then

@@ -65,3 +65,57 @@ fn every_field_documented(crd: serde_json::Value) {
         "fields without a description: {undocumented:?}"
     );
 }
+
+/// The `format`s of `type: integer` and `type: number` fields that
+/// Kubernetes knows (k8s.io/kube-openapi's `strfmt` registry); any other
+/// makes the API server warn "unrecognized format" on every apply of the CRD.
+const KNOWN_NUMERIC_FORMATS: [&str; 4] = ["int32", "int64", "float", "double"];
+
+/// Every numeric `format` in a schema, with its path.
+fn numeric_formats(path: &str, node: &serde_json::Value, found: &mut Vec<(String, String)>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            let numeric = matches!(
+                map.get("type").and_then(|t| t.as_str()),
+                Some("integer" | "number")
+            );
+            if let (true, Some(format)) = (numeric, map.get("format").and_then(|f| f.as_str())) {
+                found.push((path.to_owned(), format.to_owned()));
+            }
+            for (key, child) in map {
+                numeric_formats(&format!("{path}.{key}"), child, found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                numeric_formats(&format!("{path}[{i}]"), child, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_integer_format_is_one_kubernetes_knows() {
+    for crd in [
+        runai_token_sync::api::crd(),
+        runai_token_sync::api::cluster_crd(),
+    ] {
+        let mut found = Vec::new();
+        numeric_formats("", &serde_json::to_value(&crd).unwrap(), &mut found);
+        // Positive control: the counters (failedAttempts, sharedWith) and
+        // observedGeneration carry a format, so the walk does see them.
+        assert!(
+            found.iter().any(|(p, _)| p.ends_with("failedAttempts")),
+            "{found:?}"
+        );
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|(_, f)| !KNOWN_NUMERIC_FORMATS.contains(&f.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats Kubernetes does not know: {unknown:?}"
+        );
+    }
+}

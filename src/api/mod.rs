@@ -370,38 +370,56 @@ impl RunaiCredential {
 
 /// The CRD generated from the types.
 ///
-/// `nullable` is dropped from the schema: API servers publish a nullable field
-/// without its type in OpenAPI v2, so `kubectl explain` would show `<>` for
-/// every optional field. Optional fields stay optional, and a `null` sent for
-/// one is pruned by the API server.
+/// Two changes to what schemars writes (see [`for_kubernetes`]):
+/// `nullable` is dropped from the schema, and integer formats Kubernetes
+/// does not know become `int64`.
 pub fn crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    without_nullable(<RunaiCredential as kube::CustomResourceExt>::crd())
+    for_kubernetes(<RunaiCredential as kube::CustomResourceExt>::crd())
 }
 
 /// The ClusterRunaiCredential CRD, generated from the types.
 pub fn cluster_crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    without_nullable(<ClusterRunaiCredential as kube::CustomResourceExt>::crd())
+    for_kubernetes(<ClusterRunaiCredential as kube::CustomResourceExt>::crd())
 }
 
-/// A CRD without the `nullable` marks schemars puts on optional fields: a
-/// field is either set or absent, never null.
-fn without_nullable(
+/// A CRD as the API server takes it without a warning:
+///
+/// - without the `nullable` marks schemars puts on optional fields: API
+///   servers publish a nullable field without its type in OpenAPI v2, so
+///   `kubectl explain` would show `<>` for every optional field. Optional
+///   fields stay optional (set or absent, never null), and a `null` sent for
+///   one is pruned by the API server.
+/// - with the integer formats schemars writes for Rust's unsigned and small
+///   integers (`uint32`, ...) replaced by `int64`, which holds each of their
+///   values: Kubernetes knows only `int32` and `int64` among integer formats
+///   (the list is k8s.io/kube-openapi's `strfmt` registry) and warns about
+///   any other on every apply of the CRD ("unrecognized format"). The
+///   `minimum` schemars writes for unsigned types stays.
+fn for_kubernetes(
     crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    fn strip_nullable(value: &mut serde_json::Value) {
+    fn clean(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
                 map.remove("nullable");
-                map.values_mut().for_each(strip_nullable);
+                if map.get("type").and_then(|t| t.as_str()) == Some("integer")
+                    && matches!(
+                        map.get("format").and_then(|f| f.as_str()),
+                        Some("uint8" | "uint16" | "uint32" | "int8" | "int16")
+                    )
+                {
+                    map.insert("format".to_owned(), "int64".into());
+                }
+                map.values_mut().for_each(clean);
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
             _ => {}
         }
     }
     let mut value = serde_json::to_value(crd).expect("a CRD always serializes");
-    strip_nullable(&mut value);
+    clean(&mut value);
     serde_json::from_value(value).expect("removing nullable keeps a valid CRD")
 }
 

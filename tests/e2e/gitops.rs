@@ -380,3 +380,55 @@ async fn gitops_tools_tell_working_waiting_and_stuck_apart() {
     let (_, text) = controller.probe("/metrics").await;
     assert!(text.contains(&metric("healthy", "True")), "{text}");
 }
+
+// The committed CRDs, as `kubectl apply` sends them: the API server takes
+// them without a warning (an unknown `format`, a deprecated field).
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn the_crds_apply_without_warnings() {
+    let cluster = Cluster::new("crd-warnings").await;
+    let apply = |file: &str| {
+        let output = Command::new("kubectl")
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .args([
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--dry-run=server",
+            ])
+            .args(["--field-manager", "runai-token-sync-e2e", "-f"])
+            .arg(file)
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for file in [
+        "crds/runaicredentials.tokensync.dev.yaml",
+        "crds/clusterrunaicredentials.tokensync.dev.yaml",
+    ] {
+        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let stderr = apply(&path);
+        assert!(
+            !stderr.contains("Warning"),
+            "{file} draws warnings from the API server:\n{stderr}"
+        );
+    }
+    // Positive control: a CRD with a format Kubernetes does not know draws
+    // the warning this test looks for.
+    let mut odd = serde_json::to_value(runai_token_sync::api::crd()).unwrap();
+    odd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        ["failedAttempts"]["format"] = "uint32".into();
+    let path = std::env::temp_dir().join(format!("odd-crd-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_vec(&odd).unwrap()).unwrap();
+    let stderr = apply(path.to_str().unwrap());
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        stderr.contains("Warning") && stderr.contains("uint32"),
+        "an unknown format must draw a warning:\n{stderr}"
+    );
+}
