@@ -37,14 +37,15 @@ source hack/lib.sh
 pids=()
 cleanup() {
   # Ignored, not reset: a second Ctrl-C must not stop the cleanup half way.
-  trap '' INT TERM
+  trap '' INT TERM HUP PIPE
+  set +e
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   # The controller bench.py started, if bench.py itself was interrupted.
   [ -f "$STATE/controller.pid" ] && kill "$(cat "$STATE/controller.pid")" 2>/dev/null
   hack/plane.sh down "$STATE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
 say "building release binaries"
 cargo build --release --quiet --bins -p runai-token-sync -p runai-standin

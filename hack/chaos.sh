@@ -18,14 +18,15 @@ hack/build-kube.sh >&2
 RUNAI_TOKEN_SYNC_OWN_PLANES="$(mktemp -d "${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}/chaos.XXXXXX")"
 export RUNAI_TOKEN_SYNC_OWN_PLANES
 cleanup() {
-  trap '' INT TERM
+  trap '' INT TERM HUP PIPE
+  set +e
   for own in "$RUNAI_TOKEN_SYNC_OWN_PLANES"/plane-own-*; do
     [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1
   done
   rm -rf "$RUNAI_TOKEN_SYNC_OWN_PLANES"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 cargo build --bin runai-token-sync >&2
 # The plane is the test's own; this variable only satisfies the harness.
 export RUNAI_TOKEN_SYNC_E2E_KUBECONFIG="${RUNAI_TOKEN_SYNC_E2E_KUBECONFIG:-unused}"

@@ -21,7 +21,8 @@ cleanup() {
   # Ignored, not reset: a second Ctrl-C while cleaning up must not stop the
   # cleanup half way (the plane's processes run in sessions of their own and
   # only `hack/plane.sh down` stops them). Children inherit the ignore.
-  trap '' INT TERM
+  trap '' INT TERM HUP PIPE
+  set +e
   trap - EXIT
   say "cleaning up"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -29,7 +30,7 @@ cleanup() {
   hack/plane.sh down "$STATE" || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
 say "building the controller and the Run:ai stand-in"
 cargo build --workspace --bins

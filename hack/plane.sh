@@ -61,7 +61,7 @@ stop_one() {
 
 down() {
   # A second Ctrl-C must not leave half a plane behind.
-  trap '' INT TERM
+  trap '' INT TERM HUP PIPE
   [ -d "$STATE" ] || return 0
   stop_one kube-controller-manager
   stop_one kube-apiserver

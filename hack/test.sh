@@ -59,7 +59,8 @@ if [ -z "${RUNAI_TOKEN_SYNC_E2E_KUBECONFIG:-}" ]; then
   export RUNAI_TOKEN_SYNC_OWN_PLANES="$state-own"
   cleanup() {
     # Ignored, not reset: a second Ctrl-C must not stop the cleanup half way.
-    trap '' INT TERM
+    trap '' INT TERM HUP PIPE
+    set +e
     for own in "$RUNAI_TOKEN_SYNC_OWN_PLANES"/plane-own-*; do
       [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1
     done
@@ -67,7 +68,7 @@ if [ -z "${RUNAI_TOKEN_SYNC_E2E_KUBECONFIG:-}" ]; then
     hack/plane.sh down "$state" >/dev/null 2>&1 || true
   }
   trap cleanup EXIT
-  trap 'exit 130' INT TERM
+  trap 'exit 130' INT TERM HUP
   mkdir -p "$RUNAI_TOKEN_SYNC_OWN_PLANES"
   # Without a plane the end-to-end tests cannot run: that fails the run.
   RUNAI_TOKEN_SYNC_E2E_KUBECONFIG="$(hack/plane.sh up "$state")"

@@ -12,8 +12,8 @@ CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
 STATE="$CACHE/plane-write-cost"
 source hack/lib.sh
 # A second Ctrl-C must not stop the cleanup half way: it ignores INT.
-trap 'trap "" INT TERM; hack/plane.sh down "$STATE" >/dev/null 2>&1 || true' EXIT
-trap 'exit 130' INT TERM
+trap 'trap "" INT TERM HUP PIPE; hack/plane.sh down "$STATE" >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM HUP
 cargo build --release --quiet --bin runai-token-sync
 PATH="$(hack/tools.sh):$PATH"
 KUBECONFIG="$(hack/plane.sh up "$STATE")"
