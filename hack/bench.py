@@ -105,13 +105,24 @@ def cpu_seconds_of(pid):
 def others_cpu(state):
     """CPU seconds of the API server, etcd and the stand-in, by name."""
     used = {}
-    for name in ("kube-apiserver", "etcd", "standin"):
+    for name in ("kube-apiserver", "etcd", "standin", "kube-controller-manager"):
         try:
             with open(os.path.join(state, f"{name}.pid")) as f:
                 used[name] = cpu_seconds_of(int(f.read().strip()))
         except (OSError, ValueError):
             pass
     return used
+
+
+def breakdown(after, before, resources):
+    """The API server's requests between two counter readings, by verb,
+    resource and subresource, for the log."""
+    parts = []
+    for key in sorted(after):
+        n = int(after[key] - before.get(key, 0))
+        if n and key[1] in resources:
+            parts.append(f"{key[0]} {key[1]}{'/' + key[2] if key[2] else ''} {n}")
+    return ", ".join(parts)
 
 
 def delta(after, before, verbs, resources):
@@ -355,7 +366,9 @@ def main():
     cores = os.cpu_count() or 1
     # What the cold start would take if the controller cost nothing and never
     # waited: the other processes' CPU spread over every core. 1.0 is that.
-    ratio = all_ready / (sum(others_cold.values()) / cores) if sum(others_cold.values()) else float("nan")
+    # kube-controller-manager is not in it (the formula of the goal); it is shown beside it.
+    plane = sum(others_cold.get(p, 0) for p in ("kube-apiserver", "etcd", "standin"))
+    ratio = all_ready / (plane / cores) if plane else float("nan")
     say(f"all Ready after {all_ready:.1f} s; controller RSS {rss_ready:.1f} MiB")
     say(f"CPU in the cold start ({all_ready:.1f} s on {os.cpu_count()} cores): controller {cpu_ready:.1f} s, "
         + ", ".join(f"{name} {others_after[name] - others_before.get(name, 0):.1f} s" for name in others_after))
@@ -364,9 +377,14 @@ def main():
     time.sleep(12 if k < n else 0)
     controller.wait_idle(quiet=3.0)
     after = api.metrics()
+    say("requests in the cold start: " + breakdown(after, before, OURS | {"namespaces", "events", "leases"}))
     writes_cold = delta(after, before, WRITE, OURS)
     events_cold = delta(after, before, WRITE, {"events"})
     reads_cold = delta(after, before, READ, OURS | {"namespaces"})
+    # The controller reads no RunaiCredential (it has them from its watch);
+    # kube-controller-manager's garbage collector reads the owner of a new
+    # Secret it has not seen yet. Counted apart, to tell the two apart.
+    gc_reads_cold = delta(after, before, READ, {"runaicredentials"})
 
     say("steady state: 60 s")
     before, req_before = api.metrics(), controller.requests()
@@ -389,9 +407,11 @@ def main():
     controller.wait_idle(quiet=3.0)
     after = api.metrics()
     refresh_requests = controller.requests() - req_before
+    say("requests in the forced refresh: " + breakdown(after, before, OURS | {"namespaces", "events", "leases"}))
     # The bench's own annotation patches are not the controller's writes.
     refresh_writes = (delta(after, before, WRITE, OURS) - len(forced)) / len(refreshed)
     refresh_reads = delta(after, before, READ, OURS | {"namespaces"}) / len(refreshed)
+    gc_refresh_reads = delta(after, before, READ, {"runaicredentials"}) / len(refreshed)
 
     say("restart with every token fresh")
     controller.stop()
@@ -457,8 +477,9 @@ def main():
     shared = "each its own application" if k == n else f"{k} applications, {n // k} RunaiCredentials each"
     rows = [
         ("cold start (controller started with all present) to all Ready (±0.2 s)", f"{all_ready:.1f} s"),
-        ("CPU in the cold start: controller / kube-apiserver / etcd / stand-in",
-         f"{cpu_ready:.1f} / " + " / ".join(f"{others_cold.get(p, 0):.1f}" for p in ("kube-apiserver", "etcd", "standin"))
+        ("CPU in the cold start: controller / kube-apiserver / etcd / stand-in / kube-controller-manager",
+         f"{cpu_ready:.1f} / " + " / ".join(f"{others_cold.get(p, 0):.1f}"
+                                             for p in ("kube-apiserver", "etcd", "standin", "kube-controller-manager"))
          + " s"),
         (f"all-Ready time ÷ ((kube-apiserver + etcd + stand-in CPU) ÷ {cores} cores)", f"{ratio:.2f}"),
         ("token requests in the cold start", f"{requests_cold}"),
@@ -466,9 +487,11 @@ def main():
         ("controller CPU per RunaiCredential in the cold start", f"{1000 * cpu_ready / n:.2f} ms"),
         ("writes per RunaiCredential in the cold start (Secret, status)", f"{writes_cold / n:.2f}"),
         ("Events per RunaiCredential in the cold start", f"{events_cold / n:.2f}"),
-        ("reads per RunaiCredential in the cold start", f"{reads_cold / n:.2f}"),
+        ("reads per RunaiCredential in the cold start (Secrets, namespaces)", f"{(reads_cold - gc_reads_cold) / n:.2f}"),
+        ("  and reads of RunaiCredentials (kube-controller-manager's garbage collector)", f"{gc_reads_cold / n:.2f}"),
         ("writes per refreshed RunaiCredential (forced refresh)", f"{refresh_writes:.2f}"),
-        ("reads per refreshed RunaiCredential", f"{refresh_reads:.2f}"),
+        ("reads per refreshed RunaiCredential (Secrets, namespaces)", f"{refresh_reads - gc_refresh_reads:.2f}"),
+        ("  and reads of RunaiCredentials (kube-controller-manager's garbage collector)", f"{gc_refresh_reads:.2f}"),
         ("token requests for that refresh", f"{refresh_requests}"),
         ("writes in 60 s of steady state", f"{steady_writes}"),
         ("token requests in 60 s of steady state", f"{steady_requests}"),
