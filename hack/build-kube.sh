@@ -86,10 +86,14 @@ build_kube() {
     go mod init local/kube-build >/dev/null 2>&1
     log "fetching k8s.io/kubernetes@v$version's go.mod"
     local modfile
-    modfile=$(go mod download -json "k8s.io/kubernetes@v$version" 2>"$work/download.err" \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin).get("GoMod",""))') || true
+    go mod download -json "k8s.io/kubernetes@v$version" > "$work/download.json" 2>"$work/download.err" || true
+    modfile=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("GoMod",""))' \
+      "$work/download.json" 2>/dev/null) || true
     if [ -z "$modfile" ] || [ ! -f "$modfile" ]; then
-      log "the Go module proxy refused k8s.io/kubernetes@v$version: $(tr '\n' ' ' < "$work/download.err")"
+      local why
+      why=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("Error",""))' \
+        "$work/download.json" 2>/dev/null || true)
+      log "the Go module proxy refused k8s.io/kubernetes@v$version: ${why:-$(tr '\n' ' ' < "$work/download.err")}"
       exit 3
     fi
     go mod edit -require="k8s.io/kubernetes@v$version"
@@ -107,9 +111,9 @@ build_kube() {
     log "resolving dependencies (downloads only)"
     if ! go list -deps k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       >/dev/null 2>"$work/list.err"; then
-      if grep -qE '(404|410) Not Found|not found: |unknown revision|invalid version' "$work/list.err"; then
+      if grep -qE '403 Forbidden|404 Not Found|410 Gone|not available|not found: |unknown revision|invalid version' "$work/list.err"; then
         log "the Go module proxy refused a module needed by v$version:"
-        grep -E '(404|410) Not Found|not found: |unknown revision|invalid version' "$work/list.err" | head -n 5 | progress
+        grep -E '403 Forbidden|404 Not Found|410 Gone|not available|not found: |unknown revision|invalid version' "$work/list.err" | head -n 5 | progress
         exit 3
       fi
       progress < "$work/list.err"; exit 1
