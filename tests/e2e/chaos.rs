@@ -45,7 +45,7 @@ const KILL_EVERY: Duration = Duration::from_secs(30);
 
 /// A control plane of a test's own, stopped when dropped.
 pub struct OwnPlane {
-    state: PathBuf,
+    pub state: PathBuf,
     pub kubeconfig: PathBuf,
 }
 
@@ -113,7 +113,7 @@ impl Drop for OwnPlane {
     }
 }
 
-fn plane_script() -> PathBuf {
+pub fn plane_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/plane.sh")
 }
 

@@ -13,6 +13,7 @@ mod edge;
 mod gitops;
 mod harness;
 mod ops;
+mod plane;
 mod shared;
 mod writes;
 
