@@ -209,30 +209,31 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     runai_token_sync::runtime::allocator::tune_malloc();
-    // One thread runs everything unless `TOKIO_WORKER_THREADS` asks for
-    // worker threads: the work is waiting on the API server and Run:ai.
-    // At 10,000 RunaiCredentials, a second worker cost about 12% more CPU in
-    // handing tasks between the two; and with one worker beside the thread
-    // that blocks on the program, each API request woke the other thread
-    // (the program's future on one, the HTTP connections' tasks on the
-    // other): the controller's CPU in the cold start went from 10.7 s to
-    // 8.0 s without that, and its memory stays in glibc's main arena.
+    // One worker thread unless `TOKIO_WORKER_THREADS` says otherwise: the
+    // work is waiting on the API server and Run:ai, and at 10,000
+    // RunaiCredentials a second worker cost about 12% more CPU in handing
+    // tasks between the two (`hack/bench.sh`), for no gain in time.
     let workers = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
-        .filter(|n| *n > 1);
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
     let cli = Cli::parse();
-    let runtime = match workers {
-        None => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(workers) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build(),
-    };
-    match runtime {
-        Ok(runtime) => runtime.block_on(run(cli)),
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        // The whole program runs as a task on the worker(s), not on this
+        // thread: a future polled by `block_on` runs here, apart from the
+        // tasks it spawns (the HTTP connections among them), and every
+        // request then woke the other thread and waited to be woken back.
+        Ok(runtime) => runtime.block_on(async {
+            tokio::spawn(run(cli)).await.unwrap_or_else(|e| {
+                eprintln!("runai-token-sync: the main task failed: {e}");
+                ExitCode::FAILURE
+            })
+        }),
         Err(e) => {
             eprintln!("runai-token-sync: cannot start the async runtime: {e}");
             ExitCode::FAILURE
