@@ -218,22 +218,12 @@ fn main() -> ExitCode {
         .and_then(|n| n.parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(1);
-    let cli = Cli::parse();
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
     {
-        // The whole program runs as a task on the worker(s), not on this
-        // thread: a future polled by `block_on` runs here, apart from the
-        // tasks it spawns (the HTTP connections among them), and every
-        // request then woke the other thread and waited to be woken back.
-        Ok(runtime) => runtime.block_on(async {
-            tokio::spawn(run(cli)).await.unwrap_or_else(|e| {
-                eprintln!("runai-token-sync: the main task failed: {e}");
-                ExitCode::FAILURE
-            })
-        }),
+        Ok(runtime) => runtime.block_on(run(Cli::parse())),
         Err(e) => {
             eprintln!("runai-token-sync: cannot start the async runtime: {e}");
             ExitCode::FAILURE
