@@ -36,7 +36,7 @@ say "building the controller and the Run:ai stand-in"
 cargo build --workspace --bins
 
 if [ ! -x "$CACHE/kube-v${KUBE_VERSION:-1.37.2}/kube-apiserver" ]; then
-  say "first run on this machine: building Kubernetes ${KUBE_VERSION:-1.37.2} and etcd from their Go modules (about 12 minutes, once)"
+  say "first run on this machine: building Kubernetes and etcd from their Go modules (about 9 minutes, once)"
 fi
 PATH="$(hack/tools.sh):$PATH"
 say "starting a local Kubernetes control plane"

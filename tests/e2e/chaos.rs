@@ -50,36 +50,49 @@ pub struct OwnPlane {
 }
 
 impl OwnPlane {
-    /// Starts one when the local Kubernetes binaries (of `KUBE_VERSION`,
-    /// default 1.37.2) are there. Its state folder goes under
-    /// `RUNAI_TOKEN_SYNC_OWN_PLANES` when set (`hack/test.sh` sets it and
-    /// stops every plane there when it ends, however it ends), else under
-    /// the cache.
+    /// Starts one. Under `hack/test.sh` with its local plane
+    /// (`RUNAI_TOKEN_SYNC_OWN_PLANES` set: its state folder goes there, and
+    /// the script stops every plane there when it ends, however it ends),
+    /// the plane must start: a failure fails the test. Against another
+    /// cluster, one starts only when the local Kubernetes binaries (of
+    /// `KUBE_VERSION`, default 1.37.2) are there; `None` otherwise.
     pub fn start() -> Option<OwnPlane> {
+        let own_planes = std::env::var_os("RUNAI_TOKEN_SYNC_OWN_PLANES").map(PathBuf::from);
         let cache = std::env::var_os("RUNAI_TOKEN_SYNC_CACHE")
             .map(PathBuf::from)
             .or_else(|| {
                 std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/runai-token-sync"))
             })?;
-        let version = std::env::var("KUBE_VERSION").unwrap_or_else(|_| "1.37.2".to_owned());
-        let version = version.trim_start_matches('v');
-        if !cache
-            .join(format!("kube-v{version}/kube-apiserver"))
-            .exists()
-        {
-            return None;
-        }
-        let parent = std::env::var_os("RUNAI_TOKEN_SYNC_OWN_PLANES")
-            .map(PathBuf::from)
-            .unwrap_or(cache);
+        let parent = match own_planes {
+            Some(parent) => parent,
+            None => {
+                let version = std::env::var("KUBE_VERSION").unwrap_or_else(|_| "1.37.2".to_owned());
+                let version = version.trim_start_matches('v');
+                if !cache
+                    .join(format!("kube-v{version}/kube-apiserver"))
+                    .exists()
+                {
+                    return None;
+                }
+                cache
+            }
+        };
         let state = parent.join(format!("plane-own-{}", rand::random::<u32>()));
         let output = Command::new(plane_script())
-            .args(["up", state.to_str()?])
+            .arg("up")
+            .arg(&state)
             .output()
-            .ok()?;
+            .expect("hack/plane.sh runs");
         if !output.status.success() {
-            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-            return None;
+            // What it started before it failed goes too.
+            let _ = Command::new(plane_script())
+                .arg("down")
+                .arg(&state)
+                .status();
+            panic!(
+                "a control plane of the test's own did not start:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let kubeconfig = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
         Some(OwnPlane { state, kubeconfig })

@@ -22,10 +22,21 @@ fn pids(state: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Whether a process runs (it is reaped once it ends: its parent, the
-/// script that started it, has exited).
+/// Whether a process runs: it exists and is not a zombie (one that ended
+/// and that no parent has reaped yet).
 fn running(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// Waits up to 10 s for every one of `pids` to end.
