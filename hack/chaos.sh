@@ -17,13 +17,12 @@ hack/build-kube.sh >&2
 # The test's own plane goes here, and is stopped here however the run ends.
 RUNAI_TOKEN_SYNC_OWN_PLANES="$(mktemp -d "${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}/chaos.XXXXXX")"
 export RUNAI_TOKEN_SYNC_OWN_PLANES
+source hack/lib.sh
 cleanup() {
+  # Ignored, not reset: a second Ctrl-C must not stop the cleanup half way.
   trap '' INT TERM HUP PIPE
   set +e
-  for own in "$RUNAI_TOKEN_SYNC_OWN_PLANES"/plane-own-*; do
-    [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1
-  done
-  rm -rf "$RUNAI_TOKEN_SYNC_OWN_PLANES"
+  stop_planes_under "$RUNAI_TOKEN_SYNC_OWN_PLANES"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP

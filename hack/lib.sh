@@ -16,3 +16,13 @@ wait_crd_served() {
     sleep 0.2
   done
 }
+
+# Stops every plane under the folder $1 (the tests' own planes, started by
+# `OwnPlane` in tests/e2e), then removes the folder.
+stop_planes_under() {
+  local own
+  for own in "$1"/plane-own-*; do
+    [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1
+  done
+  rm -rf "$1"
+}

@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[test] %s\n' "$*" >&2; }
+source hack/lib.sh
 
 CACHE="${RUNAI_TOKEN_SYNC_CACHE:-$HOME/.cache/runai-token-sync}"
 SMOKE=(
@@ -47,8 +48,10 @@ for stale in "$CACHE"/plane-test-*; do
   pid=${stale##*plane-test-}; pid=${pid%%-*}
   if ! kill -0 "$pid" 2>/dev/null; then
     log "stopping a plane left by an earlier run: $stale"
-    for own in "$stale"/plane-own-*; do [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1; done
-    hack/plane.sh down "$stale" >/dev/null 2>&1 || rm -rf "$stale"
+    case "$stale" in
+      *-own) stop_planes_under "$stale" ;;
+      *) hack/plane.sh down "$stale" >/dev/null 2>&1 || rm -rf "$stale" ;;
+    esac
   fi
 done
 
@@ -61,10 +64,7 @@ if [ -z "${RUNAI_TOKEN_SYNC_E2E_KUBECONFIG:-}" ]; then
     # Ignored, not reset: a second Ctrl-C must not stop the cleanup half way.
     trap '' INT TERM HUP PIPE
     set +e
-    for own in "$RUNAI_TOKEN_SYNC_OWN_PLANES"/plane-own-*; do
-      [ -d "$own" ] && hack/plane.sh down "$own" >/dev/null 2>&1
-    done
-    rm -rf "$RUNAI_TOKEN_SYNC_OWN_PLANES"
+    stop_planes_under "$RUNAI_TOKEN_SYNC_OWN_PLANES"
     hack/plane.sh down "$state" >/dev/null 2>&1 || true
   }
   trap cleanup EXIT

@@ -16,13 +16,7 @@ fn read(path: &str) -> String {
 
 /// Runs a tool from PATH in the repository root and returns its stdout.
 fn run(tool: &str, args: &[&str]) -> String {
-    let output = Command::new(tool)
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {tool} ({e}); hack/test.sh installs it (hack/tools.sh)")
-        });
+    let output = command(tool, args);
     assert!(
         output.status.success(),
         "{tool} {args:?} failed:\n{}{}",
@@ -30,6 +24,18 @@ fn run(tool: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Runs a tool from PATH in the repository root; panics only when it cannot
+/// be started.
+fn command(tool: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tool)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}); hack/test.sh installs it (hack/tools.sh)")
+        })
 }
 
 /// Every object of a multi-document YAML stream.
@@ -369,13 +375,7 @@ fn the_dockerfile_passes_hadolint() {
 /// Runs a tool from PATH in the repository root: whether it succeeded, and
 /// what it printed (stdout, then stderr).
 fn outcome(tool: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new(tool)
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {tool} ({e}); hack/test.sh installs it (hack/tools.sh)")
-        });
+    let output = command(tool, args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
