@@ -420,7 +420,7 @@ fn for_kubernetes(
     }
     let mut value = serde_json::to_value(crd).expect("a CRD always serializes");
     clean(&mut value);
-    serde_json::from_value(value).expect("removing nullable keeps a valid CRD")
+    serde_json::from_value(value).expect("these changes keep a valid CRD")
 }
 
 /// The CRD as YAML, as committed under `crds/`.
