@@ -4,7 +4,7 @@
 //! Secret itself: when the token was issued and expires, and keyed hashes of
 //! the credentials and of the token. Never the client secret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
@@ -53,6 +53,9 @@ pub fn credential_label_value(name: &str) -> String {
 /// Data key of the token's expiry (RFC 3339), when known.
 pub const EXPIRES_AT_KEY: &str = "expiresAt";
 
+/// The prefix of the annotations that hold the token's record: all of
+/// them are the controller's.
+const RECORD_ANNOTATION_PREFIX: &str = "tokensync.dev/";
 const ISSUED_AT_ANNOTATION: &str = "tokensync.dev/issued-at";
 const CREDENTIALS_HASH_ANNOTATION: &str = "tokensync.dev/credentials-hash";
 const TOKEN_HASH_ANNOTATION: &str = "tokensync.dev/token-hash";
@@ -207,12 +210,31 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         generation: annotations.get(GENERATION_ANNOTATION)?.parse().ok()?,
         refresh_request: annotations.get(REFRESH_REQUEST_ANNOTATION).cloned(),
     };
-    let intact = !access_token.is_empty()
-        && annotations
-            .get(TOKEN_HASH_ANNOTATION)
-            .is_some_and(|stored| {
-                hashes_equal(stored, &hash_key.token_hash(&access_token, &record))
+    let stored_hash = annotations.get(TOKEN_HASH_ANNOTATION);
+    let matches = |record: &TokenRecord| {
+        !access_token.is_empty()
+            && stored_hash.is_some_and(|stored| {
+                hashes_equal(stored, &hash_key.token_hash(&access_token, record))
+            })
+    };
+    if !matches(&record) && record.refresh_request.is_some() {
+        // An answered request left behind by a write that could not remove
+        // it (as one made by a server-side apply after a create could not):
+        // the token is still the one recorded, for no request. The optional
+        // annotation never invalidates it; the next write removes it.
+        let without = TokenRecord {
+            refresh_request: None,
+            ..record.clone()
+        };
+        if matches(&without) {
+            return Some(StoredToken {
+                access_token,
+                record: without,
+                intact: true,
             });
+        }
+    }
+    let intact = matches(&record);
     Some(StoredToken {
         access_token,
         record,
@@ -333,7 +355,7 @@ pub fn release_patch(secret: &Secret, owner_uid: Option<&str>) -> serde_json::Va
     let annotations: serde_json::Map<String, serde_json::Value> = secret
         .annotations()
         .keys()
-        .filter(|k| k.starts_with("tokensync.dev/"))
+        .filter(|k| k.starts_with(RECORD_ANNOTATION_PREFIX))
         .map(|k| (k.clone(), serde_json::Value::Null))
         .collect();
     let owners: Vec<_> = secret
@@ -389,9 +411,179 @@ pub fn needs_replacement(existing: &Secret) -> bool {
     existing.immutable == Some(true) || existing.type_.as_deref().unwrap_or("Opaque") != "Opaque"
 }
 
+/// The field manager of every write the controller makes, and the name
+/// under which the API server records what it owns of an object
+/// (`metadata.managedFields`).
+pub const FIELD_MANAGER: &str = "runai-token-sync";
+
+/// The keys of a Secret's labels, annotations and data that the controller
+/// owns: those the API server records under [`FIELD_MANAGER`] (whatever the
+/// operation: a create, a merge patch, and the server-side applies of
+/// earlier versions), and every `tokensync.dev/` annotation (the token's
+/// record, ours by name). A key someone else changed since is theirs, and
+/// so is one that someone else set too (it stays when the controller stops
+/// setting it); a key nobody set is nobody's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedKeys {
+    pub labels: BTreeSet<String>,
+    pub annotations: BTreeSet<String>,
+    pub data: BTreeSet<String>,
+}
+
+/// What the controller owns of `secret` (see [`OwnedKeys`]), read from its
+/// `metadata.managedFields` (fieldsV1, the only format the API server
+/// writes; an entry of a subresource owns nothing of these).
+pub fn owned_keys(secret: &Secret) -> OwnedKeys {
+    fn keys(fields: Option<&serde_json::Value>, into: &mut BTreeSet<String>) {
+        let Some(serde_json::Value::Object(fields)) = fields else {
+            return;
+        };
+        into.extend(
+            fields
+                .keys()
+                .filter_map(|k| k.strip_prefix("f:"))
+                .map(str::to_owned),
+        );
+    }
+    let (mut owned, mut others) = (OwnedKeys::default(), OwnedKeys::default());
+    for entry in secret.managed_fields() {
+        if entry.subresource.as_deref().is_some_and(|s| !s.is_empty()) {
+            continue;
+        }
+        let Some(fields) = &entry.fields_v1 else {
+            continue;
+        };
+        let into = if entry.manager.as_deref() == Some(FIELD_MANAGER) {
+            &mut owned
+        } else {
+            &mut others
+        };
+        let metadata = fields.0.get("f:metadata");
+        keys(metadata.and_then(|m| m.get("f:labels")), &mut into.labels);
+        keys(
+            metadata.and_then(|m| m.get("f:annotations")),
+            &mut into.annotations,
+        );
+        keys(fields.0.get("f:data"), &mut into.data);
+    }
+    // A key someone else also set (with the same value) is theirs as well:
+    // it stays when the controller stops setting it.
+    owned.labels.retain(|k| !others.labels.contains(k));
+    owned
+        .annotations
+        .retain(|k| !others.annotations.contains(k));
+    owned.data.retain(|k| !others.data.contains(k));
+    owned.annotations.extend(
+        secret
+            .annotations()
+            .keys()
+            .filter(|k| k.starts_with(RECORD_ANNOTATION_PREFIX))
+            .cloned(),
+    );
+    owned
+}
+
+/// The keys the controller owns in `existing` that `desired` no longer
+/// sets: an output, a `target.labels` or `target.annotations` key, an
+/// answered refresh request, removed since the Secret was written.
+pub fn stale_keys(existing: &Secret, desired: &Secret) -> OwnedKeys {
+    fn stale<V>(
+        owned: BTreeSet<String>,
+        have: Option<&BTreeMap<String, V>>,
+        want: Option<&BTreeMap<String, V>>,
+    ) -> BTreeSet<String> {
+        owned
+            .into_iter()
+            .filter(|k| have.is_some_and(|h| h.contains_key(k)))
+            .filter(|k| !want.is_some_and(|w| w.contains_key(k)))
+            .collect()
+    }
+    let owned = owned_keys(existing);
+    OwnedKeys {
+        labels: stale(
+            owned.labels,
+            existing.metadata.labels.as_ref(),
+            desired.metadata.labels.as_ref(),
+        ),
+        annotations: stale(
+            owned.annotations,
+            existing.metadata.annotations.as_ref(),
+            desired.metadata.annotations.as_ref(),
+        ),
+        data: stale(owned.data, existing.data.as_ref(), desired.data.as_ref()),
+    }
+}
+
+/// The JSON merge patch (RFC 7386) that turns the managed Secret `existing`
+/// into `desired` as far as the controller is concerned: the labels,
+/// annotations and data keys that differ are set, the keys it owns and no
+/// longer sets are removed, its owner reference is set or removed (others'
+/// kept). Nothing else is named, so nothing else is touched. The
+/// `resourceVersion` read is a precondition: a Secret changed since is read
+/// again, never overwritten.
+///
+/// Sent under [`FIELD_MANAGER`], like the create, so that the API server
+/// records one owner (operation `Update`) for all the controller set: a
+/// server-side apply after a create would be a second owner of the same
+/// manager, and an apply never removes what the create set.
+pub fn update_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    fn changes<V: PartialEq + serde::Serialize>(
+        have: Option<&BTreeMap<String, V>>,
+        want: Option<&BTreeMap<String, V>>,
+        stale: &BTreeSet<String>,
+    ) -> Map<String, Value> {
+        let mut patch: Map<String, Value> = want
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| have.and_then(|h| h.get(*k)) != Some(*v))
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+            .collect();
+        patch.extend(stale.iter().map(|k| (k.clone(), Value::Null)));
+        patch
+    }
+    let stale = stale_keys(existing, desired);
+    let mut metadata = Map::new();
+    metadata.insert(
+        "resourceVersion".to_owned(),
+        serde_json::to_value(&existing.metadata.resource_version).unwrap_or(Value::Null),
+    );
+    let labels = changes(
+        existing.metadata.labels.as_ref(),
+        desired.metadata.labels.as_ref(),
+        &stale.labels,
+    );
+    if !labels.is_empty() {
+        metadata.insert("labels".to_owned(), Value::Object(labels));
+    }
+    let annotations = changes(
+        existing.metadata.annotations.as_ref(),
+        desired.metadata.annotations.as_ref(),
+        &stale.annotations,
+    );
+    if !annotations.is_empty() {
+        metadata.insert("annotations".to_owned(), Value::Object(annotations));
+    }
+    if let Some(owners) = owners_to_set(existing, desired) {
+        // A merge patch replaces a list whole: others' entries are in it.
+        metadata.insert(
+            "ownerReferences".to_owned(),
+            serde_json::to_value(owners).unwrap_or(Value::Null),
+        );
+    }
+    let mut patch = Map::new();
+    patch.insert("metadata".to_owned(), Value::Object(metadata));
+    let data = changes(existing.data.as_ref(), desired.data.as_ref(), &stale.data);
+    if !data.is_empty() {
+        patch.insert("data".to_owned(), Value::Object(data));
+    }
+    Value::Object(patch)
+}
+
 /// Whether an existing Secret differs from the desired one in anything the
-/// controller sets. Extra labels, annotations and keys added by others are
-/// left alone.
+/// controller sets, or still holds a key it owns and no longer sets
+/// ([`stale_keys`]). Labels, annotations and keys added by others are left
+/// alone.
 pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
     fn subset<V: PartialEq>(
         want: Option<&BTreeMap<String, V>>,
@@ -420,7 +612,11 @@ pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
                 ) && have.controller == Some(true)
             }),
     };
+    let stale = stale_keys(existing, desired);
+    let nothing_stale =
+        stale.labels.is_empty() && stale.annotations.is_empty() && stale.data.is_empty();
     !(owner_ok
+        && nothing_stale
         && existing.type_ == desired.type_
         && subset(
             desired.metadata.labels.as_ref(),
@@ -808,5 +1004,212 @@ mod tests {
             k.credentials_hash("https://a", TokenApi::V1, &rotated)
         );
         assert_eq!(base.len(), 64, "hex of a SHA-256 HMAC");
+    }
+}
+
+#[cfg(test)]
+mod write_model_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A Secret as the API server returns it after the controller created
+    /// it (operation Update) and an earlier version applied it (operation
+    /// Apply), and someone else added a label, and the status subresource
+    /// of some other manager recorded a field.
+    fn written() -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "trainer", "namespace": "ml", "resourceVersion": "7",
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY, "tier": "gold", "team": "ml", "theirs": "x",
+                           "shared": "s"},
+                "annotations": {"note": "first", "tokensync.dev/answered-refresh-request": "r1",
+                                "theirs": "y"},
+                "managedFields": [
+                    {"manager": FIELD_MANAGER, "operation": "Update", "apiVersion": "v1",
+                     "fieldsType": "FieldsV1", "fieldsV1": {
+                        "f:data": {".": {}, "f:accessToken": {}, "f:authorization": {}},
+                        "f:metadata": {"f:labels": {".": {}, "f:tier": {}, "f:team": {}, "f:shared": {},
+                            "f:app.kubernetes.io/managed-by": {}},
+                            "f:annotations": {".": {}, "f:note": {}}},
+                        "f:type": {}}},
+                    {"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "v1",
+                     "fieldsType": "FieldsV1", "fieldsV1": {
+                        "f:data": {"f:legacy": {}}}},
+                    {"manager": "someone-else", "operation": "Apply", "apiVersion": "v1",
+                     "fieldsType": "FieldsV1", "fieldsV1": {
+                        "f:data": {"f:theirs": {}},
+                        "f:metadata": {"f:labels": {"f:theirs": {}, "f:shared": {}},
+                                       "f:annotations": {"f:theirs": {}}}}},
+                    {"manager": FIELD_MANAGER, "operation": "Update", "apiVersion": "v1",
+                     "subresource": "status", "fieldsType": "FieldsV1", "fieldsV1": {
+                        "f:data": {"f:fromStatus": {}}}},
+                ],
+            },
+            "type": "Opaque",
+            "data": {"accessToken": "dG9r", "authorization": "QmVhcmVyIHRvaw==",
+                     "legacy": "eA==", "theirs": "eg==", "fromStatus": "eg=="},
+        }))
+        .unwrap()
+    }
+
+    /// What the controller sets now: no `tier`, no `note`, no
+    /// `authorization` output, no answered request, a new token.
+    fn desired() -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "trainer", "namespace": "ml",
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY, "team": "ml"},
+                "annotations": {},
+            },
+            "type": "Opaque",
+            "data": {"accessToken": "bmV3"},
+        }))
+        .unwrap()
+    }
+
+    fn set(keys: &[&str]) -> BTreeSet<String> {
+        keys.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[test]
+    fn what_the_controller_owns_is_read_from_its_managed_fields_entries() {
+        let owned = owned_keys(&written());
+        assert_eq!(
+            owned.labels,
+            set(&["app.kubernetes.io/managed-by", "team", "tier"]),
+            "`shared` is someone else's too"
+        );
+        assert_eq!(
+            owned.annotations,
+            set(&["note", "tokensync.dev/answered-refresh-request"]),
+            "the record's annotations are ours by name"
+        );
+        assert_eq!(
+            owned.data,
+            set(&["accessToken", "authorization", "legacy"]),
+            "every operation of our manager; never a subresource's, never others'"
+        );
+        let mut bare = written();
+        bare.metadata.managed_fields = None;
+        assert_eq!(
+            owned_keys(&bare),
+            OwnedKeys {
+                annotations: set(&["tokensync.dev/answered-refresh-request"]),
+                ..OwnedKeys::default()
+            }
+        );
+    }
+
+    #[test]
+    fn the_patch_removes_only_what_the_controller_stopped_setting() {
+        let patch = update_patch(&written(), &desired());
+        assert_eq!(
+            patch,
+            json!({
+                "metadata": {
+                    "resourceVersion": "7",
+                    "labels": {"tier": null},
+                    "annotations": {"note": null, "tokensync.dev/answered-refresh-request": null},
+                },
+                "data": {"accessToken": "bmV3", "authorization": null, "legacy": null},
+            }),
+            "unchanged values and others' keys are not named"
+        );
+        assert!(needs_repair(&written(), &desired()));
+    }
+
+    #[test]
+    fn a_secret_patched_as_planned_needs_no_repair() {
+        let existing = written();
+        let patch = update_patch(&existing, &desired());
+        let mut merged = serde_json::to_value(&existing).unwrap();
+        json_merge(&mut merged, &patch);
+        let merged: Secret = serde_json::from_value(merged).unwrap();
+        assert!(!needs_repair(&merged, &desired()));
+        let labels = merged.metadata.labels.unwrap();
+        assert_eq!(labels.get("theirs").map(String::as_str), Some("x"));
+        assert!(merged.data.unwrap().contains_key("theirs"));
+    }
+
+    #[test]
+    fn an_owner_reference_change_replaces_the_list_with_others_kept() {
+        let mut existing = written();
+        existing.metadata.owner_references = Some(vec![
+            serde_json::from_value(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u2"}),
+            )
+            .unwrap(),
+        ]);
+        let mut desired = desired();
+        desired.metadata.owner_references = Some(vec![
+            serde_json::from_value(
+                json!({"apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+                                          "name": "trainer", "uid": "u1", "controller": true}),
+            )
+            .unwrap(),
+        ]);
+        let patch = update_patch(&existing, &desired);
+        let owners = patch["metadata"]["ownerReferences"].as_array().unwrap();
+        let uids: Vec<_> = owners.iter().map(|o| o["uid"].as_str().unwrap()).collect();
+        assert_eq!(uids, ["u2", "u1"]);
+    }
+
+    #[test]
+    fn a_leftover_answered_request_does_not_invalidate_the_token() {
+        let key = HashKey::new(b"k".to_vec());
+        let record = TokenRecord {
+            issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: None,
+            credentials_hash: "abc".into(),
+            generation: 1,
+            refresh_request: None,
+        };
+        let mut cr = RunaiCredential::new(
+            "trainer",
+            serde_json::from_value(json!({
+                "url": "https://acme.run.ai",
+                "clientCredentialsSecretRef": {"name": "c"},
+            }))
+            .unwrap(),
+        );
+        cr.metadata.namespace = Some("ml".into());
+        let mut secret = desired_secret(&cr, "tok", &record, &key);
+        // Positive control: the record as written is intact.
+        assert!(stored_token(&secret, "accessToken", &key).unwrap().intact);
+        secret
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(REFRESH_REQUEST_ANNOTATION.to_owned(), "old".to_owned());
+        let stored = stored_token(&secret, "accessToken", &key).unwrap();
+        assert!(stored.intact);
+        assert_eq!(stored.record, record, "read as answering no request");
+        // A forged token is still caught with the leftover present.
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("accessToken".into(), ByteString(b"forged".to_vec()));
+        assert!(!stored_token(&secret, "accessToken", &key).unwrap().intact);
+    }
+
+    /// RFC 7386, as the API server applies a merge patch.
+    fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        match patch {
+            serde_json::Value::Object(fields) => {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                for (key, value) in fields {
+                    if value.is_null() {
+                        target.as_object_mut().unwrap().remove(key);
+                    } else {
+                        json_merge(&mut target[key], value);
+                    }
+                }
+            }
+            other => *target = other.clone(),
+        }
     }
 }

@@ -76,7 +76,7 @@ pub(super) async fn release_old_targets(
                 info!(secret = %name, "releasing the Secret of an earlier target name");
                 let patch = secret::release_patch(&old, cr.uid().as_deref());
                 secrets
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&name, &update_params(), &Patch::Merge(&patch))
                     .await
                     .map_err(Error::kube(
                         "releasing the Secret of an earlier target name",
@@ -120,9 +120,11 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
 /// Writes the target Secret, never into an object that was not seen as
 /// ours: a missing Secret is created (if someone else creates it first, the
 /// answer is [`Error::SecretConflict`]); a managed one is updated only if it
-/// is still the version that was read (a server-side apply with its
-/// `resourceVersion` as precondition); one made `immutable`, or whose type
-/// was changed, is deleted (with the same precondition) and created again.
+/// is still the version that was read (a merge patch of what the
+/// controller owns, [`secret::update_patch`], with its `resourceVersion` as
+/// precondition); one made `immutable`, or whose type was changed, is
+/// deleted (with the same precondition) and created again. Create and
+/// update are both operations `Update` of [`FIELD_MANAGER`]: one owner.
 ///
 /// # Errors
 ///
@@ -133,7 +135,7 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
 pub(super) async fn write_secret(
     secrets: &Api<Secret>,
     existing: Option<&Secret>,
-    mut desired: Secret,
+    desired: Secret,
     token: &str,
 ) -> Result<Option<String>, Error> {
     let name = desired.metadata.name.clone().unwrap_or_default();
@@ -188,33 +190,26 @@ pub(super) async fn write_secret(
             create(desired).await.map_err(refused)
         }
         Some(current) => {
-            // The precondition: a Secret changed since it was read (by
-            // someone else, or recreated) is read again, not overwritten.
-            desired.metadata.resource_version = current.metadata.resource_version.clone();
-            // An owner reference of ours that must go (deletionPolicy turned
-            // Retain) is not removed by the apply: the create that added it
-            // was another operation. Set the list first, others' kept.
-            if let Some(owners) = secret::owners_to_set(current, &desired) {
-                let patch = serde_json::json!({"metadata": {
-                    "resourceVersion": current.metadata.resource_version,
-                    "ownerReferences": owners,
-                }});
-                let patched = secrets
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(refused)?;
-                desired.metadata.resource_version = patched.metadata.resource_version;
-            }
+            // One merge patch under the manager of the create: what the
+            // controller stops setting goes, nothing of others is named,
+            // and a Secret changed since it was read is read again
+            // (`resourceVersion` precondition), never overwritten.
+            let patch = secret::update_patch(current, &desired);
             secrets
-                .patch(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&desired),
-                )
+                .patch(&name, &update_params(), &Patch::Merge(&patch))
                 .await
                 .map(|s| s.metadata.resource_version)
                 .map_err(refused)
         }
+    }
+}
+
+/// The parameters of every merge patch of the controller: under
+/// [`FIELD_MANAGER`], as its creates, so that one owner holds all it set.
+pub(super) fn update_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
     }
 }
 

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, Preconditions},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use tracing::{info, warn};
@@ -741,7 +741,7 @@ async fn release_or_delete(
             info!(namespace, secret = %name, "releasing the Secret of a namespace no longer matched");
             let patch = secret::release_patch(found, owner_uid);
             match secrets
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &act::update_params(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => Ok(()),
@@ -788,7 +788,7 @@ async fn set_finalizer(
     match api
         .patch(
             &crc.name_any(),
-            &PatchParams::default(),
+            &act::update_params(),
             &Patch::Merge(&patch),
         )
         .await

@@ -47,7 +47,7 @@ use crate::{
 };
 
 /// The one field manager for every write of the controller.
-pub const FIELD_MANAGER: &str = "runai-token-sync";
+pub use crate::output::secret::FIELD_MANAGER;
 
 /// Normal Events published at once before the budget applies.
 pub const NORMAL_EVENT_BURST: std::num::NonZeroU32 =

@@ -377,3 +377,129 @@ async fn a_terminating_namespace_gets_no_request_and_no_write() {
         "the controller says why it does nothing"
     );
 }
+
+/// api.md, "The target Secret's metadata": what the controller stops setting
+/// leaves the Secret (an output, a `target.labels` and a `target.annotations`
+/// key, the answered refresh request), what others set stays, and none of it
+/// costs a token, before or after a restart.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn what_the_controller_stops_setting_leaves_the_secret() {
+    let cluster = Cluster::new("tidy").await;
+    let standin = standin_with("app", "s3cr3t-tidy", HOUR).await;
+    cluster.put_credentials("creds", "app", "s3cr3t-tidy").await;
+    let mut controller = cluster.start_controller();
+    let mut spec = spec_for(&standin, "creds");
+    spec["target"] = json!({
+        "labels": {"team": "ml", "tier": "gold"},
+        "annotations": {"note": "first"},
+        "outputs": [{"key": "authorization", "format": "BearerHeader"}],
+    });
+    let credential: RunaiCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "RunaiCredential",
+        "metadata": {
+            "name": "tidy",
+            "namespace": cluster.namespace,
+            "annotations": {"tokensync.dev/refresh-requested-at": "first"},
+        },
+        "spec": spec,
+    }))
+    .unwrap();
+    cluster
+        .credentials()
+        .create(&PostParams::default(), &credential)
+        .await
+        .unwrap();
+    cluster.wait_ready("tidy").await;
+    let first = cluster.secret("tidy").await.unwrap();
+    // Positive control: all that is removed below was written.
+    let labels = first.metadata.labels.clone().unwrap_or_default();
+    let annotations = first.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(labels.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(annotations.get("note").map(String::as_str), Some("first"));
+    assert!(annotations.contains_key("tokensync.dev/answered-refresh-request"));
+    assert!(first.data.as_ref().unwrap().contains_key("authorization"));
+    assert_eq!(standin.requests("app"), 1);
+    let token = cluster.token("tidy", "accessToken").await.unwrap();
+
+    // Someone else's label, annotation and key on the managed Secret.
+    cluster
+        .secrets()
+        .patch(
+            "tidy",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "tidy", "labels": {"theirs": "x"},
+                             "annotations": {"theirs": "y"}},
+                "data": {"theirs": "eg=="},
+            })),
+        )
+        .await
+        .unwrap();
+    cluster
+        .credentials()
+        .patch(
+            "tidy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {"tokensync.dev/refresh-requested-at": null}},
+                "spec": {"target": {"labels": {"tier": null}, "annotations": null, "outputs": null}},
+            })),
+        )
+        .await
+        .unwrap();
+    let tidied = eventually(
+        Duration::from_secs(15),
+        "the label, annotation, output and answered request removed",
+        || async {
+            let secret = cluster.secret("tidy").await?;
+            let labels = secret.metadata.labels.clone().unwrap_or_default();
+            let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+            let data = secret.data.clone().unwrap_or_default();
+            (!labels.contains_key("tier")
+                && !annotations.contains_key("note")
+                && !annotations.contains_key("tokensync.dev/answered-refresh-request")
+                && !data.contains_key("authorization"))
+            .then_some(secret)
+        },
+    )
+    .await;
+    let labels = tidied.metadata.labels.clone().unwrap_or_default();
+    let annotations = tidied.metadata.annotations.clone().unwrap_or_default();
+    let data = tidied.data.clone().unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("ml"));
+    assert_eq!(labels.get("theirs").map(String::as_str), Some("x"));
+    assert_eq!(annotations.get("theirs").map(String::as_str), Some("y"));
+    assert!(data.contains_key("theirs"), "someone else's key stays");
+    let unchanged = || async {
+        standin.requests("app") == 1
+            && cluster.token("tidy", "accessToken").await.as_deref() == Some(token.as_str())
+    };
+    stays(Duration::from_secs(5), "the token is kept", unchanged).await;
+    let settled = cluster
+        .secret("tidy")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    assert!(controller.stop(), "the controller stops");
+    let _controller = cluster.start_controller();
+    stays(
+        Duration::from_secs(8),
+        "the token is kept after a restart",
+        unchanged,
+    )
+    .await;
+    assert_eq!(
+        cluster
+            .secret("tidy")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        settled,
+        "a quiet restart writes nothing"
+    );
+}
