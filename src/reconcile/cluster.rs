@@ -116,14 +116,14 @@ async fn reconcile_at(
         Ok(spec) => spec,
         Err(err) => {
             ctx.exchange.leave(&uid);
-            write_status(crc, ctx, &blocked(&err)).await?;
+            write_status(crc, ctx, &blocked(&err), false).await?;
             return Ok(Action::await_change());
         }
     };
     let (trust, client) = match ctx.token_clients.get(crc.spec.ca_bundle.as_deref()).await {
         Ok(found) => found,
         Err(err @ Error::InvalidSpec { .. }) => {
-            write_status(crc, ctx, &blocked(&err)).await?;
+            write_status(crc, ctx, &blocked(&err), false).await?;
             return Ok(Action::await_change());
         }
         Err(err) => return Err(err),
@@ -210,7 +210,7 @@ async fn reconcile_at(
             }
             None => {
                 ctx.exchange.leave(&uid);
-                write_status(crc, ctx, &blocked(&err)).await?;
+                write_status(crc, ctx, &blocked(&err), false).await?;
                 return Ok(Action::requeue(FAILED_RECHECK));
             }
         },
@@ -219,12 +219,15 @@ async fn reconcile_at(
         matched: matched.len(),
         ..Outcome::default()
     };
+    // Whether a Secret was written in this pass (then a new `sharedWith`
+    // goes out with the status).
+    let mut wrote = false;
     if let (Some(token), Some(record)) = (&token, &record) {
         let owner_reference = match crc.spec.target.deletion_policy {
             DeletionPolicy::Delete => crc.controller_owner_ref(&()),
             DeletionPolicy::Retain => None,
         };
-        let results: Vec<(String, Result<(), Error>)> = futures::stream::iter(existing)
+        let results: Vec<(String, Result<bool, Error>)> = futures::stream::iter(existing)
             .map(|(namespace, found)| {
                 let owner = SecretOwner {
                     secret_name: target_name.clone(),
@@ -266,7 +269,10 @@ async fn reconcile_at(
             .await;
         for (namespace, result) in results {
             match result {
-                Ok(()) => outcome.synced += 1,
+                Ok(written) => {
+                    outcome.synced += 1;
+                    wrote |= written;
+                }
                 Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
                     outcome
                         .failed
@@ -304,7 +310,7 @@ async fn reconcile_at(
         shared_with,
         now,
     );
-    write_status(crc, ctx, &status).await?;
+    write_status(crc, ctx, &status, wrote).await?;
     // Warnings as for a RunaiCredential: when a failure starts, then at the
     // 2nd, 4th, 8th … attempt; and when a namespace newly fails.
     if let Some(f) = &failure
@@ -604,14 +610,14 @@ async fn sync_namespace(
     mut found: Option<Secret>,
     desired: Secret,
     token: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let name = crc.name_any();
     let uid = crc.uid();
     for attempt in 0..2 {
         let action = fanout::plan_secret(found.as_ref(), &desired, &name, uid.as_deref());
         let result = match action {
-            SecretAction::Keep => return Ok(()),
+            SecretAction::Keep => return Ok(false),
             SecretAction::Conflict => {
                 return Err(Error::SecretConflict {
                     secret: desired.name_any(),
@@ -623,7 +629,7 @@ async fn sync_namespace(
             }
         };
         match result {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(ref err) if attempt == 0 && super::stale_write(err) => {
                 found = get_secret(&secrets, &desired.name_any(), Read::Latest)
                     .await
@@ -822,11 +828,14 @@ async fn release_all(ctx: &Context, crc: &ClusterRunaiCredential) -> Result<(), 
     Ok(())
 }
 
-/// Records the status in the metrics and writes it when it changed.
+/// Records the status in the metrics and writes it when it changed, or
+/// when only `sharedWith` changed and a Secret was written in this pass
+/// (`recount`: api.md promises the count at the latest at a refresh).
 async fn write_status(
     crc: &ClusterRunaiCredential,
     ctx: &Context,
     status: &ClusterRunaiCredentialStatus,
+    recount: bool,
 ) -> Result<(), Error> {
     let ready = status
         .conditions
@@ -844,11 +853,10 @@ async fn write_status(
         status.failed_attempts,
         ready,
     );
-    if crc
-        .status
-        .as_ref()
-        .is_some_and(|old| fanout::same_status(old, status))
-    {
+    if crc.status.as_ref().is_some_and(|old| {
+        super::status::same_status(old, status)
+            && !(recount && old.shared_with != status.shared_with)
+    }) {
         return Ok(());
     }
     ctx.ensure_acting()?;

@@ -482,7 +482,7 @@ fn written(
         ),
     });
     Step::Finish(Box::new(Finish {
-        status_changed: changed(o, &status),
+        status_changed: changed_or_recounted(o, &status),
         status: Some(status),
         event,
         requeue: Requeue::At(schedule::wake_at(due, record.expires_at, o.now)),
@@ -721,20 +721,30 @@ fn shown(
     )
 }
 
-/// Sets `sharedWith`: the other members of the group. Until its membership
-/// settles (members join one by one as they are reconciled), the count shown
-/// before is kept, so that a restart rewrites no status; a first status counts
-/// at least the RunaiCredentials that read alike, which all join.
+/// Sets `sharedWith`: the other members of the group now. Right after a
+/// start groups fill up as their members are reconciled one by one, so a
+/// count also includes the RunaiCredentials that read alike (which all
+/// join). A new count alone is no reason to write ([`status::same_status`]).
 fn with_shared(o: &Observed<'_>, mut status: RunaiCredentialStatus) -> RunaiCredentialStatus {
-    let previous = o.cr.status.as_ref().map(|s| s.shared_with);
-    let others = |members: usize| u32::try_from(members.saturating_sub(1)).unwrap_or(u32::MAX);
-    status.shared_with = match (&o.group, previous) {
-        (None, _) => 0,
-        (Some((_, view)), _) if view.settled => others(view.members),
-        (Some(_), Some(previous)) => previous,
-        (Some((_, view)), None) => others(view.members.max(o.readers)),
+    status.shared_with = match &o.group {
+        None => 0,
+        Some((_, view)) => {
+            u32::try_from(view.members.max(o.readers).saturating_sub(1)).unwrap_or(u32::MAX)
+        }
     };
     status
+}
+
+/// After a token was written to the member's Secret (its refresh, or the
+/// group's), a new `sharedWith` goes out too, even when nothing else of the
+/// status changed (a token issued within the same second): api.md promises
+/// the count at the latest then.
+fn changed_or_recounted(o: &Observed<'_>, new: &RunaiCredentialStatus) -> bool {
+    changed(o, new)
+        || o.cr
+            .status
+            .as_ref()
+            .is_some_and(|old| old.shared_with != new.shared_with)
 }
 
 fn changed(o: &Observed<'_>, new: &RunaiCredentialStatus) -> bool {

@@ -292,20 +292,6 @@ fn as_token_status(s: &ClusterRunaiCredentialStatus) -> RunaiCredentialStatus {
     }
 }
 
-/// Whether two statuses show the same thing, whatever the order of conditions.
-pub fn same_status(a: &ClusterRunaiCredentialStatus, b: &ClusterRunaiCredentialStatus) -> bool {
-    let sorted = |s: &ClusterRunaiCredentialStatus| {
-        let mut c = s.conditions.clone();
-        c.sort_by(|x, y| x.type_.cmp(&y.type_));
-        c
-    };
-    let strip = |s: &ClusterRunaiCredentialStatus| ClusterRunaiCredentialStatus {
-        conditions: Vec::new(),
-        ..s.clone()
-    };
-    strip(a) == strip(b) && sorted(a) == sorted(b)
-}
-
 /// The status when the ClusterRunaiCredential cannot proceed (invalid spec,
 /// missing credentials): `Ready=False` and Stalled with `reason`.
 pub fn blocked_cluster_status(

@@ -275,18 +275,44 @@ fn merge_conditions(
         .collect()
 }
 
-/// Whether two statuses show the same thing, whatever the order of conditions.
-pub fn same_status(a: &RunaiCredentialStatus, b: &RunaiCredentialStatus) -> bool {
-    let sorted = |s: &RunaiCredentialStatus| {
-        let mut c = s.conditions.clone();
-        c.sort_by(|x, y| x.type_.cmp(&y.type_));
+/// A status of either kind, as far as deciding whether to write it goes.
+pub trait ShownStatus: Clone + PartialEq {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn shared_with_mut(&mut self) -> &mut u32;
+}
+
+impl ShownStatus for RunaiCredentialStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn shared_with_mut(&mut self) -> &mut u32 {
+        &mut self.shared_with
+    }
+}
+
+impl ShownStatus for crate::api::ClusterRunaiCredentialStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn shared_with_mut(&mut self) -> &mut u32 {
+        &mut self.shared_with
+    }
+}
+
+/// Whether the status `new` shows nothing that `stored` does not, so that
+/// it is not written: the order of conditions aside, and `sharedWith`
+/// aside. A new `sharedWith` alone is no reason to write (api.md, "Shared
+/// token exchange"): it goes out with the member's next status write, at
+/// the latest at its next refresh, so that a member joining or leaving a
+/// group costs the other members no write.
+pub fn same_status<S: ShownStatus>(stored: &S, new: &S) -> bool {
+    fn comparable<S: ShownStatus>(s: &S) -> S {
+        let mut c = s.clone();
+        c.conditions_mut().sort_by(|x, y| x.type_.cmp(&y.type_));
+        *c.shared_with_mut() = 0;
         c
-    };
-    let strip = |s: &RunaiCredentialStatus| RunaiCredentialStatus {
-        conditions: Vec::new(),
-        ..s.clone()
-    };
-    strip(a) == strip(b) && sorted(a) == sorted(b)
+    }
+    comparable(stored) == comparable(new)
 }
 
 #[cfg(test)]
@@ -646,5 +672,38 @@ mod tests {
             let s = status(None, Some(&f), at("2026-01-01T00:01:00Z"));
             assert_eq!(pair(&s), (t_("False"), t_("True")), "{reason}");
         }
+    }
+}
+
+#[cfg(test)]
+mod same_status_tests {
+    use super::*;
+    use crate::api::ClusterRunaiCredentialStatus;
+
+    fn check<S: ShownStatus + Default + std::fmt::Debug>(kind: &str) {
+        let stored = S::default();
+        let mut grown = stored.clone();
+        *grown.shared_with_mut() = 4;
+        assert!(
+            same_status(&stored, &grown),
+            "{kind}: sharedWith alone is no reason to write"
+        );
+        // Positive control: anything else shown is.
+        let mut other = grown.clone();
+        other.conditions_mut().push(Condition {
+            type_: CONDITION_READY.to_owned(),
+            status: "True".to_owned(),
+            reason: "TokenReady".to_owned(),
+            message: String::new(),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            observed_generation: None,
+        });
+        assert!(!same_status(&stored, &other), "{kind}");
+    }
+
+    #[test]
+    fn shared_with_alone_is_no_reason_to_write_for_either_kind() {
+        check::<RunaiCredentialStatus>("RunaiCredential");
+        check::<ClusterRunaiCredentialStatus>("ClusterRunaiCredential");
     }
 }

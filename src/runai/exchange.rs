@@ -174,14 +174,7 @@ pub struct GroupView {
     pub failure: Option<GroupFailure>,
     /// How many RunaiCredentials the group serves, this one included.
     pub members: usize,
-    /// No member joined or left for [`MEMBERS_SETTLE`]: `members` is worth
-    /// showing (right after a start, groups fill up as their members are
-    /// reconciled one by one).
-    pub settled: bool,
 }
-
-/// How long a group's membership must stay unchanged to count as settled.
-pub const MEMBERS_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 struct Group {
@@ -233,8 +226,6 @@ struct GroupState {
     /// By uid; a list, as most groups are small (a map's least allocation is
     /// several times one entry).
     members: Vec<(Box<str>, Member)>,
-    /// When a member last joined or left.
-    changed_at: Option<std::time::Instant>,
 }
 
 /// The outcome of [`Exchange::obtain`].
@@ -337,7 +328,6 @@ impl Exchange {
                 state.members.reserve_exact(1);
             }
             state.members.push((uid.into(), member));
-            state.changed_at = Some(std::time::Instant::now());
         }
         view(&state)
     }
@@ -362,11 +352,7 @@ impl Exchange {
         if let Some(group) = groups.get(key) {
             let empty = {
                 let mut state = lock(&group.state);
-                let before = state.members.len();
                 state.members.retain(|(m, _)| **m != *uid);
-                if state.members.len() != before {
-                    state.changed_at = Some(std::time::Instant::now());
-                }
                 state.members.is_empty()
             };
             // A group with a request in flight is kept until it ends.
@@ -387,17 +373,6 @@ impl Exchange {
         for uid in gone {
             self.leave(&uid);
         }
-    }
-
-    /// How many RunaiCredentials the group of `uid` serves (it included),
-    /// once its membership has settled; `None` when it is in none or not
-    /// settled.
-    #[must_use]
-    pub fn settled_members_of(&self, uid: &str) -> Option<usize> {
-        let key = lock(&self.member_of).get(uid).cloned()?;
-        let group = lock(&self.groups).get(&key).cloned()?;
-        let view = view(&lock(&group.state));
-        view.settled.then_some(view.members)
     }
 
     /// Has these RunaiCredentials reconciled (through [`Exchange::subscribe`]).
@@ -619,9 +594,6 @@ fn view(state: &GroupState) -> GroupView {
         token,
         failure: state.failure.clone(),
         members: state.members.len(),
-        settled: state
-            .changed_at
-            .is_none_or(|at| at.elapsed() >= MEMBERS_SETTLE),
     }
 }
 

@@ -31,7 +31,6 @@ use crate::{
     reconcile::{self, Context, FIELD_MANAGER, Policy},
     runai::client::TokenClients,
     runai::exchange::Exchange,
-    runai::exchange::Member,
     runtime::index::SecretIndex,
     runtime::leader,
     runtime::metrics::{CredentialLabels, Metrics},
@@ -624,7 +623,6 @@ async fn run_controllers(
     // Ready once every watch has listed what exists.
     let sync_stores = stores.clone();
     let probe_stores = stores.clone();
-    let sharing_stores = stores.clone();
     let sync_health = health.clone();
     let readiness = tokio::spawn(async move {
         for store in &sync_stores {
@@ -647,7 +645,6 @@ async fn run_controllers(
     // What is kept about deleted RunaiCredentials (gauges, backoffs) goes
     // away within a minute.
     let pruned = ctx.clone();
-    let counted_clusters = cluster_store.clone();
     let pruning = tokio::spawn(async move {
         let period = Duration::from_secs(60);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -698,39 +695,6 @@ async fn run_controllers(
             );
         }
     });
-    // `status.sharedWith` of members reconciled before their group was
-    // complete is put right once the group is: only those whose count
-    // differs are reconciled again.
-    let counted = (ctx.clone(), sharing_stores, counted_clusters);
-    let counting = tokio::spawn(async move {
-        let (ctx, stores, cluster_store) = counted;
-        let mut tick = tokio::time::interval(SHARED_WITH_CHECK);
-        loop {
-            tick.tick().await;
-            let stale: Vec<Member> = stores
-                .iter()
-                .flat_map(|store| store.state())
-                .filter(|cr| cr.metadata.deletion_timestamp.is_none())
-                .filter(|cr| {
-                    let shown = cr.status.as_ref().map(|s| s.shared_with);
-                    let members = cr.metadata.uid.as_deref().and_then(|uid| ctx.exchange.settled_members_of(uid));
-                    matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
-                })
-                .map(|cr| ObjectRef::from_obj(cr.as_ref()).into())
-                .collect();
-            let stale_clusters = cluster_store
-                .iter()
-                .flat_map(|store| store.state())
-                .filter(|crc| {
-                    let shown = crc.status.as_ref().map(|s| s.shared_with);
-                    let members = crc.metadata.uid.as_deref().and_then(|uid| ctx.exchange.settled_members_of(uid));
-                    matches!((shown, members), (Some(shown), Some(members)) if members.saturating_sub(1) != shown as usize)
-                })
-                .map(|crc| ObjectRef::from_obj(crc.as_ref()).into());
-            ctx.exchange
-                .nudge(stale.into_iter().chain(stale_clusters).collect());
-        }
-    });
     // Liveness: the API server answers (or reconciliations succeed) while
     // there are RunaiCredentials to keep; see `Settings::stall_limit`.
     let probed = (client.clone(), health.clone(), probe_stores);
@@ -753,15 +717,11 @@ async fn run_controllers(
     futures::future::join(futures::future::join_all(controllers), cluster_run).await;
     readiness.abort();
     pruning.abort();
-    counting.abort();
     probing.abort();
 }
 
 /// How long a shutdown waits for the reconciliations under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
-/// How often `status.sharedWith` is compared with the groups.
-const SHARED_WITH_CHECK: Duration = Duration::from_secs(5);
 
 /// How often the leader checks that the API server answers.
 const LIVENESS_PROBE: Duration = Duration::from_secs(30);

@@ -91,20 +91,6 @@ async fn one_application_one_exchange_across_namespaces() {
             api.get(name).await.ok()?.status.map(|s| s.shared_with)
         }
     };
-    eventually(
-        Duration::from_secs(90),
-        "sharedWith counts the five others",
-        || async {
-            for (ns, name) in &members {
-                if shared_with(ns.clone(), name).await != Some(5) {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
-
     // A forced refresh of one member: exactly one more request, and the new
     // token reaches all six Secrets.
     let api: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &namespaces[1]);
@@ -133,6 +119,21 @@ async fn one_application_one_exchange_across_namespaces() {
         Duration::from_secs(3),
         "exactly one more request",
         || async { standin.requests("app-shared") == 2 },
+    )
+    .await;
+    // The members joining wrote no status of the others; the write of the
+    // new token brings every count up to date.
+    eventually(
+        Duration::from_secs(90),
+        "sharedWith counts the five others",
+        || async {
+            for (ns, name) in &members {
+                if shared_with(ns.clone(), name).await != Some(5) {
+                    return None;
+                }
+            }
+            Some(())
+        },
     )
     .await;
 
@@ -243,4 +244,71 @@ async fn one_application_one_exchange_across_namespaces() {
     // Both still hold the valid token.
     assert_eq!(tokens().await[0].as_deref(), Some(second.as_str()));
     controller.assert_logs_hold_none_of(&["s3cr3t-shared", "s3cr3t-other"]);
+}
+
+/// api.md, "Shared token exchange": a member joining or leaving a group
+/// causes no status write of the other members.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn joining_and_leaving_a_group_writes_nothing_of_the_others() {
+    let cluster = Cluster::new("quiet-group").await;
+    let standin = standin_with("app-quiet", "s3cr3t-quiet", HOUR).await;
+    cluster
+        .put_credentials("creds", "app-quiet", "s3cr3t-quiet")
+        .await;
+    let _controller = cluster.start_controller();
+    for name in ["one", "two"] {
+        cluster
+            .create_credential(name, spec_for(&standin, "creds"))
+            .await;
+    }
+    for name in ["one", "two"] {
+        cluster.wait_ready(name).await;
+    }
+    let versions = || async {
+        let mut all = Vec::new();
+        for name in ["one", "two"] {
+            let cr = cluster.credentials().get(name).await.unwrap();
+            all.push(cr.metadata.resource_version);
+        }
+        all
+    };
+    // Settled: nothing more is written after the first statuses.
+    let before = eventually(Duration::from_secs(10), "the two settle", || async {
+        let first = versions().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (versions().await == first).then_some(first)
+    })
+    .await;
+    // A third joins: it is served (the positive control that the controller
+    // works meanwhile) with the group's token, and the others stay as they
+    // were.
+    cluster
+        .create_credential("three", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("three").await;
+    assert_eq!(
+        standin.requests("app-quiet"),
+        1,
+        "the group's token, no request"
+    );
+    // Longer than the 10 s a membership took to settle plus the 5 s poll
+    // that rewrote the others' statuses before.
+    stays(
+        Duration::from_secs(16),
+        "no write of the others after a join",
+        || async { versions().await == before },
+    )
+    .await;
+    cluster
+        .credentials()
+        .delete("three", &Default::default())
+        .await
+        .unwrap();
+    stays(
+        Duration::from_secs(8),
+        "no write of the others after a leave",
+        || async { versions().await == before },
+    )
+    .await;
 }

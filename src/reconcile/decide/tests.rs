@@ -626,3 +626,29 @@ fn a_routine_refresh_is_requested_when_due_and_not_announced() {
     );
     assert_eq!(condition(&f, "Ready").status, "True");
 }
+
+#[test]
+fn a_group_that_grows_writes_no_status_until_the_member_writes_anyway() {
+    let (mut cr, k) = (credential(), key());
+    let issued = now() - secs(600);
+    let o = with_stored(observed(&cr, &k), "tok-1", record(&k, issued, 3600));
+    cr.status = finish(decide(&o)).status;
+    assert_eq!(cr.status.as_ref().unwrap().shared_with, 0);
+    // Four more members joined.
+    fn grown<'a>(cr: &'a RunaiCredential, k: &'a HashKey, issued: Timestamp) -> Observed<'a> {
+        let mut o = with_stored(observed(cr, k), "tok-1", record(k, issued, 3600));
+        let view = &mut o.group.as_mut().unwrap().1;
+        view.members = 5;
+        o
+    }
+    let f = finish(decide(&grown(&cr, &k, issued)));
+    assert!(
+        !f.status_changed,
+        "a membership change alone writes nothing"
+    );
+    // Positive control: the next write for another reason carries the count.
+    cr.metadata.generation = Some(2);
+    let f = finish(decide(&grown(&cr, &k, issued)));
+    assert!(f.status_changed);
+    assert_eq!(f.status.unwrap().shared_with, 4);
+}

@@ -369,5 +369,8 @@ fn an_unchanged_status_is_the_same_and_keeps_its_transition_times() {
         0,
         t("2026-01-01T00:09:00Z"),
     );
-    assert!(same_status(&first, &again), "no write for nothing new");
+    assert!(
+        crate::reconcile::status::same_status(&first, &again),
+        "no write for nothing new"
+    );
 }
