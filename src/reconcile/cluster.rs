@@ -181,14 +181,24 @@ async fn reconcile_at(
             exchange_token(ctx, crc, &source, &stored, matched.len(), now).await?
         }
         // Without its credentials, the token the Secrets hold stays in use
-        // while it is valid (Degraded, as for a RunaiCredential).
+        // while it is valid (Degraded, as for a RunaiCredential), but only a
+        // token of its own credentials: those of the group it is in. A
+        // namespace user could copy another credential's Secret, record
+        // and all (intact), into the one in their namespace; that token
+        // never spreads. It stays a member (no request is made for it), so
+        // that the next pass still knows which token is its own; after a
+        // restart it knows none, and writes nothing.
         Err(err) => match stored
             .iter()
+            .filter(|s| {
+                ctx.exchange
+                    .group_of(&uid)
+                    .is_some_and(|own| GroupKey::new(&s.record.credentials_hash, &trust) == own)
+            })
             .filter(|s| s.record.expires_at.is_none_or(|at| at > now))
             .max_by_key(|s| s.record.issued_at)
         {
             Some(kept) => {
-                ctx.exchange.leave(&uid);
                 Token {
                     token: Some(GroupToken {
                         access_token: kept.access_token.clone(),
@@ -353,6 +363,11 @@ async fn reconcile_at(
             ),
         )
         .await;
+    }
+    if outcome.matched == 0 && outcome.pending == 0 {
+        // Nothing to serve, so nothing falls due: the next namespace that
+        // matches (a Namespace event) or a change of its own wakes it.
+        return Ok(Action::await_change());
     }
     let wake = schedule::delay_until(now, next_refresh).max(Duration::from_secs(1));
     Ok(Action::requeue(if outcome.pending > 0 {

@@ -92,8 +92,7 @@ pub struct Observed<'a> {
     pub written: Option<Result<(), Error>>,
 }
 
-/// What to do next.
-#[derive(Debug)]
+/// What to do next. `Debug` never shows the token or the Secret's data.
 pub enum Step {
     /// Delete or release the Secrets of earlier target names.
     ReleaseOldTargets,
@@ -112,6 +111,34 @@ pub enum Step {
     },
     /// The end: write the status, publish, remember, requeue.
     Finish(Box<Finish>),
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::ReleaseOldTargets => f.write_str("ReleaseOldTargets"),
+            Step::ReadNamespace => f.write_str("ReadNamespace"),
+            Step::RequestToken { reason } => f
+                .debug_struct("RequestToken")
+                .field("reason", reason)
+                .finish(),
+            Step::WriteSecret { secret, repair, .. } => f
+                .debug_struct("WriteSecret")
+                .field("secret", &secret.metadata.name)
+                .field(
+                    "keys",
+                    &secret
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, _)| k)
+                        .collect::<Vec<_>>(),
+                )
+                .field("repair", repair)
+                .finish_non_exhaustive(),
+            Step::Finish(finish) => f.debug_tuple("Finish").field(finish).finish(),
+        }
+    }
 }
 
 /// A change to what the controller remembers of a RunaiCredential.
@@ -400,10 +427,18 @@ fn refresh(o: &Observed<'_>, spec: &ValidSpec, reason: RefreshReason) -> Step {
     {
         return retrying(o, Some(failure.failure.clone()), failure.retry_at, true);
     }
+    unless_terminating(o, Step::RequestToken { reason })
+}
+
+/// `step` (a token request or a Secret write) unless the namespace is being
+/// deleted: api.md promises no request and no write there, whatever the
+/// token's source (a request, the group's, a pending one, a repair). Whether
+/// it is, is read first.
+fn unless_terminating(o: &Observed<'_>, step: Step) -> Step {
     match o.namespace_terminating {
         None => Step::ReadNamespace,
         Some(true) => Step::Finish(Box::new(Finish::idle(Note::NamespaceTerminating))),
-        Some(false) => Step::RequestToken { reason },
+        Some(false) => step,
     }
 }
 
@@ -415,16 +450,19 @@ fn write_new(
     reason: RefreshReason,
 ) -> Step {
     match &o.written {
-        None => Step::WriteSecret {
-            secret: Box::new(secret::desired_secret(
-                o.cr,
-                &token.access_token,
-                &token.record,
-                o.hash_key,
-            )),
-            token: token.access_token,
-            repair: false,
-        },
+        None => unless_terminating(
+            o,
+            Step::WriteSecret {
+                secret: Box::new(secret::desired_secret(
+                    o.cr,
+                    &token.access_token,
+                    &token.record,
+                    o.hash_key,
+                )),
+                token: token.access_token,
+                repair: false,
+            },
+        ),
         Some(Ok(())) => written(o, spec, &token, reason),
         // Kept, so that retrying the write costs no new token request.
         Some(Err(err @ Error::SecretConflict { .. })) => match block(o, err) {
@@ -506,10 +544,15 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
     let desired = secret::desired_secret(o.cr, &stored.access_token, &stored.record, o.hash_key);
     managed
         .is_none_or(|s| secret::needs_repair(s, &desired))
-        .then(|| Step::WriteSecret {
-            secret: Box::new(desired),
-            token: stored.access_token.clone(),
-            repair: true,
+        .then(|| {
+            unless_terminating(
+                o,
+                Step::WriteSecret {
+                    secret: Box::new(desired),
+                    token: stored.access_token.clone(),
+                    repair: true,
+                },
+            )
         })
 }
 

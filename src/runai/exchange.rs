@@ -332,6 +332,12 @@ impl Exchange {
         view(&state)
     }
 
+    /// The group `uid` is a member of, if any.
+    #[must_use]
+    pub fn group_of(&self, uid: &str) -> Option<GroupKey> {
+        lock(&self.member_of).get(uid).copied()
+    }
+
     /// What the group `key` holds now.
     #[must_use]
     pub fn view(&self, key: &GroupKey) -> GroupView {
@@ -453,7 +459,8 @@ impl Exchange {
     /// Obtains a token for the group `key` on behalf of member `uid`: waits
     /// for a request of another member in flight, then takes the group's
     /// token if `accept` says it suits, holds back while the group backs off
-    /// after a failure that came after `seen_failure`, or else makes one
+    /// after a failure (one that came after `seen_failure`, or any before
+    /// its retry time, whatever the caller saw), or else makes one
     /// request with `request` (within the global limit). A successful
     /// request's token becomes the group's and the other members are
     /// reconciled; a failed one becomes the group's failure, retried at the
@@ -483,8 +490,11 @@ impl Exchange {
             {
                 return Exchanged::Shared(token);
             }
+            // Enforced here, where no caller can skip it: a failure new to
+            // the caller, or one whose retry time (`Retry-After`, backoff)
+            // has not come, holds the request back.
             if let Some(failure) = &state.failure
-                && Some(failure) != seen_failure
+                && (Some(failure) != seen_failure || now < failure.retry_at)
             {
                 return Exchanged::HeldBack;
             }
@@ -721,14 +731,26 @@ mod tests {
             )
             .await;
         assert!(matches!(held, Exchanged::HeldBack), "{held:?}");
-        // Positive control: one that saw it (its retry time came) asks again.
+        // Nor does having seen it let a member ask before the retry time.
+        let early = exchange
+            .obtain(
+                &key(1),
+                "b",
+                |_| false,
+                Some(&failure),
+                (failure.retry_at - jiff::SignedDuration::from_secs(1), 0.0),
+                || async { panic!("no request before the retry time") },
+            )
+            .await;
+        assert!(matches!(early, Exchanged::HeldBack), "{early:?}");
+        // Positive control: one that saw it, at its retry time, asks again.
         let retried = exchange
             .obtain(
                 &key(1),
                 "b",
                 |_| false,
                 Some(&failure),
-                (Timestamp::now(), 0.0),
+                (failure.retry_at, 0.0),
                 || async { issued("t") },
             )
             .await;

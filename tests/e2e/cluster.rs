@@ -511,3 +511,185 @@ async fn retain_releases_the_secrets_of_namespaces_left_and_of_a_deleted_owner()
             .any(|k| k.starts_with("tokensync.dev/"))
     );
 }
+
+/// A namespace user copies another credential's Secret (token and intact
+/// record) into the ClusterRunaiCredential's Secret in their namespace while
+/// its credentials cannot be read: that token never reaches the other
+/// namespaces.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_planted_token_of_other_credentials_never_spreads() {
+    let (f, _owned) = Fanout::start("planted", "Delete").await;
+    let [a, b, ..] = f.namespaces.clone();
+    f.wait_status("a, b synced", |s| s["syncedNamespaces"] == 2)
+        .await;
+    let own = token_of(&secret_in(&f.cluster, &b).await.unwrap()).unwrap();
+
+    // Another application's RunaiCredential in `a`, whose user plants it.
+    // Its token is issued a second later (times are whole seconds), so that
+    // it is the newest token the ClusterRunaiCredential's Secrets hold.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.standin.set_client("app-other", "s3cr3t-other", HOUR);
+    crate::harness::put_credentials_in(
+        &f.cluster.client,
+        &a,
+        "other-creds",
+        "app-other",
+        "s3cr3t-other",
+    )
+    .await;
+    let others: Api<runai_token_sync::RunaiCredential> =
+        Api::namespaced(f.cluster.client.clone(), &a);
+    let mut spec = crate::harness::spec_for(&f.standin, "other-creds");
+    spec["target"] = json!({"name": "other-token"});
+    others
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+                "metadata": {"name": "other"}, "spec": spec,
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let secrets_a: Api<Secret> = Api::namespaced(f.cluster.client.clone(), &a);
+    let source = eventually(
+        Duration::from_secs(20),
+        "the other credential's Secret",
+        || async {
+            secrets_a
+                .get_opt("other-token")
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| token_of(s).is_some())
+        },
+    )
+    .await;
+    let planted = token_of(&source).unwrap();
+    assert_ne!(planted, own);
+
+    // The platform's credentials go; the ClusterRunaiCredential notices.
+    f.cluster
+        .secrets()
+        .delete("platform-app", &DeleteParams::default())
+        .await
+        .unwrap();
+    f.wait_status("Degraded: credentials not found", |s| {
+        s["conditions"].as_array().into_iter().flatten().any(|c| {
+            c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == "CredentialsNotFound"
+        })
+    })
+    .await;
+    let record: serde_json::Map<String, Value> = source
+        .annotations()
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokensync.dev/"))
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let after_plant = secrets_a
+        .patch(
+            TARGET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": record},
+                // The token and its expiry: the record its hash covers.
+                "data": source.data.as_ref().unwrap(),
+            })),
+        )
+        .await
+        .unwrap();
+    // Positive control: the plant took.
+    assert_eq!(token_of(&after_plant), Some(planted.clone()));
+    crate::harness::stays(
+        Duration::from_secs(10),
+        "b keeps the platform's token",
+        || async {
+            secret_in(&f.cluster, &b).await.and_then(|s| token_of(&s)) == Some(own.clone())
+        },
+    )
+    .await;
+}
+
+/// The API server's own count of LIST requests for Secrets
+/// (`apiserver_request_total`), summed over its series.
+async fn secret_lists(client: &kube::Client) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's /metrics");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("resource=\"secrets\"") && l.contains("verb=\"LIST\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A ClusterRunaiCredential that matches no namespace any more, and whose
+/// token falls due meanwhile, makes no request at all: no hot loop of
+/// cluster-wide Secret lists. On a plane of its own, so that the API
+/// server's counters are this test's alone.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_cluster_credential_that_matches_nothing_makes_no_requests() {
+    let Some(plane) = crate::chaos::OwnPlane::start() else {
+        eprintln!("skipped: no local Kubernetes binaries for a plane of this test's own");
+        return;
+    };
+    let cluster = Cluster::on(plane.kubeconfig.clone(), "nomatch").await;
+    let served = cluster.extra_namespace("a").await;
+    label_namespace(&cluster, &served, json!({"runai-access": "nomatch"})).await;
+    // Due 2/3 into a lifetime of 15 s.
+    let standin = standin_with("app-none", "s3cr3t-none", Duration::from_secs(15)).await;
+    cluster
+        .put_credentials("platform-app", "app-none", "s3cr3t-none")
+        .await;
+    let _controller = Controller::start_raw(
+        &cluster.kubeconfig,
+        &[
+            "--controller-namespace",
+            &cluster.namespace,
+            "--cluster-credentials=true",
+        ],
+    );
+    let api: Api<ClusterRunaiCredential> = Api::all(cluster.client.clone());
+    let crc: ClusterRunaiCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClusterRunaiCredential",
+        "metadata": {"name": "nomatch"},
+        "spec": {
+            "url": standin.url(),
+            "caBundle": standin.ca_pem(),
+            "clientCredentialsSecretRef": {"name": "platform-app"},
+            "namespaceSelector": {"matchLabels": {"runai-access": "nomatch"}},
+            "target": {"name": TARGET},
+        },
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &crc).await.unwrap();
+    eventually(Duration::from_secs(30), "the namespace served", || async {
+        secret_in(&cluster, &served)
+            .await
+            .and_then(|s| token_of(&s))
+    })
+    .await;
+    // The namespace stops matching.
+    label_namespace(&cluster, &served, json!({"runai-access": null})).await;
+    eventually(Duration::from_secs(30), "no namespace matched", || async {
+        let s = status(&api, "nomatch").await;
+        (s["matchedNamespaces"] == 0 && ready(&s).1 == "NoMatchingNamespaces").then_some(())
+    })
+    .await;
+    // Past the token's due time, then a quiet window.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = secret_lists(&cluster.client).await;
+    // Positive control: the counter is read (the watches listed at least).
+    assert!(before > 0.0, "LIST secrets were counted: {before}");
+    let requests = standin.requests("app-none");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let lists = secret_lists(&cluster.client).await - before;
+    assert!(lists <= 1.0, "{lists} Secret lists in 10 s");
+    assert_eq!(standin.requests("app-none"), requests, "no token request");
+    drop(plane);
+}

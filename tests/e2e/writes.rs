@@ -294,19 +294,33 @@ async fn a_terminating_namespace_gets_no_request_and_no_write() {
         "s3cr3t-doomed",
     )
     .await;
+    // And a member of the live namespace's group: the same application.
+    crate::harness::put_credentials_in(
+        &cluster.client,
+        &doomed_ns,
+        "alive-creds",
+        "app-alive",
+        "s3cr3t-alive",
+    )
+    .await;
     let doomed: Api<RunaiCredential> = Api::namespaced(cluster.client.clone(), &doomed_ns);
     let spec = spec_for(&standin, "creds");
-    doomed
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
-                "metadata": {"name": "doomed"}, "spec": spec.clone(),
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    for (name, spec) in [
+        ("doomed", spec.clone()),
+        ("doomed-shared", spec_for(&standin, "alive-creds")),
+    ] {
+        doomed
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+                    "metadata": {"name": name}, "spec": spec,
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
     cluster.create_credential("alive", spec).await;
     // Watching every namespace.
     let controller = Controller::start_raw(
@@ -321,12 +335,23 @@ async fn a_terminating_namespace_gets_no_request_and_no_write() {
         || async { doomed_secrets.get_opt("doomed").await.ok().flatten() },
     )
     .await;
+    let shared = eventually(
+        Duration::from_secs(20),
+        "the doomed namespace's shared token",
+        || async { doomed_secrets.get_opt("doomed-shared").await.ok().flatten() },
+    )
+    .await;
     assert_eq!(
         (
             standin.requests("app-alive"),
             standin.requests("app-doomed")
         ),
         (1, 1)
+    );
+    // Positive control: the group's token reaches its member there.
+    assert_eq!(
+        shared.data.as_ref().unwrap()["accessToken"],
+        cluster.secret("alive").await.unwrap().data.unwrap()["accessToken"]
     );
 
     assert!(
@@ -371,6 +396,12 @@ async fn a_terminating_namespace_gets_no_request_and_no_write() {
     assert_eq!(
         after.metadata.resource_version, written.metadata.resource_version,
         "the Secret in the Terminating namespace was written"
+    );
+    // The group's new token (the live one's refresh) is not written there.
+    let after = doomed_secrets.get("doomed-shared").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, shared.metadata.resource_version,
+        "the group's new token was written in the Terminating namespace"
     );
     assert!(
         controller.logs().contains("the namespace is being deleted"),

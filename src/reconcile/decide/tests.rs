@@ -263,6 +263,7 @@ fn an_edited_secret_is_repaired_with_the_same_token() {
             .unwrap()
             .insert("app.kubernetes.io/managed-by".into(), "someone".into());
     }
+    o.namespace_terminating = Some(false);
     match decide(&o) {
         Step::WriteSecret { token, repair, .. } => {
             assert_eq!((token.as_str(), repair), ("tok-1", true))
@@ -285,6 +286,9 @@ fn a_newer_token_of_the_group_is_written_without_a_request_or_an_event() {
     view.members = 6;
     view.token = Some(group_token("tok-2", now() - secs(5), 3600, 7));
     view.serial = 7;
+    // Whether the namespace is being deleted is read before any write.
+    assert!(matches!(decide(&o), Step::ReadNamespace));
+    o.namespace_terminating = Some(false);
     match decide(&o) {
         Step::WriteSecret { token, repair, .. } => {
             assert_eq!((token.as_str(), repair), ("tok-2", false))
@@ -313,6 +317,7 @@ fn a_member_that_joins_takes_the_groups_fresh_token() {
     let (cr, k) = (credential(), key());
     let mut o = observed(&cr, &k);
     give_group(&mut o, group_token("tok-g", now() - secs(60), 3600, 3));
+    o.namespace_terminating = Some(false);
     match decide(&o) {
         Step::WriteSecret { token, .. } => assert_eq!(token, "tok-g"),
         other => panic!("{other:?}"),
@@ -489,6 +494,7 @@ fn a_refused_write_keeps_the_token_and_the_truth() {
         record(&k, now() - secs(3590), 3600),
     );
     o.pending = Some(token);
+    o.namespace_terminating = Some(false);
     match decide(&o) {
         Step::WriteSecret { token, .. } => assert_eq!(token, "tok-2"),
         other => panic!("{other:?}"),
@@ -651,4 +657,90 @@ fn a_group_that_grows_writes_no_status_until_the_member_writes_anyway() {
     let f = finish(decide(&grown(&cr, &k, issued)));
     assert!(f.status_changed);
     assert_eq!(f.status.unwrap().shared_with, 4);
+}
+
+#[test]
+fn a_step_never_shows_the_token_or_the_secrets_data() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    give_group(
+        &mut o,
+        group_token("tok3n-in-debug", now() - secs(60), 3600, 3),
+    );
+    o.namespace_terminating = Some(false);
+    let step = decide(&o);
+    // Positive control: this step carries the token.
+    let Step::WriteSecret { token, .. } = &step else {
+        panic!("{step:?}")
+    };
+    assert_eq!(token, "tok3n-in-debug");
+    let shown = format!("{step:?} {step:#?}");
+    assert!(
+        shown.contains("WriteSecret") && shown.contains("accessToken"),
+        "{shown}"
+    );
+    for form in [
+        "tok3n-in-debug".to_owned(),
+        format!("{:?}", b"tok3n-in-debug"),
+        "116, 111, 107, 51".to_owned(),
+    ] {
+        assert!(!shown.contains(&form), "{shown}");
+    }
+}
+
+#[test]
+fn a_terminating_namespace_gets_no_write_whatever_the_tokens_source() {
+    let (cr, k) = (credential(), key());
+    // The group's newer token, a repair of an edited Secret, a pending
+    // token whose write failed before, and a token request.
+    let mut shared = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    give_group(&mut shared, group_token("tok-2", now() - secs(5), 3600, 7));
+    let mut repair = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    if let TargetSecret::Managed(secret) = &mut repair.target {
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("app.kubernetes.io/managed-by");
+    }
+    let mut pending = observed(&cr, &k);
+    pending.pending = Some(PendingToken {
+        access_token: "tok-p".into(),
+        record: record(&k, now() - secs(5), 3600),
+    });
+    let request = observed(&cr, &k);
+    for (what, mut o) in [
+        ("shared", shared),
+        ("repair", repair),
+        ("pending", pending),
+        ("request", request),
+    ] {
+        // Positive control: in a live namespace it writes (or asks).
+        o.namespace_terminating = Some(false);
+        assert!(
+            matches!(
+                decide(&o),
+                Step::WriteSecret { .. } | Step::RequestToken { .. }
+            ),
+            "{what}: {:?}",
+            decide(&o)
+        );
+        o.namespace_terminating = None;
+        assert!(
+            matches!(decide(&o), Step::ReadNamespace),
+            "{what}: read first"
+        );
+        o.namespace_terminating = Some(true);
+        let f = finish(decide(&o));
+        assert_eq!(f.note, Note::NamespaceTerminating, "{what}");
+    }
 }
