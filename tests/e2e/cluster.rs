@@ -693,3 +693,63 @@ async fn a_cluster_credential_that_matches_nothing_makes_no_requests() {
     assert_eq!(standin.requests("app-none"), requests, "no token request");
     drop(plane);
 }
+
+/// A 429 with `Retry-After` holds back a ClusterRunaiCredential's group
+/// however often namespace changes reconcile it meanwhile.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn retry_after_holds_through_namespace_churn() {
+    let (f, _owned) = Fanout::start("churn", "Delete").await;
+    let [a, b, c, _] = f.namespaces.clone();
+    f.wait_status("a, b synced", |s| s["syncedNamespaces"] == 2)
+        .await;
+    let held = token_of(&secret_in(&f.cluster, &a).await.unwrap()).unwrap();
+    assert_eq!(f.standin.requests("app-fan"), 1);
+    f.standin.set_fault(Some(runai_standin::Fault::Status {
+        code: 429,
+        retry_after: Some(120),
+    }));
+    f.api
+        .patch(
+            &f.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "now"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the rate-limited request",
+        || async { (f.standin.requests("app-fan") == 2).then_some(()) },
+    )
+    .await;
+    // Namespaces come and go: each change reconciles it.
+    for round in 0..4 {
+        let value = if round % 2 == 0 {
+            json!(f.selector)
+        } else {
+            json!(null)
+        };
+        label_namespace(&f.cluster, &c, json!({"runai-access": value})).await;
+        label_namespace(&f.cluster, &b, json!({"churn": round.to_string()})).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Positive control: the churn was served, with the token held.
+    label_namespace(&f.cluster, &c, json!({"runai-access": f.selector})).await;
+    eventually(
+        Duration::from_secs(15),
+        "c served with the held token",
+        || async {
+            (secret_in(&f.cluster, &c).await.and_then(|s| token_of(&s)) == Some(held.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        f.standin.requests("app-fan"),
+        2,
+        "no request before the Retry-After time"
+    );
+}
