@@ -475,6 +475,20 @@ pub fn validate_cluster_spec(
         kube::core::Selector::try_from(selector.clone())
             .map_err(|e| invalid("spec.namespaceSelector", e.to_string()))?;
     }
+    // api.md, "ClusterRunaiCredential: safe selection": an empty selector
+    // (a Kubernetes LabelSelector without requirements selects everything)
+    // and no names would hand the token to every namespace; neither field
+    // is read the same way, as a mistake rather than as "none".
+    let empty_selector = crc.spec.namespace_selector.as_ref().is_none_or(|s| {
+        s.match_labels.as_ref().is_none_or(|l| l.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+    });
+    if empty_selector && crc.spec.namespaces.is_empty() {
+        return Err(invalid(
+            "spec.namespaceSelector",
+            "matches every namespace; name the namespaces or give a non-empty selector".to_owned(),
+        ));
+    }
     if let Some(name) = crc.spec.namespaces.iter().find(|n| !is_dns_label(n)) {
         return Err(invalid(
             "spec.namespaces",

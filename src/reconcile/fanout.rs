@@ -32,10 +32,16 @@ pub struct NamespaceFacts {
     pub terminating: bool,
 }
 
+/// Namespaces a selector never selects (api.md, "ClusterRunaiCredential:
+/// safe selection"): Kubernetes' own, served only when named in
+/// `spec.namespaces`.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
 /// The namespaces a ClusterRunaiCredential serves: those whose labels match
-/// `spec.namespaceSelector` or that `spec.namespaces` names, which exist and
-/// are not Terminating, and which this controller serves (`scope`: `None`
-/// for all namespaces, else the watched ones).
+/// `spec.namespaceSelector` (never one of [`SYSTEM_NAMESPACES`]) or that
+/// `spec.namespaces` names, which exist and are not Terminating, and which
+/// this controller serves (`scope`: `None` for all namespaces, else the
+/// watched ones).
 pub fn matched_namespaces(
     crc: &ClusterRunaiCredential,
     namespaces: &BTreeMap<String, NamespaceFacts>,
@@ -52,9 +58,10 @@ pub fn matched_namespaces(
             !facts.terminating
                 && scope.is_none_or(|scope| scope.contains(*name))
                 && (crc.spec.namespaces.iter().any(|n| n == *name)
-                    || selector
-                        .as_ref()
-                        .is_some_and(|s| kube::core::SelectorExt::matches(s, &facts.labels)))
+                    || (!SYSTEM_NAMESPACES.contains(&name.as_str())
+                        && selector
+                            .as_ref()
+                            .is_some_and(|s| kube::core::SelectorExt::matches(s, &facts.labels))))
         })
         .map(|(name, _)| name.clone())
         .collect()

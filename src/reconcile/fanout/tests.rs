@@ -91,11 +91,64 @@ fn namespaces_match_by_label_or_by_name_and_never_while_terminating() {
         matched_namespaces(&expression, &all, None),
         set(&["ml-a", "ml-c"])
     );
-    // An empty selector matches every namespace; none matches none.
+    // An empty selector matches every namespace (such a spec is refused by
+    // validation, below); none matches none.
     let everything = crc(json!({"namespaceSelector": {}}));
     assert_eq!(matched_namespaces(&everything, &all, None).len(), 5);
     let nothing = crc(json!({}));
     assert!(matched_namespaces(&nothing, &all, None).is_empty());
+}
+
+#[test]
+fn a_selector_never_selects_kubernetes_own_namespaces_but_a_name_does() {
+    let all = namespaces(&[
+        ("kube-system", &[("runai-access", "all")], false),
+        ("kube-public", &[("runai-access", "all")], false),
+        ("kube-node-lease", &[("runai-access", "all")], false),
+        ("ml-a", &[("runai-access", "all")], false),
+    ]);
+    let selected = crc(json!({"namespaceSelector": {"matchExpressions": [
+        {"key": "runai-access", "operator": "Exists"}]}}));
+    assert_eq!(matched_namespaces(&selected, &all, None), set(&["ml-a"]));
+    let named = crc(json!({
+        "namespaceSelector": {"matchLabels": {"runai-access": "all"}},
+        "namespaces": ["kube-system"],
+    }));
+    assert_eq!(
+        matched_namespaces(&named, &all, None),
+        set(&["kube-system", "ml-a"])
+    );
+}
+
+#[test]
+fn a_selection_of_every_namespace_is_an_invalid_spec() {
+    for (spec, invalid) in [
+        (json!({}), true),
+        (json!({"namespaceSelector": {}}), true),
+        (
+            json!({"namespaceSelector": {"matchLabels": {}, "matchExpressions": []}}),
+            true,
+        ),
+        (json!({"namespaces": ["ml-a"]}), false),
+        (
+            json!({"namespaceSelector": {"matchLabels": {"a": "b"}}}),
+            false,
+        ),
+        (
+            json!({"namespaceSelector": {}, "namespaces": ["ml-a"]}),
+            false,
+        ),
+    ] {
+        let result = crate::api::validate_cluster_spec(&crc(spec.clone()), false);
+        match result {
+            Err(crate::Error::InvalidSpec { field, message }) if invalid => {
+                assert_eq!(field, "spec.namespaceSelector", "{spec}");
+                assert!(message.contains("matches every namespace"), "{message}");
+            }
+            Ok(_) if !invalid => {}
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
 }
 
 fn managed(name: &str, uid: Option<&str>) -> Secret {
