@@ -149,10 +149,20 @@ impl std::fmt::Debug for TargetSecret {
 }
 
 impl TargetSecret {
+    /// What `existing` is to `credential` ([`is_managed`]).
     pub fn classify(existing: Option<Secret>, credential: &RunaiCredential) -> Self {
+        let name = credential.name_any();
+        let label = credential_label_value(&name);
+        let uid = credential.uid();
+        let manager = Manager {
+            label: (CREDENTIAL_LABEL, &label),
+            kind: "RunaiCredential",
+            name: &name,
+            uid: uid.as_deref(),
+        };
         match existing {
             None => TargetSecret::Missing,
-            Some(secret) if is_managed_by(&secret, credential) => {
+            Some(secret) if is_managed(&secret, &manager) => {
                 TargetSecret::Managed(Box::new(secret))
             }
             Some(_) => TargetSecret::Foreign,
@@ -160,19 +170,43 @@ impl TargetSecret {
     }
 }
 
-/// Managed: labelled for this RunaiCredential, or owned by it (so that a
-/// Secret whose labels someone removed is still put right).
-fn is_managed_by(secret: &Secret, credential: &RunaiCredential) -> bool {
-    let labels = secret.labels();
-    let labelled = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(CREDENTIAL_LABEL) == Some(&credential_label_value(&credential.name_any()));
-    let owned = credential.uid().is_some_and(|uid| {
+/// A credential, as the owner of Secrets: the label that names it on them,
+/// its kind, name and uid.
+#[derive(Clone, Copy, Debug)]
+pub struct Manager<'a> {
+    /// [`CREDENTIAL_LABEL`] or [`CLUSTER_CREDENTIAL_LABEL`], and its value.
+    pub label: (&'static str, &'a str),
+    /// `RunaiCredential` or `ClusterRunaiCredential`.
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub uid: Option<&'a str>,
+}
+
+/// Whether `secret` is managed by `manager`, the one rule for both kinds:
+///
+/// - its controller owner reference is `manager` (by uid): ours, even if
+///   someone removed its labels, so that it is put right;
+/// - or it is labelled for `manager` (managed-by and the credential label)
+///   and every controller owner reference it has is `manager`'s, or that of
+///   an earlier object of the same kind and name (another uid: names are
+///   unique, so that object no longer exists). A credential deleted and
+///   created again takes over the Secret it left behind (api.md,
+///   "Recreated credentials"); one owned by any other object stays a
+///   conflict.
+pub fn is_managed(secret: &Secret, manager: &Manager<'_>) -> bool {
+    let controllers = || {
         secret
             .owner_references()
             .iter()
-            .any(|owner| owner.uid == uid && owner.controller == Some(true))
-    });
-    labelled || owned
+            .filter(|o| o.controller == Some(true))
+    };
+    let owned = manager
+        .uid
+        .is_some_and(|uid| controllers().any(|o| o.uid == uid && o.kind == manager.kind));
+    let labels = secret.labels();
+    let labelled = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(manager.label.0).map(String::as_str) == Some(manager.label.1);
+    owned || (labelled && controllers().all(|o| o.kind == manager.kind && o.name == manager.name))
 }
 
 /// The token held by a managed Secret, with its record. `Debug` hides the token.
@@ -908,6 +942,24 @@ mod tests {
         assert!(matches!(
             TargetSecret::classify(Some(unlabelled), &cr),
             TargetSecret::Managed(_)
+        ));
+        // Left behind by an earlier RunaiCredential of this name: adopted.
+        let mut recreated = cr.clone();
+        recreated.metadata.uid = Some("uid-new".into());
+        assert!(matches!(
+            TargetSecret::classify(Some(ours.clone()), &recreated),
+            TargetSecret::Managed(_)
+        ));
+        // Labelled for it, but owned by an object of another kind: not ours.
+        let mut owned_elsewhere = ours.clone();
+        owned_elsewhere.metadata.owner_references = Some(vec![
+            serde_json::from_value(serde_json::json!({"apiVersion": "apps/v1",
+                "kind": "Deployment", "name": "trainer", "uid": "uid-d", "controller": true}))
+            .unwrap(),
+        ]);
+        assert!(matches!(
+            TargetSecret::classify(Some(owned_elsewhere), &cr),
+            TargetSecret::Foreign
         ));
         assert!(matches!(
             TargetSecret::classify(Some(ours), &other),

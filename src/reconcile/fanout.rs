@@ -6,14 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 
 use crate::{
     api::{
         CONDITION_READY, ClusterRunaiCredential, ClusterRunaiCredentialStatus, FailedNamespace,
         RunaiCredentialStatus, cluster::MAX_FAILED_NAMESPACES,
     },
-    output::secret::{self, CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL},
+    output::secret::{self, CLUSTER_CREDENTIAL_LABEL},
     reconcile::status::{self, CurrentToken, Failure},
     runai::exchange::GroupToken,
     token::schedule::{self, RefreshReason, TokenRecord},
@@ -82,19 +81,18 @@ pub enum SecretAction {
 }
 
 /// Whether `existing` is managed by the ClusterRunaiCredential `name` (uid
-/// `uid`): its label names it and, if it has a controller owner, that owner
-/// is it.
+/// `uid`): [`secret::is_managed`], the rule of both kinds.
 pub fn is_managed_by(existing: &Secret, name: &str, uid: Option<&str>) -> bool {
-    let labels = existing.labels();
-    let labelled = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(CLUSTER_CREDENTIAL_LABEL).map(String::as_str)
-            == Some(secret::credential_label_value(name).as_str());
-    let owner_ok = existing
-        .owner_references()
-        .iter()
-        .filter(|o| o.controller == Some(true))
-        .all(|o| o.kind == "ClusterRunaiCredential" && Some(o.uid.as_str()) == uid);
-    labelled && owner_ok
+    let label = secret::credential_label_value(name);
+    secret::is_managed(
+        existing,
+        &secret::Manager {
+            label: (CLUSTER_CREDENTIAL_LABEL, &label),
+            kind: "ClusterRunaiCredential",
+            name,
+            uid,
+        },
+    )
 }
 
 /// What to do with one namespace's Secret, given the one that exists.

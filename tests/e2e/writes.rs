@@ -534,3 +534,73 @@ async fn what_the_controller_stops_setting_leaves_the_secret() {
         "a quiet restart writes nothing"
     );
 }
+
+/// api.md, "Recreated credentials": a RunaiCredential deleted (its Secret
+/// orphaned, as Argo CD's `Replace=true` or a Helm reinstall may leave it)
+/// and created again under the same name takes over its Secret, token and
+/// all, with no conflict and no token request.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_recreated_credential_takes_over_its_secret() {
+    let cluster = Cluster::new("recreated").await;
+    let standin = standin_with("app", "s3cr3t-recreated", HOUR).await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-recreated")
+        .await;
+    let _controller = cluster.start_controller();
+    let first = cluster
+        .create_credential("again", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("again").await;
+    let token = cluster.token("again", "accessToken").await.unwrap();
+    let owner = |s: &Secret| {
+        s.metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.uid)
+            .collect::<Vec<_>>()
+    };
+    // Positive control: owned by the first object.
+    assert_eq!(
+        owner(&cluster.secret("again").await.unwrap()),
+        vec![first.metadata.uid.clone().unwrap()]
+    );
+    cluster
+        .credentials()
+        .delete(
+            "again",
+            &DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the first object gone", || async {
+        cluster
+            .credentials()
+            .get_opt("again")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let second = cluster
+        .create_credential("again", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("again").await;
+    let adopted = eventually(Duration::from_secs(20), "the Secret adopted", || async {
+        let secret = cluster.secret("again").await?;
+        (owner(&secret) == vec![second.metadata.uid.clone().unwrap()]).then_some(secret)
+    })
+    .await;
+    assert_eq!(
+        adopted.data.unwrap()["accessToken"].0,
+        token.as_bytes(),
+        "its token is reused"
+    );
+    assert_eq!(standin.requests("app"), 1, "no token request");
+}

@@ -195,14 +195,32 @@ fn each_namespace_secret_is_created_updated_kept_or_left_alone() {
         plan_secret(Some(&stale), &desired, "pipelines", Some("uid-p")),
         SecretAction::Update
     );
-    // Someone else's: unlabelled, another ClusterRunaiCredential's, or owned
-    // by an earlier object of the same name.
+    // Left behind by an earlier object of the same name (deleted, created
+    // again): adopted, its owner reference replaced (api.md, "Recreated
+    // credentials").
+    assert_eq!(
+        plan_secret(
+            Some(&managed("pipelines", Some("uid-old"))),
+            &desired,
+            "pipelines",
+            Some("uid-p")
+        ),
+        SecretAction::Update
+    );
+    // Someone else's: unlabelled, another ClusterRunaiCredential's, or
+    // labelled for it but owned by an object of another kind.
     let foreign: Secret =
         serde_json::from_value(json!({"metadata": {"name": "runai-token"}})).unwrap();
+    let mut owned_elsewhere = managed("pipelines", None);
+    owned_elsewhere.metadata.owner_references = Some(vec![
+        serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "name": "pipelines", "uid": "uid-d", "controller": true}))
+        .unwrap(),
+    ]);
     for (what, existing) in [
         ("unlabelled", foreign),
         ("another's", managed("notebooks", Some("uid-n"))),
-        ("an earlier owner's", managed("pipelines", Some("uid-old"))),
+        ("owned by another kind", owned_elsewhere),
     ] {
         assert_eq!(
             plan_secret(Some(&existing), &desired, "pipelines", Some("uid-p")),
