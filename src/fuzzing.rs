@@ -152,6 +152,7 @@ pub fn record(data: &[u8]) {
             credentials_hash: Some(stored.record.credentials_hash.clone()),
             generation: stored.record.generation,
             refresh_request: stored.record.refresh_request.clone(),
+            definition: None,
         };
         if let schedule::Plan::WaitUntil(at) = schedule::plan(
             now(),

@@ -61,6 +61,7 @@ const CREDENTIALS_HASH_ANNOTATION: &str = "tokensync.dev/credentials-hash";
 const TOKEN_HASH_ANNOTATION: &str = "tokensync.dev/token-hash";
 const GENERATION_ANNOTATION: &str = "tokensync.dev/generation";
 const REFRESH_REQUEST_ANNOTATION: &str = "tokensync.dev/answered-refresh-request";
+const DEFINITION_ANNOTATION: &str = "tokensync.dev/definition-hash";
 
 /// The key for the keyed hashes kept on target Secrets. A keyed hash, unlike
 /// a plain one, cannot be used to guess a weak client secret offline by
@@ -96,20 +97,46 @@ impl HashKey {
         ])
     }
 
+    /// Hash of what defines a credential besides its url, token API and
+    /// credentials ([`HashKey::credentials_hash`]): the trusted CAs (their
+    /// [`TrustKey`](crate::runai::client::TrustKey), whatever the PEM's
+    /// formatting) and the credentials Secret's name and keys.
+    pub fn definition_hash(
+        &self,
+        trust: &crate::runai::client::TrustKey,
+        reference: &ClientCredentialsSecretRef,
+    ) -> String {
+        let trust: String = trust.iter().flatten().map(|b| format!("{b:02x}")).collect();
+        self.digest(&[
+            "definition/v1",
+            &trust,
+            &reference.name,
+            &reference.client_id_key,
+            &reference.client_secret_key,
+        ])
+    }
+
     /// Hash of a token and of everything recorded about it, to notice when
     /// someone changed either in the Secret (a forged expiry would otherwise
-    /// postpone refreshes).
+    /// postpone refreshes). A record without a definition is hashed as it
+    /// was before the definition was kept, so that such Secrets stay intact.
     pub fn token_hash(&self, token: &str, record: &TokenRecord) -> String {
         let expires_at = record.expires_at.map(rfc3339).unwrap_or_default();
-        self.digest(&[
+        let (issued_at, generation) = (rfc3339(record.issued_at), record.generation.to_string());
+        let mut parts = vec![
             "token/v2",
             token,
-            &rfc3339(record.issued_at),
+            &issued_at,
             &expires_at,
             &record.credentials_hash,
-            &record.generation.to_string(),
+            &generation,
             record.refresh_request.as_deref().unwrap_or_default(),
-        ])
+        ];
+        if let Some(definition) = &record.definition {
+            parts[0] = "token/v3";
+            parts.push(definition);
+        }
+        self.digest(&parts)
     }
 }
 
@@ -243,6 +270,7 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         credentials_hash: annotations.get(CREDENTIALS_HASH_ANNOTATION)?.clone(),
         generation: annotations.get(GENERATION_ANNOTATION)?.parse().ok()?,
         refresh_request: annotations.get(REFRESH_REQUEST_ANNOTATION).cloned(),
+        definition: annotations.get(DEFINITION_ANNOTATION).cloned(),
     };
     let stored_hash = annotations.get(TOKEN_HASH_ANNOTATION);
     let matches = |record: &TokenRecord| {
@@ -258,6 +286,7 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         // annotation never invalidates it; the next write removes it.
         let without = TokenRecord {
             refresh_request: None,
+            definition: None,
             ..record.clone()
         };
         if matches(&without) {
@@ -348,6 +377,9 @@ pub fn desired_secret_for(
     );
     if let Some(request) = &record.refresh_request {
         annotations.insert(REFRESH_REQUEST_ANNOTATION.to_owned(), request.clone());
+    }
+    if let Some(definition) = &record.definition {
+        annotations.insert(DEFINITION_ANNOTATION.to_owned(), definition.clone());
     }
 
     let mut data = BTreeMap::new();
@@ -807,6 +839,7 @@ mod tests {
             credentials_hash: "abc".into(),
             generation: 3,
             refresh_request: Some("r1".into()),
+            definition: None,
         }
     }
 
@@ -1215,6 +1248,7 @@ mod write_model_tests {
             credentials_hash: "abc".into(),
             generation: 1,
             refresh_request: None,
+            definition: None,
         };
         let mut cr = RunaiCredential::new(
             "trainer",

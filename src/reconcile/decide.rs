@@ -331,7 +331,8 @@ fn suits(o: &Observed<'_>, spec: &ValidSpec, token: &GroupToken) -> bool {
 /// Whether the exchange may answer a token request of this reconciliation
 /// with the group's `token` instead of a new request: for a refresh request,
 /// only a token newer than the one seen before; otherwise one that
-/// suits this RunaiCredential (unexpired, not due by its own schedule) and is
+/// suits this RunaiCredential (unexpired, not due by its own schedule) and,
+/// when the stored one is due or was obtained for another definition, is
 /// not the stored one.
 #[must_use]
 pub fn accepts(o: &Observed<'_>, reason: RefreshReason, token: &GroupToken) -> bool {
@@ -342,11 +343,13 @@ pub fn accepts(o: &Observed<'_>, reason: RefreshReason, token: &GroupToken) -> b
             token.serial > seen && token.expires_at.is_none_or(|at| at > o.now)
         }
         _ => {
+            // Due, or defined anew (api.md, "What a change costs"): the
+            // token held is not the answer.
             suits(o, spec, token)
                 && o.stored.as_ref().is_none_or(|s| {
                     !s.intact
                         || s.access_token != token.access_token
-                        || reason != RefreshReason::Due
+                        || !matches!(reason, RefreshReason::Due | RefreshReason::SpecChanged)
                 })
         }
     }
@@ -363,6 +366,7 @@ pub fn adopt(o: &Observed<'_>, token: &GroupToken) -> PendingToken {
             credentials_hash: o.desired.credentials_hash.clone().unwrap_or_default(),
             generation: o.desired.generation,
             refresh_request: o.desired.refresh_request.clone(),
+            definition: o.desired.definition.clone(),
         },
     }
 }
@@ -390,7 +394,7 @@ fn pending_answers(o: &Observed<'_>, spec: &ValidSpec, pending: &PendingToken) -
         .credentials_hash
         .as_deref()
         .is_some_and(|h| secret::hashes_equal(h, &record.credentials_hash))
-        && o.desired.generation == record.generation
+        && schedule::defined_alike(record, &o.desired)
         && o.desired.refresh_request == record.refresh_request;
     let due = schedule::refresh_due_at(
         record.issued_at,
@@ -541,7 +545,17 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
     if o.written.is_some() {
         return None;
     }
-    let desired = secret::desired_secret(o.cr, &stored.access_token, &stored.record, o.hash_key);
+    // An answered refresh request whose annotation is gone from the spec is
+    // no longer recorded: the Secret shows what the spec asks now.
+    let record = TokenRecord {
+        refresh_request: o
+            .desired
+            .refresh_request
+            .as_ref()
+            .and(stored.record.refresh_request.clone()),
+        ..stored.record.clone()
+    };
+    let desired = secret::desired_secret(o.cr, &stored.access_token, &record, o.hash_key);
     managed
         .is_none_or(|s| secret::needs_repair(s, &desired))
         .then(|| {
@@ -579,13 +593,17 @@ fn fresh(o: &Observed<'_>, record: &TokenRecord, due: Timestamp) -> Step {
 }
 
 /// The stored token with whether it was obtained with the current
-/// credentials. Credentials that cannot be read do not make a still-valid
-/// token stale: `Ready` stays True until it expires, and `Degraded` says why
-/// refreshing fails.
+/// credentials and for what the spec defines now (api.md: Ready is True
+/// while the Secret holds a token "obtained with the current spec and
+/// credentials"; a spec change that needs a new token makes the held one
+/// stale until it is replaced). Credentials that cannot be read do not make
+/// a still-valid token stale: `Ready` stays True until it expires, and
+/// `Degraded` says why refreshing fails.
 fn current_token<'a>(o: &'a Observed<'_>) -> Option<CurrentToken<'a>> {
     o.stored.as_ref().map(|s| CurrentToken {
         record: &s.record,
         current: s.intact
+            && schedule::defined_alike(&s.record, &o.desired)
             && o.desired
                 .credentials_hash
                 .as_deref()

@@ -153,6 +153,7 @@ pub fn record_of(
         credentials_hash: credentials_hash.to_owned(),
         generation,
         refresh_request: refresh_request.map(str::to_owned),
+        definition: None,
     }
 }
 

@@ -572,6 +572,7 @@ async fn observe<'a>(
             credentials_hash: None,
             generation: cr.meta().generation.unwrap_or_default(),
             refresh_request: cr.refresh_request().map(str::to_owned),
+            definition: None,
         },
         backoff: None,
         pending: None,
@@ -606,6 +607,10 @@ async fn observe<'a>(
         // Not the user's doing: retried by `error_policy`.
         Err(err) => return Err(err),
     };
+    observed.desired.definition = Some(
+        ctx.hash_key
+            .definition_hash(&trust, &cr.spec.client_credentials_secret_ref),
+    );
     // A change of target.name (also one made while the controller was down,
     // which the status remembers): the Secrets left under other names go.
     observed.old_targets = cr

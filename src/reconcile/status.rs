@@ -330,6 +330,7 @@ mod tests {
             credentials_hash: "h".into(),
             generation: 1,
             refresh_request: None,
+            definition: None,
         }
     }
 

@@ -41,6 +41,11 @@ pub struct TokenRecord {
     pub generation: i64,
     /// The value of the refresh annotation it answered, if any.
     pub refresh_request: Option<String>,
+    /// Keyed hash of what else defines the credential (api.md, "What a
+    /// change costs": the trusted CAs and the credentials Secret's name and
+    /// keys); `None` in a Secret written before it was recorded, which is
+    /// then judged by `generation`.
+    pub definition: Option<String>,
 }
 
 impl TokenRecord {
@@ -59,6 +64,24 @@ pub struct Desired {
     pub credentials_hash: Option<String>,
     pub generation: i64,
     pub refresh_request: Option<String>,
+    /// Keyed hash of what else defines the credential (see
+    /// [`TokenRecord::definition`]); `None` when it is not known.
+    pub definition: Option<String>,
+}
+
+/// Whether the token of `record` was obtained for what `desired` defines
+/// now: only a change of what defines the credential (url, token API and
+/// credentials: the credentials hash; trusted CAs and the credentials
+/// Secret's name and keys: the definition) needs a new token; any other
+/// spec change (labels, annotations, outputs, deletion policy) is applied
+/// with the token held (api.md, "What a change costs"). A record without a
+/// definition was written before it was kept: any spec change counts, as
+/// it did then.
+pub fn defined_alike(record: &TokenRecord, desired: &Desired) -> bool {
+    match (&record.definition, &desired.definition) {
+        (Some(have), Some(want)) => crate::output::secret::hashes_equal(have, want),
+        _ => desired.generation == record.generation,
+    }
 }
 
 /// A failed refresh that is being backed off.
@@ -140,7 +163,7 @@ pub fn plan(
     {
         return Plan::Refresh(RefreshReason::CredentialsChanged);
     }
-    if desired.generation != record.generation {
+    if !defined_alike(record, desired) {
         return Plan::Refresh(RefreshReason::SpecChanged);
     }
     if desired.refresh_request.is_some() && desired.refresh_request != record.refresh_request {
@@ -318,6 +341,7 @@ mod tests {
             credentials_hash: "h1".into(),
             generation: 1,
             refresh_request: None,
+            definition: None,
         }
     }
 
@@ -326,6 +350,7 @@ mod tests {
             credentials_hash: Some("h1".into()),
             generation: 1,
             refresh_request: None,
+            definition: None,
         }
     }
 
@@ -453,6 +478,7 @@ mod tests {
         );
         let requested = Desired {
             refresh_request: Some("now".into()),
+            definition: None,
             ..desired()
         };
         assert_eq!(
@@ -462,6 +488,7 @@ mod tests {
         // The same request value is answered once only.
         let answered = TokenRecord {
             refresh_request: Some("now".into()),
+            definition: None,
             ..record()
         };
         assert!(matches!(

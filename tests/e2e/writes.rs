@@ -604,3 +604,86 @@ async fn a_recreated_credential_takes_over_its_secret() {
     );
     assert_eq!(standin.requests("app"), 1, "no token request");
 }
+
+/// api.md, "What a change costs": labels, annotations, outputs, the
+/// deletion policy and a longer refresh interval are applied with the token
+/// held; another credentials Secret (what defines the credential) mints a
+/// new one at once.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn only_what_defines_a_credential_costs_a_token() {
+    let cluster = Cluster::new("cost").await;
+    let standin = standin_with("app", "s3cr3t-cost", HOUR).await;
+    cluster.put_credentials("creds", "app", "s3cr3t-cost").await;
+    cluster
+        .put_credentials("creds-copy", "app", "s3cr3t-cost")
+        .await;
+    let _controller = cluster.start_controller();
+    cluster
+        .create_credential("cost", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("cost").await;
+    let token = cluster.token("cost", "accessToken").await.unwrap();
+    assert_eq!(standin.requests("app"), 1);
+    cluster
+        .patch_credential(
+            "cost",
+            json!({"spec": {"refreshInterval": "50m", "target": {
+                "labels": {"team": "ml"},
+                "annotations": {"note": "x"},
+                "deletionPolicy": "Retain",
+                "outputs": [{"key": "authorization", "format": "BearerHeader"}],
+            }}}),
+        )
+        .await;
+    let edited = eventually(Duration::from_secs(15), "the edit applied", || async {
+        let secret = cluster.secret("cost").await?;
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()?
+            .get("team")
+            .map(String::as_str)
+            == Some("ml");
+        let output = secret.data.as_ref()?.contains_key("authorization");
+        let released = secret
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|o| o.is_empty());
+        (labelled && output && released).then_some(secret)
+    })
+    .await;
+    assert_eq!(edited.data.unwrap()["accessToken"].0, token.as_bytes());
+    let observed = cluster.wait_ready("cost").await;
+    assert_eq!(
+        observed.status.unwrap().observed_generation,
+        observed.metadata.generation
+    );
+    stays(
+        Duration::from_secs(3),
+        "no token for a cosmetic edit",
+        || async { standin.requests("app") == 1 },
+    )
+    .await;
+    let events = cluster.events("cost").await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(_, reason, _)| reason == "TokenIssued")
+            .count(),
+        1,
+        "no second 'Wrote a new token': {events:?}"
+    );
+    // Positive control: another credentials Secret defines it anew.
+    cluster
+        .patch_credential(
+            "cost",
+            json!({"spec": {"clientCredentialsSecretRef": {"name": "creds-copy"}}}),
+        )
+        .await;
+    eventually(Duration::from_secs(15), "a new token", || async {
+        (standin.requests("app") == 2).then_some(())
+    })
+    .await;
+}

@@ -57,6 +57,7 @@ fn record(k: &HashKey, issued: Timestamp, lifetime: i64) -> TokenRecord {
         credentials_hash: hash(k),
         generation: 1,
         refresh_request: None,
+        definition: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn observed<'a>(cr: &'a RunaiCredential, k: &'a HashKey) -> Observed<'a> {
             credentials_hash: Some(hash(k)),
             generation: 1,
             refresh_request: cr.refresh_request().map(str::to_owned),
+            definition: None,
         },
         backoff: None,
         pending: None,
@@ -743,4 +745,41 @@ fn a_terminating_namespace_gets_no_write_whatever_the_tokens_source() {
         let f = finish(decide(&o));
         assert_eq!(f.note, Note::NamespaceTerminating, "{what}");
     }
+}
+
+#[test]
+fn only_what_defines_the_credential_mints_a_new_token() {
+    let (mut cr, k) = (credential(), key());
+    let defined = |o: &mut Observed<'_>, definition: &str| {
+        o.desired.definition = Some(definition.to_owned());
+        o.namespace_terminating = Some(false);
+    };
+    let rec = TokenRecord {
+        definition: Some("d1".into()),
+        ..record(&k, now() - secs(60), 3600)
+    };
+    // A cosmetic edit (a new generation, the same definition): the token
+    // held stays, with no request, and it is still Ready's token.
+    cr.metadata.generation = Some(2);
+    let mut o = with_stored(observed(&cr, &k), "tok-1", rec.clone());
+    defined(&mut o, "d1");
+    o.desired.generation = 2;
+    let f = finish(decide(&o));
+    assert_eq!(f.note, Note::Fresh);
+    assert_eq!(condition(&f, "Ready").status, "True");
+    // Positive control: a new definition (another credentials Secret, other
+    // CAs) asks for a token at once, and the held one is no longer Ready's.
+    let mut o = with_stored(observed(&cr, &k), "tok-1", rec);
+    defined(&mut o, "d2");
+    o.desired.generation = 2;
+    assert!(
+        matches!(
+            decide(&o),
+            Step::RequestToken {
+                reason: RefreshReason::SpecChanged
+            }
+        ),
+        "{:?}",
+        decide(&o)
+    );
 }

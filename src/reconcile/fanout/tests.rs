@@ -282,6 +282,7 @@ fn record(expires: &str) -> TokenRecord {
         credentials_hash: "h".into(),
         generation: 3,
         refresh_request: None,
+        definition: None,
     }
 }
 
