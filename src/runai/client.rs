@@ -3,10 +3,23 @@
 //! The HTTP part is thin; reading the answer ([`parse_token_response`]) and
 //! classifying failures ([`classify_http_failure`]) are pure functions.
 
-use std::{collections::HashMap, fmt, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use base64::Engine as _;
 use jiff::{SignedDuration, Timestamp};
+use rustls::{
+    DigitallySignedStruct,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
 use serde_json::Value;
 
 use crate::{
@@ -71,12 +84,21 @@ impl TokenClient {
     /// timeout on every request. `HTTPS_PROXY`/`NO_PROXY` are honoured.
     pub fn new(ca_bundle: Option<&str>, timeout: Duration) -> Result<Self, Error> {
         let certs = ca_bundle
-            .map(parse_ca_bundle)
+            .map(parse_ca_bundle_der)
             .transpose()?
             .unwrap_or_default();
+        // One TLS configuration for both clients: its verifier (and with it
+        // the system roots, loaded once per process) is shared, not copied.
+        let tls = tls_config(&certs).map_err(|message| match ca_bundle {
+            Some(_) => Error::InvalidSpec {
+                field: "spec.caBundle",
+                message: format!("cannot be used as trusted CAs: {message}"),
+            },
+            None => Error::Startup(format!("cannot build an HTTP client: {message}")),
+        })?;
         let build = |pooled: bool| {
             let mut builder = reqwest::Client::builder()
-                .use_rustls_tls()
+                .use_preconfigured_tls(tls.clone())
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(10)))
                 // A redirect would re-send the client secret elsewhere: never follow.
@@ -84,9 +106,6 @@ impl TokenClient {
                 .user_agent(concat!("runai-token-sync/", env!("CARGO_PKG_VERSION")));
             if !pooled {
                 builder = builder.pool_max_idle_per_host(0);
-            }
-            for cert in &certs {
-                builder = builder.add_root_certificate(cert.clone());
             }
             builder.build().map_err(|e| match ca_bundle {
                 Some(_) => Error::InvalidSpec {
@@ -266,6 +285,147 @@ pub fn parse_ca_bundle(pem: &str) -> Result<Vec<reqwest::Certificate>, Error> {
             })
         })
         .collect()
+}
+
+/// The verifier of the system's trusted CAs (rustls-native-certs: the
+/// platform's store, or `SSL_CERT_FILE`/`SSL_CERT_DIR`), loaded once per
+/// process and shared by every HTTP client; `None` when the system has none
+/// (then only a `caBundle` is trusted).
+fn system_verifier() -> Option<Arc<WebPkiServerVerifier>> {
+    static SYSTEM: OnceLock<Option<Arc<WebPkiServerVerifier>>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+                .build()
+                .ok()
+        })
+        .clone()
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Trusts a server whose certificate chains to a `caBundle` or to the
+/// system's CAs, with the roots of each kept once: a bundle's own
+/// certificates are its only copy, the system's are shared by all.
+#[derive(Debug)]
+struct TrustedRoots {
+    bundle: Option<Arc<WebPkiServerVerifier>>,
+    system: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for TrustedRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verify = |v: &Arc<WebPkiServerVerifier>| {
+            v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        };
+        let unknown = || {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        };
+        match (
+            self.bundle.as_ref().map(verify),
+            self.system.as_ref().map(verify),
+        ) {
+            (Some(Ok(v)), _) | (_, Some(Ok(v))) => Ok(v),
+            // The more telling of two refusals: an expired or misnamed
+            // certificate of the bundle's CA says more than "unknown issuer".
+            (
+                Some(Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                ))),
+                Some(Err(system)),
+            ) => Err(system),
+            (Some(Err(bundle)), _) => Err(bundle),
+            (None, Some(Err(system))) => Err(system),
+            (None, None) => unknown(),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The TLS configuration of a token client that trusts the system's CAs and
+/// the certificates `bundle` (DER), offering HTTP/2 and HTTP/1.1 (ALPN), as
+/// reqwest's own configuration does.
+///
+/// # Errors
+///
+/// The reason, when the bundle's certificates cannot be used as roots.
+fn tls_config(bundle: &[Vec<u8>]) -> Result<rustls::ClientConfig, String> {
+    let provider = crypto_provider();
+    let bundle = if bundle.is_empty() {
+        None
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in bundle {
+            roots
+                .add(CertificateDer::from(der.clone()))
+                .map_err(|e| e.to_string())?;
+        }
+        Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let verifier = TrustedRoots {
+        bundle,
+        system: system_verifier(),
+        provider: provider.clone(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The DER encodings of the certificates of a `caBundle`; see [`parse_ca_bundle`].
@@ -827,6 +987,26 @@ impl TokenClients {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_roots_are_loaded_once_and_shared_by_every_client() {
+        let Some(first) = system_verifier() else {
+            eprintln!("skipped: this system has no trusted CAs");
+            return;
+        };
+        let second = system_verifier().expect("loaded before");
+        assert!(Arc::ptr_eq(&first, &second));
+        // Two configurations hold that same verifier, not copies of it.
+        let before = Arc::strong_count(&first);
+        let configs = [tls_config(&[]).unwrap(), tls_config(&[]).unwrap()];
+        assert_eq!(Arc::strong_count(&first), before + 2);
+        for config in &configs {
+            assert_eq!(
+                config.alpn_protocols,
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            );
+        }
+    }
 
     fn now() -> Timestamp {
         "2026-01-01T00:00:00Z".parse().unwrap()
