@@ -650,6 +650,12 @@ async fn run_controllers(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tick.tick().await;
+            // Only from complete lists: a store that has not listed yet looks
+            // empty, and pruning by it would drop what live credentials use
+            // (an interned CA bundle: a false InvalidSpec).
+            if !(all_listed(&stores) && all_listed(cluster_store.as_slice())) {
+                continue;
+            }
             let live: Vec<Arc<RunaiCredential>> =
                 stores.iter().flat_map(|store| store.state()).collect();
             let labels: HashSet<CredentialLabels> = live
@@ -720,6 +726,18 @@ async fn run_controllers(
     probing.abort();
 }
 
+/// Whether every store has listed what exists (its watch's first list is
+/// complete), without waiting.
+fn all_listed<K>(stores: &[Store<K>]) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    stores
+        .iter()
+        .all(|store| matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))))
+}
+
 /// How long a shutdown waits for the reconciliations under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -747,4 +765,25 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod listed_tests {
+    use super::*;
+    use kube::runtime::watcher;
+
+    #[test]
+    fn pruning_waits_until_every_store_has_listed() {
+        let (first, mut first_writer) = reflector::store::<RunaiCredential>();
+        let (second, mut second_writer) = reflector::store::<RunaiCredential>();
+        let stores = [first, second];
+        assert!(!all_listed(&stores), "none listed yet");
+        first_writer.apply_watcher_event(&watcher::Event::Init);
+        first_writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(!all_listed(&stores), "one of two listed");
+        second_writer.apply_watcher_event(&watcher::Event::Init);
+        second_writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(all_listed(&stores), "both listed");
+        assert!(all_listed::<RunaiCredential>(&[]), "no store: nothing to wait for");
+    }
 }
