@@ -1128,3 +1128,22 @@ async fn a_routine_refresh_costs_exactly_the_secret_and_the_status() {
         "no Event for a routine refresh"
     );
 }
+
+#[tokio::test]
+async fn a_credential_whose_spec_turns_invalid_leaves_its_group() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    // Positive control: a Ready credential is in a group.
+    assert_eq!(ctx.exchange.groups(), 1);
+    let mut broken = stored_credential(&api, &cr);
+    broken.spec.url = "ftp://acme.run.ai".to_owned();
+    broken.metadata.generation = Some(2);
+    reconciler::reconcile(Arc::new(broken), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.exchange.groups(),
+        0,
+        "left, and the empty group is gone"
+    );
+}

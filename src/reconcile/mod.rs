@@ -590,9 +590,12 @@ async fn observe<'a>(
         ctx.policy.allowed_urls.check(&spec.url)?;
         Ok(spec)
     });
+    // A spec that cannot be used takes the credential out of its group:
+    // it no longer holds what the group shares, and is no longer counted.
     let spec = match spec {
         Ok(spec) => spec,
         Err(err) => {
+            ctx.exchange.leave(&uid);
             observed.spec = Err(err);
             return Ok((observed, false));
         }
@@ -601,6 +604,7 @@ async fn observe<'a>(
     let (trust, token_client) = match ctx.token_clients.get(ca_bundle.as_deref()).await {
         Ok(found) => found,
         Err(err @ Error::InvalidSpec { .. }) => {
+            ctx.exchange.leave(&uid);
             observed.spec = Err(err);
             return Ok((observed, false));
         }

@@ -479,7 +479,30 @@ impl Exchange {
         Fut: Future<Output = Result<(crate::runai::client::IssuedToken, Timestamp), Error>>,
     {
         let group = self.group(key);
-        let _flight = group.flight.lock().await;
+        let flight = group.flight.lock().await;
+        let outcome = self
+            .obtain_in(&group, uid, accept, seen_failure, (now, jitter), request)
+            .await;
+        drop(flight);
+        // Every member may have left while the request was in flight (a
+        // group is kept until its request ends): an empty group goes now.
+        self.drop_if_empty(key);
+        outcome
+    }
+
+    async fn obtain_in<F, Fut>(
+        &self,
+        group: &Group,
+        uid: &str,
+        accept: impl Fn(&GroupToken) -> bool,
+        seen_failure: Option<&GroupFailure>,
+        (now, jitter): (Timestamp, f64),
+        request: F,
+    ) -> Exchanged
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(crate::runai::client::IssuedToken, Timestamp), Error>>,
+    {
         {
             let state = lock(&group.state);
             if let Some(token) = state
@@ -564,6 +587,17 @@ impl Exchange {
                 Exchanged::Failed(err)
             }
             Err(err) => Exchanged::Failed(err),
+        }
+    }
+
+    /// Forgets the group `key` if it has no member and no request in flight.
+    fn drop_if_empty(&self, key: &GroupKey) {
+        let mut groups = lock(&self.groups);
+        let empty = groups.get(key).is_some_and(|group| {
+            lock(&group.state).members.is_empty() && group.flight.try_lock().is_ok()
+        });
+        if empty {
+            groups.remove(key);
         }
     }
 
@@ -699,6 +733,8 @@ mod tests {
     #[tokio::test]
     async fn a_failure_holds_back_the_group_until_seen() {
         let exchange = Exchange::new(1);
+        exchange.join("a", member("a"), &key(1));
+        exchange.join("b", member("b"), &key(1));
         let failed = exchange
             .obtain(
                 &key(1),
@@ -756,6 +792,38 @@ mod tests {
             .await;
         assert!(matches!(retried, Exchanged::Requested(_)), "{retried:?}");
         assert_eq!(exchange.view(&key(1)).failure, None);
+    }
+
+    #[tokio::test]
+    async fn a_group_left_during_its_request_goes_when_the_request_ends() {
+        let exchange = Arc::new(Exchange::new(1));
+        exchange.join("a", member("a"), &key(1));
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let obtaining = {
+            let exchange = exchange.clone();
+            tokio::spawn(async move {
+                exchange
+                    .obtain(
+                        &key(1),
+                        "a",
+                        |_| false,
+                        None,
+                        (Timestamp::now(), 0.0),
+                        || async {
+                            let _ = wait.await;
+                            issued("tok")
+                        },
+                    )
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        exchange.leave("a");
+        // Positive control: kept while its request is in flight.
+        assert_eq!(exchange.groups(), 1);
+        release.send(()).unwrap();
+        obtaining.await.unwrap();
+        assert_eq!(exchange.groups(), 0, "no empty group left behind");
     }
 
     #[tokio::test]

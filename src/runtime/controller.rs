@@ -784,6 +784,9 @@ mod listed_tests {
         second_writer.apply_watcher_event(&watcher::Event::Init);
         second_writer.apply_watcher_event(&watcher::Event::InitDone);
         assert!(all_listed(&stores), "both listed");
-        assert!(all_listed::<RunaiCredential>(&[]), "no store: nothing to wait for");
+        assert!(
+            all_listed::<RunaiCredential>(&[]),
+            "no store: nothing to wait for"
+        );
     }
 }
