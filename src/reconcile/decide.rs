@@ -294,6 +294,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
             if let Some(step) = repair(o, managed, stored) {
                 return step;
             }
+            if let Some(step) = repair_refused(o) {
+                return step;
+            }
             fresh(o, &stored.record, due)
         }
         Plan::RetryAt(retry_at) => {
@@ -301,6 +304,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
                 .filter(|s| s.intact)
                 .and_then(|s| repair(o, managed, s))
             {
+                return step;
+            }
+            if let Some(step) = repair_refused(o) {
                 return step;
             }
             let failure = o.backoff.as_ref().map(|(_, f)| f.clone());
@@ -568,6 +574,18 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
                 },
             )
         })
+}
+
+/// A repair whose write failed is reported as any refused write
+/// (`SecretConflict`, `SecretWriteFailed`, an outage: Degraded, a Warning,
+/// retried with backoff), not passed over as fresh; the token in the Secret
+/// stays in use.
+fn repair_refused(o: &Observed<'_>) -> Option<Step> {
+    match &o.written {
+        Some(Err(err @ Error::SecretConflict { .. })) => Some(block(o, err)),
+        Some(Err(err)) => Some(member_failure(o, err, false)),
+        Some(Ok(())) | None => None,
+    }
 }
 
 /// The Secret holds a fresh, current token: a past failure no longer counts.

@@ -783,3 +783,39 @@ fn only_what_defines_the_credential_mints_a_new_token() {
         decide(&o)
     );
 }
+
+#[test]
+fn a_refused_repair_is_reported_and_the_token_kept() {
+    let (cr, k) = (credential(), key());
+    let mut o = with_stored(
+        observed(&cr, &k),
+        "tok-1",
+        record(&k, now() - secs(60), 3600),
+    );
+    if let TargetSecret::Managed(secret) = &mut o.target {
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("app.kubernetes.io/managed-by");
+    }
+    o.namespace_terminating = Some(false);
+    // Positive control: the edited Secret is to be repaired.
+    assert!(matches!(decide(&o), Step::WriteSecret { repair: true, .. }));
+    o.written = Some(Err(Error::SecretWriteFailed {
+        secret: "trainer".into(),
+        status: 403,
+        message: "denied by a webhook".into(),
+    }));
+    let f = finish(decide(&o));
+    assert_eq!(condition(&f, "Degraded").status, "True");
+    assert_eq!(condition(&f, "Degraded").reason, "SecretWriteFailed");
+    assert_eq!(
+        condition(&f, "Ready").status,
+        "True",
+        "the token there is still valid"
+    );
+    assert!(matches!(f.backoff, Update::Set(_)), "retried with backoff");
+    assert!(f.event.is_some_and(|e| e.warning), "a Warning");
+}
