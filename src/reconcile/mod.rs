@@ -207,7 +207,7 @@ impl Context {
                 *seen = Some(version.to_owned());
                 true
             }
-            (Some(OwnWrite::Done(written)), Some(version)) if written == version => {
+            (Some(OwnWrite::Done(written, _)), Some(version)) if written == version => {
                 writes.remove(&key);
                 true
             }
@@ -221,35 +221,55 @@ impl Context {
         lock(&self.own_writes).contains_key(&(namespace.to_owned(), name.to_owned()))
     }
 
-    fn begin_own_write(&self, namespace: &str, name: &str) {
-        let key = (namespace.to_owned(), name.to_owned());
-        lock(&self.own_writes).insert(key, OwnWrite::InFlight { seen: None });
+    /// Records that a write to the Secret `name` of `cr` begins. The record
+    /// lives as long as the returned guard: a reconciliation abandoned
+    /// mid-write (its deadline, a shutdown) drops it, and the Secret's events
+    /// are no longer taken for echoes.
+    fn begin_own_write<'c>(&'c self, cr: &RunaiCredential, name: &str) -> OwnWriteGuard<'c> {
+        let key = (cr.namespace().unwrap_or_default(), name.to_owned());
+        lock(&self.own_writes).insert(key.clone(), OwnWrite::InFlight { seen: None });
+        OwnWriteGuard {
+            ctx: self,
+            key,
+            credential: cr.name_any(),
+            ended: false,
+        }
     }
 
     /// Records the end of a write (the version written, `None` when it
-    /// failed). An event swallowed while it was in flight that was not its
-    /// echo has the RunaiCredential reconciled again.
-    fn end_own_write(&self, cr: &RunaiCredential, name: &str, written: Option<String>) {
-        let namespace = cr.namespace().unwrap_or_default();
-        let key = (namespace.clone(), name.to_owned());
+    /// failed or was abandoned). An event swallowed while it was in flight
+    /// that was not its echo has the RunaiCredential reconciled again.
+    fn end_own_write(&self, key: &(String, String), credential: &str, written: Option<String>) {
         let mut writes = lock(&self.own_writes);
-        let seen = match writes.remove(&key) {
+        let seen = match writes.remove(key) {
             Some(OwnWrite::InFlight { seen }) => seen,
             _ => None,
         };
         match (&written, &seen) {
             (Some(w), Some(s)) if w == s => {}
             (Some(w), _) => {
-                writes.insert(key, OwnWrite::Done(w.clone()));
+                writes.insert(
+                    key.clone(),
+                    OwnWrite::Done(w.clone(), std::time::Instant::now()),
+                );
             }
             (None, _) => {}
         }
         drop(writes);
         if seen.is_some_and(|s| written.as_deref() != Some(s.as_str())) {
-            let member: ObjectRef<RunaiCredential> =
-                ObjectRef::new(&cr.name_any()).within(&namespace);
+            let member: ObjectRef<RunaiCredential> = ObjectRef::new(credential).within(&key.0);
             self.exchange.nudge(vec![member.into()]);
         }
+    }
+
+    /// Forgets the writes whose echo did not come within [`ECHO_WAIT`] (a
+    /// watch that relisted skips versions): the next event of that Secret is
+    /// then looked at, as any.
+    pub fn forget_unechoed_writes(&self) {
+        lock(&self.own_writes).retain(|_, write| match write {
+            OwnWrite::InFlight { .. } => true,
+            OwnWrite::Done(_, at) => at.elapsed() < ECHO_WAIT,
+        });
     }
 
     /// Uses `exchange` (its limit of requests in flight set from the flags).
@@ -287,6 +307,7 @@ impl Context {
         lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
         lock(&self.handled_refresh).retain(|uid, _| live_uids.contains(uid));
         self.exchange.retain(live_uids);
+        self.forget_unechoed_writes();
     }
 
     fn handled_refresh(&self, uid: &str) -> Option<String> {
@@ -327,8 +348,35 @@ impl Context {
 enum OwnWrite {
     /// Under way; the version of an event that arrived meanwhile.
     InFlight { seen: Option<String> },
-    /// Done; the version written.
-    Done(String),
+    /// Done; the version written, and when.
+    Done(String, std::time::Instant),
+}
+
+/// How long the echo of a write is waited for before it is forgotten.
+const ECHO_WAIT: Duration = Duration::from_secs(60);
+
+/// A write to a target Secret under way (see [`Context::begin_own_write`]).
+struct OwnWriteGuard<'c> {
+    ctx: &'c Context,
+    key: (String, String),
+    credential: String,
+    ended: bool,
+}
+
+impl OwnWriteGuard<'_> {
+    /// The write returned: the version written, `None` when it failed.
+    fn end(mut self, written: Option<String>) {
+        self.ended = true;
+        self.ctx.end_own_write(&self.key, &self.credential, written);
+    }
+}
+
+impl Drop for OwnWriteGuard<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.ctx.end_own_write(&self.key, &self.credential, None);
+        }
+    }
 }
 
 /// What the platform team allows RunaiCredentials to do (the trust model).
@@ -490,9 +538,9 @@ pub async fn reconcile_at(
                     info!(secret = %cr.target_secret_name(), "repairing the target Secret");
                 }
                 let name = cr.target_secret_name();
-                ctx.begin_own_write(&cr.namespace().unwrap_or_default(), &name);
+                let own_write = ctx.begin_own_write(cr, &name);
                 let result = act::write_secret(&secrets, existing, *secret, &token).await;
-                ctx.end_own_write(cr, &name, result.as_ref().ok().cloned().flatten());
+                own_write.end(result.as_ref().ok().cloned().flatten());
                 match result {
                     Ok(_) => {
                         note_held(ctx, &observed, &token);
@@ -966,4 +1014,69 @@ async fn finish_with(
             Action::requeue(schedule::delay_until(now, at).max(Duration::from_secs(1)))
         }
     })
+}
+
+#[cfg(test)]
+mod own_write_tests {
+    use super::*;
+
+    fn context() -> Context {
+        // Never asked: these tests make no request.
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "ml");
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "runai-token-sync".into(),
+                instance: None,
+            },
+        );
+        Context::new(
+            client,
+            recorder,
+            TokenClients::new(Duration::from_secs(1)),
+            secret::HashKey::new(vec![1; 32]),
+            Arc::new(crate::runtime::metrics::Metrics::new()),
+            Policy::default(),
+        )
+    }
+
+    fn credential() -> RunaiCredential {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+            "metadata": {"name": "trainer", "namespace": "ml"},
+            "spec": {"url": "https://acme.run.ai", "clientCredentialsSecretRef": {"name": "c"}},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_no_longer_swallows_the_secrets_events() {
+        let (ctx, cr) = (context(), credential());
+        let write = ctx.begin_own_write(&cr, "trainer");
+        // Positive control: while it is in flight, an event is taken for its echo.
+        assert!(ctx.is_own_echo("ml", "trainer", Some("5")));
+        // The reconciliation is dropped mid-write (its deadline).
+        drop(write);
+        assert!(!ctx.is_own_echo("ml", "trainer", Some("6")));
+        assert!(!ctx.own_write_pending("ml", "trainer"));
+    }
+
+    #[tokio::test]
+    async fn a_finished_write_knows_its_echo_once() {
+        let (ctx, cr) = (context(), credential());
+        ctx.begin_own_write(&cr, "trainer").end(Some("7".into()));
+        ctx.forget_unechoed_writes();
+        assert!(
+            ctx.is_own_echo("ml", "trainer", Some("7")),
+            "kept while recent"
+        );
+        assert!(
+            !ctx.is_own_echo("ml", "trainer", Some("7")),
+            "then forgotten"
+        );
+    }
 }
