@@ -448,6 +448,32 @@ async fn exchange_token(
     let requested = crc
         .refresh_request()
         .is_some_and(|r| handled_request.as_deref() != Some(r));
+    // What a change costs (api.md), as for a RunaiCredential: when every
+    // token its Secrets hold was obtained for another definition (trusted
+    // CAs, the credentials Secret's name or keys), a new one is needed, as
+    // for a refresh request. Records from before the definition was kept
+    // do not count.
+    let definition = ctx
+        .hash_key
+        .definition_hash(source.trust, &crc.spec.client_credentials_secret_ref);
+    let own: Vec<&StoredToken> = stored
+        .iter()
+        .filter(|s| secret::hashes_equal(&credentials_hash, &s.record.credentials_hash))
+        .collect();
+    let defined_anew = !own.is_empty()
+        && own.iter().all(|s| {
+            s.record
+                .definition
+                .as_deref()
+                .is_some_and(|d| !secret::hashes_equal(d, &definition))
+        });
+    let forced = if requested {
+        Some(schedule::RefreshReason::RefreshRequested)
+    } else if defined_anew {
+        Some(schedule::RefreshReason::SpecChanged)
+    } else {
+        None
+    };
     let jitter: f64 = rand::random();
     let mut failure: Option<Failure> = None;
     let mut retry_at: Option<Timestamp> = None;
@@ -460,7 +486,7 @@ async fn exchange_token(
             view.token.as_ref(),
             spec.refresh_interval,
             &uid,
-            requested,
+            forced,
             now,
         )
     };
@@ -476,12 +502,12 @@ async fn exchange_token(
                     &key,
                     &uid,
                     |t| {
-                        (!requested || Some(t.serial) > seen_serial)
+                        (forced.is_none() || Some(t.serial) > seen_serial)
                             && fanout::refresh_reason(
                                 Some(t),
                                 refresh_interval,
                                 &uid_for_accept,
-                                false,
+                                None,
                                 now,
                             )
                             .is_none()
@@ -551,6 +577,7 @@ async fn exchange_token(
             &credentials_hash,
             crc.meta().generation.unwrap_or_default(),
             refresh_request,
+            &definition,
         )
     });
     let shared_with = ctx.exchange.view(&key).members.saturating_sub(1);

@@ -113,20 +113,21 @@ pub fn plan_secret(
 }
 
 /// Why the group's token does not serve this ClusterRunaiCredential, if it
-/// does not: none yet, issued with other credentials, due, expired, or older
-/// than a refresh asked for with the annotation.
+/// does not: none yet, due, expired, or older than what `forced` asks for
+/// (a refresh asked for with the annotation, or a spec that defines the
+/// credential anew).
 pub fn refresh_reason(
     token: Option<&GroupToken>,
     refresh_interval: Option<std::time::Duration>,
     uid: &str,
-    refresh_requested: bool,
+    forced: Option<RefreshReason>,
     now: Timestamp,
 ) -> Option<RefreshReason> {
     let Some(token) = token else {
         return Some(RefreshReason::NoToken);
     };
-    if refresh_requested {
-        return Some(RefreshReason::RefreshRequested);
+    if let Some(reason) = forced {
+        return Some(reason);
     }
     if token.expires_at.is_some_and(|at| at <= now) {
         return Some(RefreshReason::Due);
@@ -146,6 +147,7 @@ pub fn record_of(
     credentials_hash: &str,
     generation: i64,
     refresh_request: Option<&str>,
+    definition: &str,
 ) -> TokenRecord {
     TokenRecord {
         issued_at: token.issued_at,
@@ -153,7 +155,7 @@ pub fn record_of(
         credentials_hash: credentials_hash.to_owned(),
         generation,
         refresh_request: refresh_request.map(str::to_owned),
-        definition: None,
+        definition: Some(definition.to_owned()),
     }
 }
 

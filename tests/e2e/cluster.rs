@@ -753,3 +753,62 @@ async fn retry_after_holds_through_namespace_churn() {
         "no request before the Retry-After time"
     );
 }
+
+/// api.md, "What a change costs", for a ClusterRunaiCredential: a cosmetic
+/// edit keeps the token everywhere; another credentials Secret mints one.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn only_what_defines_a_cluster_credential_costs_a_token() {
+    let (f, _owned) = Fanout::start("ccost", "Delete").await;
+    let [a, ..] = f.namespaces.clone();
+    f.wait_status("a, b synced", |s| s["syncedNamespaces"] == 2)
+        .await;
+    let token = token_of(&secret_in(&f.cluster, &a).await.unwrap()).unwrap();
+    assert_eq!(f.standin.requests("app-fan"), 1);
+    f.cluster
+        .put_credentials("platform-app-copy", "app-fan", "s3cr3t-fan")
+        .await;
+    let patch = |spec: Value| {
+        let api = f.api.clone();
+        let name = f.name.clone();
+        async move {
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    patch(json!({"target": {"labels": {"team": "ml"}}})).await;
+    eventually(Duration::from_secs(15), "the label in a", || async {
+        let secret = secret_in(&f.cluster, &a).await?;
+        (secret
+            .metadata
+            .labels
+            .as_ref()?
+            .get("team")
+            .map(String::as_str)
+            == Some("ml"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        token_of(&secret_in(&f.cluster, &a).await.unwrap()),
+        Some(token.clone())
+    );
+    crate::harness::stays(
+        Duration::from_secs(3),
+        "no token for a cosmetic edit",
+        || async { f.standin.requests("app-fan") == 1 },
+    )
+    .await;
+    // Positive control: another credentials Secret defines it anew.
+    patch(json!({"clientCredentialsSecretRef": {"name": "platform-app-copy"}})).await;
+    eventually(Duration::from_secs(15), "a new token in a", || async {
+        let now = token_of(&secret_in(&f.cluster, &a).await?)?;
+        (now != token && f.standin.requests("app-fan") == 2).then_some(())
+    })
+    .await;
+}

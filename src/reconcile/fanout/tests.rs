@@ -249,18 +249,35 @@ fn token(issued: &str, expires: &str, serial: u64) -> GroupToken {
 #[test]
 fn the_token_is_refreshed_when_missing_due_expired_or_asked_for() {
     let hour = token("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", 1);
-    let at = |s| refresh_reason(Some(&hour), None, "uid-p", false, t(s));
+    let at = |s| refresh_reason(Some(&hour), None, "uid-p", None, t(s));
     assert_eq!(at("2026-01-01T00:10:00Z"), None);
     // Due at two thirds of the lifetime at the latest (jitter only earlier).
     assert_eq!(at("2026-01-01T00:40:00Z"), Some(RefreshReason::Due));
     assert_eq!(at("2026-01-01T01:00:01Z"), Some(RefreshReason::Due));
     assert_eq!(
-        refresh_reason(None, None, "uid-p", false, t("2026-01-01T00:10:00Z")),
+        refresh_reason(None, None, "uid-p", None, t("2026-01-01T00:10:00Z")),
         Some(RefreshReason::NoToken)
     );
     assert_eq!(
-        refresh_reason(Some(&hour), None, "uid-p", true, t("2026-01-01T00:10:00Z")),
+        refresh_reason(
+            Some(&hour),
+            None,
+            "uid-p",
+            Some(RefreshReason::RefreshRequested),
+            t("2026-01-01T00:10:00Z")
+        ),
         Some(RefreshReason::RefreshRequested)
+    );
+    // A spec that defines the credential anew, as a refresh request.
+    assert_eq!(
+        refresh_reason(
+            Some(&hour),
+            None,
+            "uid-p",
+            Some(RefreshReason::SpecChanged),
+            t("2026-01-01T00:10:00Z")
+        ),
+        Some(RefreshReason::SpecChanged)
     );
     // refreshInterval caps the age.
     assert_eq!(
@@ -268,7 +285,7 @@ fn the_token_is_refreshed_when_missing_due_expired_or_asked_for() {
             Some(&hour),
             Some(std::time::Duration::from_secs(300)),
             "uid-p",
-            false,
+            None,
             t("2026-01-01T00:05:01Z")
         ),
         Some(RefreshReason::Due)
