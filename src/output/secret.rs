@@ -286,7 +286,6 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         // annotation never invalidates it; the next write removes it.
         let without = TokenRecord {
             refresh_request: None,
-            definition: None,
             ..record.clone()
         };
         if matches(&without) {
@@ -456,7 +455,14 @@ pub fn owners_to_set(
     };
     let have: Vec<_> = existing.owner_references().iter().filter(ours).collect();
     let want: Vec<_> = desired.owner_references().iter().filter(ours).collect();
-    if have.len() == want.len() && have.iter().all(|h| want.iter().any(|w| w.uid == h.uid)) {
+    // The same owners, with the same controller flag: one of ours that lost
+    // the flag is set again (else `needs_repair` would find it wrong for good).
+    if have.len() == want.len()
+        && have.iter().all(|h| {
+            want.iter()
+                .any(|w| w.uid == h.uid && w.controller == h.controller)
+        })
+    {
         return None;
     }
     Some(
@@ -803,6 +809,19 @@ mod owner_tests {
         assert_eq!(owners[0].uid, "u2");
         // Unchanged: nothing to do.
         assert!(owners_to_set(&existing, &with_owners(serde_json::json!([ours]))).is_none());
+        // Ours without its controller flag: set again.
+        let unflagged = serde_json::json!({"apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential", "name": "t", "uid": "u1"});
+        let owners = owners_to_set(
+            &with_owners(serde_json::json!([unflagged, theirs])),
+            &with_owners(serde_json::json!([ours])),
+        )
+        .unwrap();
+        assert_eq!(owners.len(), 2);
+        assert!(
+            owners
+                .iter()
+                .any(|o| o.uid == "u1" && o.controller == Some(true))
+        );
         // Delete now: ours added, theirs kept.
         let retained = with_owners(serde_json::json!([theirs]));
         let owners = owners_to_set(&retained, &with_owners(serde_json::json!([ours]))).unwrap();

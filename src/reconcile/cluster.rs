@@ -186,14 +186,17 @@ async fn reconcile_at(
         // namespace user could copy another credential's Secret, record
         // and all (intact), into the one in their namespace; that token
         // never spreads. It stays a member (no request is made for it), so
-        // that the next pass still knows which token is its own; after a
-        // restart it knows none, and writes nothing.
+        // that the next pass still knows which token is its own. After a
+        // restart it knows no group: its Secrets' tokens count only when all
+        // were obtained with one set of credentials (a planted one makes it
+        // fail closed).
         Err(err) => match stored
             .iter()
-            .filter(|s| {
-                ctx.exchange
-                    .group_of(&uid)
-                    .is_some_and(|own| GroupKey::new(&s.record.credentials_hash, &trust) == own)
+            .filter(|s| match ctx.exchange.group_of(&uid) {
+                Some(own) => GroupKey::new(&s.record.credentials_hash, &trust) == own,
+                None => stored.iter().all(|other| {
+                    secret::hashes_equal(&other.record.credentials_hash, &s.record.credentials_hash)
+                }),
             })
             .filter(|s| s.record.expires_at.is_none_or(|at| at > now))
             .max_by_key(|s| s.record.issued_at)
@@ -220,6 +223,9 @@ async fn reconcile_at(
             }
             None => {
                 ctx.exchange.leave(&uid);
+                // A namespace that stops matching still loses its Secret:
+                // deselecting is how access is taken away.
+                clean_up(ctx, crc, &namespaces, &matched, &target_name).await?;
                 write_status(crc, ctx, &blocked(&err), false).await?;
                 return Ok(Action::requeue(FAILED_RECHECK));
             }

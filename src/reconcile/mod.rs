@@ -556,9 +556,9 @@ pub async fn reconcile_at(
                         reclassify_target(cr, ctx, &mut observed, latest);
                         target_skipped = false;
                     }
-                    Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. }))
-                        if !repair =>
-                    {
+                    // A repair's too: the decision reports it (the token in
+                    // the Secret stays in use).
+                    Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
                         observed.written = Some(Err(err));
                     }
                     Err(err) => {

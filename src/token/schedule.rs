@@ -478,7 +478,6 @@ mod tests {
         );
         let requested = Desired {
             refresh_request: Some("now".into()),
-            definition: None,
             ..desired()
         };
         assert_eq!(
@@ -488,7 +487,6 @@ mod tests {
         // The same request value is answered once only.
         let answered = TokenRecord {
             refresh_request: Some("now".into()),
-            definition: None,
             ..record()
         };
         assert!(matches!(
