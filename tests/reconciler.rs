@@ -1147,3 +1147,41 @@ async fn a_credential_whose_spec_turns_invalid_leaves_its_group() {
         "left, and the empty group is gone"
     );
 }
+
+#[tokio::test]
+async fn a_refused_repair_is_reported_with_the_token_kept() {
+    let endpoint = token_endpoint(3600).await;
+    let (api, cr, ctx) = setup_ready(&endpoint).await;
+    let path = format!("{SECRETS}/trainer");
+    let mut secret = api.get(&path).unwrap();
+    secret["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("team");
+    api.put(&path, secret);
+    api.script(Method::PATCH, "/secrets/trainer", 403, "Forbidden");
+
+    reconciler::reconcile(Arc::new(stored_credential(&api, &cr)), ctx)
+        .await
+        .unwrap();
+
+    // Positive control: the repair was tried.
+    assert_eq!(api.writes_to(&path).len(), 1, "{:?}", api.writes());
+    let status = &api.writes_to("/trainer/status")[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "SecretWriteFailed");
+    assert!(
+        api.events()
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "SecretWriteFailed"),
+        "{:?}",
+        api.events()
+    );
+    assert_eq!(
+        endpoint.received_requests().await.unwrap().len(),
+        1,
+        "no new token"
+    );
+}
