@@ -901,10 +901,7 @@ async fn write_status(
         status.failed_attempts,
         ready,
     );
-    if crc.status.as_ref().is_some_and(|old| {
-        super::status::same_status(old, status)
-            && !(recount && old.shared_with != status.shared_with)
-    }) {
+    if !super::status::must_write(crc.status.as_ref(), status, recount) {
         return Ok(());
     }
     ctx.ensure_acting()?;

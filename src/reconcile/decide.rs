@@ -814,22 +814,14 @@ fn with_shared(o: &Observed<'_>, mut status: RunaiCredentialStatus) -> RunaiCred
     status
 }
 
-/// After a token was written to the member's Secret (its refresh, or the
-/// group's), a new `sharedWith` goes out too, even when nothing else of the
-/// status changed (a token issued within the same second): api.md promises
-/// the count at the latest then.
-fn changed_or_recounted(o: &Observed<'_>, new: &RunaiCredentialStatus) -> bool {
-    changed(o, new)
-        || o.cr
-            .status
-            .as_ref()
-            .is_some_and(|old| old.shared_with != new.shared_with)
+fn changed(o: &Observed<'_>, new: &RunaiCredentialStatus) -> bool {
+    status::must_write(o.cr.status.as_ref(), new, false)
 }
 
-fn changed(o: &Observed<'_>, new: &RunaiCredentialStatus) -> bool {
-    o.cr.status
-        .as_ref()
-        .is_none_or(|old| !status::same_status(old, new))
+/// After a token was written to the member's Secret: see
+/// [`status::must_write`].
+fn changed_or_recounted(o: &Observed<'_>, new: &RunaiCredentialStatus) -> bool {
+    status::must_write(o.cr.status.as_ref(), new, true)
 }
 
 #[cfg(test)]

@@ -279,6 +279,7 @@ fn merge_conditions(
 pub trait ShownStatus: Clone + PartialEq {
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn shared_with_mut(&mut self) -> &mut u32;
+    fn shared_with(&self) -> u32;
 }
 
 impl ShownStatus for RunaiCredentialStatus {
@@ -287,6 +288,9 @@ impl ShownStatus for RunaiCredentialStatus {
     }
     fn shared_with_mut(&mut self) -> &mut u32 {
         &mut self.shared_with
+    }
+    fn shared_with(&self) -> u32 {
+        self.shared_with
     }
 }
 
@@ -297,6 +301,9 @@ impl ShownStatus for crate::api::ClusterRunaiCredentialStatus {
     fn shared_with_mut(&mut self) -> &mut u32 {
         &mut self.shared_with
     }
+    fn shared_with(&self) -> u32 {
+        self.shared_with
+    }
 }
 
 /// Whether the status `new` shows nothing that `stored` does not, so that
@@ -305,6 +312,17 @@ impl ShownStatus for crate::api::ClusterRunaiCredentialStatus {
 /// token exchange"): it goes out with the member's next status write, at
 /// the latest at its next refresh, so that a member joining or leaving a
 /// group costs the other members no write.
+/// Whether the status `new` must be written over `stored` (none yet: it
+/// must): when it shows something new ([`same_status`]), or, after a token
+/// was written to the credential's Secret(s) in this pass (`wrote_token`),
+/// when only `sharedWith` changed (api.md promises the count at the latest
+/// at a refresh, even one issued within the same second).
+pub fn must_write<S: ShownStatus>(stored: Option<&S>, new: &S, wrote_token: bool) -> bool {
+    stored.is_none_or(|old| {
+        !same_status(old, new) || (wrote_token && old.shared_with() != new.shared_with())
+    })
+}
+
 pub fn same_status<S: ShownStatus>(stored: &S, new: &S) -> bool {
     fn comparable<S: ShownStatus>(s: &S) -> S {
         let mut c = s.clone();
@@ -700,6 +718,11 @@ mod same_status_tests {
             observed_generation: None,
         });
         assert!(!same_status(&stored, &other), "{kind}");
+        // Written for a new count only after a token write; always at first.
+        assert!(!must_write(Some(&stored), &grown, false), "{kind}");
+        assert!(must_write(Some(&stored), &grown, true), "{kind}");
+        assert!(!must_write(Some(&stored), &stored, true), "{kind}");
+        assert!(must_write(None, &stored, false), "{kind}");
     }
 
     #[test]
