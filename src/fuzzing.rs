@@ -84,7 +84,7 @@ pub fn refresh_interval(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(interval) = schedule::parse_refresh_interval(text) {
+    if let Ok(interval) = crate::api::parse_refresh_interval(text) {
         assert!(interval >= Duration::from_secs(10));
         let due = schedule::refresh_due_at(now(), None, Some(interval), 0.5);
         assert!(due > now() && due <= now() + schedule::MAX_REFRESH_AFTER);

@@ -11,15 +11,23 @@
 //!   the allowed URLs, the shared token exchange), no Kubernetes calls;
 //! - [`token`]: when a token is refreshed or retried (pure);
 //! - [`output`]: the target Secret's shape and the keyed record it carries;
+//! - [`cache`]: what the watches saw, kept for decisions (which
+//!   RunaiCredentials a Secret concerns, which Secrets exist, one copy of
+//!   each CA bundle);
+//! - [`metrics`] and [`health`]: what the controller records for Prometheus
+//!   and for the probes;
 //! - [`reconcile`]: observe → decide (pure) → act, and the status;
 //! - [`runtime`]: watches, leader election, the metrics and health server,
 //!   telemetry and the API server's proxy;
 //! - [`cli`]: the `check` and `renew` commands.
 
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod error;
 pub mod fuzzing;
+pub mod health;
+pub mod metrics;
 pub mod output;
 pub mod reconcile;
 pub mod runai;

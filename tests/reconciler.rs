@@ -320,7 +320,7 @@ fn context(client: Client) -> Arc<Context> {
         recorder,
         TokenClients::new(Duration::from_secs(2)),
         HashKey::new(vec![7; 32]),
-        Arc::new(runai_token_sync::runtime::metrics::Metrics::new()),
+        Arc::new(runai_token_sync::metrics::Metrics::new()),
         runai_token_sync::reconcile::Policy {
             allow_insecure_http: true,
             ..Default::default()

@@ -3,7 +3,7 @@
 //! The doc comments on these types become the CRD's OpenAPI descriptions, so
 //! they are written for the user who runs `kubectl explain runaicredential`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -15,6 +15,7 @@ pub const SECRET_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 pub mod cluster;
+pub mod template;
 
 pub use cluster::{
     ClusterRunaiCredential, ClusterRunaiCredentialSpec, ClusterRunaiCredentialStatus,
@@ -503,6 +504,48 @@ pub fn validate_cluster_spec(
     )
 }
 
+/// Longest `refreshInterval` text, in bytes; also the CRD's `maxLength`.
+pub const MAX_REFRESH_INTERVAL_LEN: usize = 64;
+/// Longest run of digits in a `refreshInterval`: humantime panics on sums
+/// that overflow `Duration` (`18446744073709551615s 1000000000ns`), and no
+/// sensible interval needs more than 9 digits in one term.
+const MAX_DIGITS: usize = 9;
+
+/// Parses a `refreshInterval` such as `45m`, `1h30m` or `90s` (humantime's
+/// syntax). Values above the schedule's longest wait (`token::schedule::MAX_REFRESH_AFTER`) are accepted; the schedule
+/// caps them.
+///
+/// # Errors
+///
+/// A message naming the text when it is not such a duration, is longer than
+/// [`MAX_REFRESH_INTERVAL_LEN`] or has a number of more than 9 digits, or is
+/// shorter than 10 s.
+pub fn parse_refresh_interval(text: &str) -> Result<Duration, String> {
+    let longest_number = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if text.len() > MAX_REFRESH_INTERVAL_LEN || longest_number > MAX_DIGITS {
+        return Err(format!(
+            "{:?} is not a duration such as 45m, 1h30m or 90s (too long)",
+            text.chars()
+                .take(MAX_REFRESH_INTERVAL_LEN)
+                .collect::<String>()
+        ));
+    }
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 45m, 1h30m or 90s ({e})"))?;
+    if d < Duration::from_secs(10) {
+        return Err(format!("{text:?} is shorter than the minimum of 10s"));
+    }
+    Ok(d)
+}
+
+/// Data key of the token's expiry (RFC 3339), when known: reserved in
+/// every target Secret, so neither `target.key` nor an output may use it.
+pub const EXPIRES_AT_KEY: &str = "expiresAt";
+
 /// What both kinds share: the URL, the refresh interval and the target.
 fn validate_source(
     url: &str,
@@ -514,11 +557,11 @@ fn validate_source(
     let written = url;
     let url = validate_url(url, allow_insecure_http)?;
     let refresh_interval = refresh_interval
-        .map(crate::token::schedule::parse_refresh_interval)
+        .map(parse_refresh_interval)
         .transpose()
         .map_err(|m| invalid("spec.refreshInterval", m))?;
     let key = &target.key;
-    if key == crate::output::secret::EXPIRES_AT_KEY
+    if key == EXPIRES_AT_KEY
         || !key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
@@ -527,7 +570,7 @@ fn validate_source(
             "spec.target.key",
             format!(
                 "{key:?} is not a usable Secret key (letters, digits, '-', '_', '.'; not {:?})",
-                crate::output::secret::EXPIRES_AT_KEY
+                EXPIRES_AT_KEY
             ),
         ));
     }
@@ -644,10 +687,7 @@ pub fn validate_url(raw: &str, allow_insecure_http: bool) -> Result<url::Url, cr
 ///
 /// A message saying which output is wrong and why.
 pub fn check_outputs(target: &Target) -> Result<(), String> {
-    let mut taken = std::collections::BTreeSet::from([
-        target.key.as_str(),
-        crate::output::secret::EXPIRES_AT_KEY,
-    ]);
+    let mut taken = std::collections::BTreeSet::from([target.key.as_str(), EXPIRES_AT_KEY]);
     for output in &target.outputs {
         let key = output.key.as_str();
         if key.is_empty()
@@ -665,7 +705,7 @@ pub fn check_outputs(target: &Target) -> Result<(), String> {
                 "key {key:?} is used twice (by target.key, by expiresAt or by another output)"
             ));
         }
-        crate::output::formats::check(output)?;
+        template::check(output)?;
     }
     Ok(())
 }
@@ -713,6 +753,31 @@ fn is_qualified_name(key: &str) -> bool {
 #[cfg(test)]
 mod validation_tests {
     use super::*;
+
+    #[test]
+    fn refresh_interval_syntax() {
+        assert_eq!(parse_refresh_interval("45m"), Ok(Duration::from_secs(2700)));
+        assert_eq!(
+            parse_refresh_interval("1h30m"),
+            Ok(Duration::from_secs(5400))
+        );
+        assert_eq!(parse_refresh_interval("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_refresh_interval("soon").is_err());
+        assert!(parse_refresh_interval("1s").is_err());
+        assert_eq!(
+            parse_refresh_interval("2d"),
+            Ok(Duration::from_secs(172_800))
+        );
+        // Sums that would overflow inside the parser are refused, not a panic.
+        for huge in [
+            "18446744073709551615s 1000000000ns",
+            "18446744073709551615s 999999999ns 1ns",
+            "9999999999h",
+            &"1h".repeat(40),
+        ] {
+            assert!(parse_refresh_interval(huge).is_err(), "{huge}");
+        }
+    }
     use crate::Error;
 
     fn cr(url: &str) -> RunaiCredential {

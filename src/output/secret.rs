@@ -50,8 +50,7 @@ pub fn credential_label_value(name: &str) -> String {
     format!("{}-{hash}", &name[..LABEL_NAME_PREFIX])
 }
 
-/// Data key of the token's expiry (RFC 3339), when known.
-pub const EXPIRES_AT_KEY: &str = "expiresAt";
+pub use crate::api::EXPIRES_AT_KEY;
 
 /// The prefix of the annotations that hold the token's record: all of
 /// them are the controller's.
@@ -140,12 +139,7 @@ impl HashKey {
     }
 }
 
-/// Compares two keyed hashes in constant time, so that the time a check
-/// takes tells nothing about how much of a forged hash was right.
-pub fn hashes_equal(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq as _;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
+pub use crate::token::schedule::hashes_equal;
 
 impl std::fmt::Debug for HashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -770,16 +764,7 @@ pub fn read_credentials(
     })
 }
 
-/// A timestamp at the precision the Secret stores it with.
-///
-/// Truncated, never rounded up: an expiry recorded a fraction of a second
-/// late would keep an expired token `Ready` for that fraction.
-pub fn whole_seconds(t: Timestamp) -> Timestamp {
-    let truncate = jiff::TimestampRound::new()
-        .smallest(jiff::Unit::Second)
-        .mode(jiff::RoundMode::Trunc);
-    t.round(truncate).unwrap_or(t)
-}
+pub use crate::token::schedule::whole_seconds;
 
 /// A timestamp as RFC 3339 to the second.
 pub fn rfc3339(t: Timestamp) -> String {

@@ -18,8 +18,8 @@ use super::{Context, FIELD_MANAGER};
 use crate::{
     api::{RunaiCredential, RunaiCredentialStatus},
     error::Error,
+    metrics::CredentialLabels,
     output::secret,
-    runtime::metrics::CredentialLabels,
 };
 
 /// Deletes (`deletionPolicy: Delete`) or releases (`Retain`) the Secrets this

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, Preconditions},
-    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+    runtime::{controller::Action, events::EventType},
 };
 use tracing::{info, warn};
 
@@ -32,12 +32,12 @@ use crate::{
         validate_cluster_spec,
     },
     error::Error,
+    metrics::CredentialLabels,
     output::secret::{self, CLUSTER_CREDENTIAL_LABEL, SecretOwner, StoredToken},
     runai::{
         client::{ClientCredentials, TokenClient, TrustKey},
-        exchange::{Exchanged, GroupKey, GroupToken},
+        exchange::{Exchanged, GroupKey, GroupToken, Member},
     },
-    runtime::metrics::CredentialLabels,
     token::schedule::{self, TokenRecord},
 };
 
@@ -425,7 +425,7 @@ async fn exchange_token(
         ctx.hash_key
             .credentials_hash(spec.url.as_str(), crc.spec.token_api, source.credentials);
     let key = GroupKey::new(&credentials_hash, source.trust);
-    let member: ObjectRef<ClusterRunaiCredential> = ObjectRef::from_obj(crc);
+    let member = Member::cluster_scoped(&crc.name_any());
     let mut view = ctx.exchange.join(&uid, member, &key);
     let mut handled_request = None;
     for kept in stored

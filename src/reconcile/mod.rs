@@ -26,7 +26,6 @@ use kube::{
     runtime::{
         controller::Action,
         events::{EventType, Recorder},
-        reflector::ObjectRef,
     },
 };
 use tracing::{info, instrument, warn};
@@ -37,12 +36,14 @@ use decide::{Finish, Note, Observed, Obtained, Requeue, Step, Update, uid_of};
 use crate::{
     api::{RunaiCredential, validate_spec},
     error::Error,
+    metrics::Metrics,
     output::secret::{self, HashKey, TargetSecret},
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
     runai::client::TokenClients,
-    runai::exchange::{Exchange, Exchanged, GroupFailure, GroupKey, GroupView, TokenHolder},
-    runtime::metrics::Metrics,
+    runai::exchange::{
+        Exchange, Exchanged, GroupFailure, GroupKey, GroupView, Member, TokenHolder,
+    },
     token::schedule::{self, Backoff, Desired},
 };
 
@@ -70,7 +71,7 @@ pub struct Context {
     /// What RunaiCredentials may ask for.
     pub policy: Policy,
     /// Where progress is recorded for `/healthz`.
-    pub health: Arc<crate::runtime::server::Health>,
+    pub health: Arc<crate::health::Health>,
     /// Cleared when this replica lost the leader lease: from then on no
     /// token is requested and nothing is written.
     acting: std::sync::atomic::AtomicBool,
@@ -100,12 +101,12 @@ pub struct Context {
     namespaces_readable: std::sync::atomic::AtomicBool,
     /// Which RunaiCredentials each Secret concerns, and how many read alike
     /// (kept from the RunaiCredential watches).
-    pub index: Arc<crate::runtime::index::SecretIndex>,
+    pub index: Arc<crate::cache::index::SecretIndex>,
     /// Which Secrets exist, as the Secret watches saw them: a target Secret
     /// surely missing is not read.
-    pub known_secrets: Arc<crate::runtime::known_secrets::KnownSecrets>,
+    pub known_secrets: Arc<crate::cache::known_secrets::KnownSecrets>,
     /// One copy of each `caBundle` text of the cached RunaiCredentials.
-    pub ca_bundles: Arc<crate::runtime::ca_bundles::CaBundles>,
+    pub ca_bundles: Arc<crate::cache::ca_bundles::CaBundles>,
     /// The budget of Normal Events (see [`act::publish`]).
     normal_events: governor::DefaultDirectRateLimiter,
     /// The controller's own namespace: where ClusterRunaiCredentials'
@@ -257,8 +258,8 @@ impl Context {
         }
         drop(writes);
         if seen.is_some_and(|s| written.as_deref() != Some(s.as_str())) {
-            let member: ObjectRef<RunaiCredential> = ObjectRef::new(credential).within(&key.0);
-            self.exchange.nudge(vec![member.into()]);
+            self.exchange
+                .nudge(vec![Member::namespaced(&key.0, credential)]);
         }
     }
 
@@ -280,7 +281,7 @@ impl Context {
     }
 
     /// Records progress in `health` (the one `/healthz` reads).
-    pub fn with_health(mut self, health: Arc<crate::runtime::server::Health>) -> Self {
+    pub fn with_health(mut self, health: Arc<crate::health::Health>) -> Self {
         self.health = health;
         self
     }
@@ -709,8 +710,7 @@ async fn observe<'a>(
     observed.group = match &observed.desired.credentials_hash {
         Some(hash) => {
             let key = GroupKey::new(hash, &trust);
-            let member: ObjectRef<RunaiCredential> =
-                ObjectRef::new(&cr.name_any()).within(&namespace);
+            let member = Member::namespaced(&namespace, &cr.name_any());
             let mut view = ctx.exchange.join(&uid, member, &key);
             // After a restart, the members' Secrets seed their group (kept
             // by the exchange only when newer than what it holds).
@@ -1039,7 +1039,7 @@ mod own_write_tests {
             recorder,
             TokenClients::new(Duration::from_secs(1)),
             secret::HashKey::new(vec![1; 32]),
-            Arc::new(crate::runtime::metrics::Metrics::new()),
+            Arc::new(crate::metrics::Metrics::new()),
             Policy::default(),
         )
     }

@@ -23,13 +23,7 @@ pub const REASON_REFRESH_SUCCEEDED: &str = "RefreshSucceeded";
 /// Reason of `Ready=False` before the first token request.
 pub const REASON_PENDING: &str = "Pending";
 
-/// The last failed refresh, as shown to the user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: &'static str,
-    pub message: String,
-    pub attempts: u32,
-}
+pub use crate::token::schedule::Failure;
 
 /// The token in the Secret as far as the status is concerned.
 #[derive(Clone, Copy, Debug)]

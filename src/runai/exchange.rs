@@ -37,15 +37,12 @@ use std::{
 };
 
 use jiff::Timestamp;
-use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    api::{ClusterRunaiCredential, RunaiCredential},
     error::Error,
-    reconcile::status::Failure,
     runai::client::TrustKey,
-    token::schedule,
+    token::schedule::{self, Failure},
 };
 
 /// The identity of a group: the keyed hash of url, token API and client
@@ -71,23 +68,32 @@ impl GroupKey {
     }
 }
 
-/// A member of a group: a RunaiCredential, or a ClusterRunaiCredential that
-/// hands the token to its namespaces.
+/// A member of a group, as far as the exchange knows it: whom to wake when
+/// the group gets a new token. The exchange knows no object kinds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Member {
-    Namespaced(ObjectRef<RunaiCredential>),
-    Cluster(ObjectRef<ClusterRunaiCredential>),
+    /// A namespaced object whose one Secret holds the token (a
+    /// RunaiCredential): once it does, the group may drop its copy.
+    Namespaced { namespace: Box<str>, name: Box<str> },
+    /// A cluster-scoped object that hands the token to many Secrets (a
+    /// ClusterRunaiCredential): the group keeps its copy.
+    ClusterScoped { name: Box<str> },
 }
 
-impl From<ObjectRef<RunaiCredential>> for Member {
-    fn from(r: ObjectRef<RunaiCredential>) -> Self {
-        Member::Namespaced(r)
+impl Member {
+    /// The namespaced object `name` in `namespace`.
+    #[must_use]
+    pub fn namespaced(namespace: &str, name: &str) -> Self {
+        Member::Namespaced {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
-}
 
-impl From<ObjectRef<ClusterRunaiCredential>> for Member {
-    fn from(r: ObjectRef<ClusterRunaiCredential>) -> Self {
-        Member::Cluster(r)
+    /// The cluster-scoped object `name`.
+    #[must_use]
+    pub fn cluster_scoped(name: &str) -> Self {
+        Member::ClusterScoped { name: name.into() }
     }
 }
 
@@ -242,11 +248,9 @@ pub enum Exchanged {
     HeldBack,
 }
 
-/// A stream of members to reconcile, limited to one namespace or not.
-type Subscriber = (
-    Option<String>,
-    mpsc::UnboundedSender<ObjectRef<RunaiCredential>>,
-);
+/// A stream of namespaced members to reconcile, limited to one namespace or
+/// not.
+type Subscriber = (Option<String>, mpsc::UnboundedSender<Member>);
 
 /// The groups of all RunaiCredentials of this process.
 pub struct Exchange {
@@ -256,7 +260,7 @@ pub struct Exchange {
     in_flight: Semaphore,
     serial: std::sync::atomic::AtomicU64,
     subscribers: Mutex<Vec<Subscriber>>,
-    cluster_subscriber: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ClusterRunaiCredential>>>>,
+    cluster_subscriber: Mutex<Option<mpsc::UnboundedSender<Member>>>,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -286,20 +290,17 @@ impl Exchange {
         }
     }
 
-    /// A stream of RunaiCredentials to reconcile because their group got a
-    /// new token; `namespace` limits it to one namespace (`None`: all).
-    pub fn subscribe(
-        &self,
-        namespace: Option<String>,
-    ) -> mpsc::UnboundedReceiver<ObjectRef<RunaiCredential>> {
+    /// A stream of namespaced members to reconcile because their group got
+    /// a new token; `namespace` limits it to one namespace (`None`: all).
+    pub fn subscribe(&self, namespace: Option<String>) -> mpsc::UnboundedReceiver<Member> {
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.subscribers).push((namespace, tx));
         rx
     }
 
-    /// A stream of ClusterRunaiCredentials to reconcile because their group
-    /// got a new token (one subscriber: the cluster controller).
-    pub fn subscribe_cluster(&self) -> mpsc::UnboundedReceiver<ObjectRef<ClusterRunaiCredential>> {
+    /// A stream of cluster-scoped members to reconcile because their group
+    /// got a new token (one subscriber).
+    pub fn subscribe_cluster(&self) -> mpsc::UnboundedReceiver<Member> {
         let (tx, rx) = mpsc::unbounded_channel();
         *lock(&self.cluster_subscriber) = Some(tx);
         rx
@@ -311,8 +312,7 @@ impl Exchange {
 
     /// Makes `uid` (the RunaiCredential `member`) a member of the group `key`,
     /// leaving any group it was in before, and returns what it sees of it.
-    pub fn join(&self, uid: &str, member: impl Into<Member>, key: &GroupKey) -> GroupView {
-        let member = member.into();
+    pub fn join(&self, uid: &str, member: Member, key: &GroupKey) -> GroupView {
         let previous = lock(&self.member_of).insert(uid.to_owned(), *key);
         if let Some(old) = previous.filter(|old| old != key) {
             self.leave_group(uid, &old);
@@ -443,7 +443,7 @@ impl Exchange {
             .is_some_and(|held| held.fingerprint == fingerprint(access_token))
         {
             state.holder = Some(holder);
-            let alone = matches!(state.members.as_slice(), [(only, Member::Namespaced(_))] if **only == *uid);
+            let alone = matches!(state.members.as_slice(), [(only, Member::Namespaced { .. })] if **only == *uid);
             if alone && let Some(held) = state.token.as_mut() {
                 held.text = None;
             }
@@ -529,8 +529,8 @@ impl Exchange {
             Ok((issued, now)) => {
                 let token = GroupToken {
                     access_token: issued.access_token,
-                    issued_at: crate::output::secret::whole_seconds(now),
-                    expires_at: issued.expires_at.map(crate::output::secret::whole_seconds),
+                    issued_at: schedule::whole_seconds(now),
+                    expires_at: issued.expires_at.map(schedule::whole_seconds),
                     serial: self.next_serial(),
                     requested: true,
                 };
@@ -608,20 +608,20 @@ impl Exchange {
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|(_, tx)| !tx.is_closed());
         for member in refs {
-            let r = match member {
-                Member::Namespaced(r) => r,
-                Member::Cluster(r) => {
+            let namespace = match &member {
+                Member::Namespaced { namespace, .. } => namespace.clone(),
+                Member::ClusterScoped { .. } => {
                     if let Some(tx) = lock(&self.cluster_subscriber).as_ref() {
-                        let _ = tx.send(r);
+                        let _ = tx.send(member);
                     }
                     continue;
                 }
             };
             if let Some((_, tx)) = subscribers
                 .iter()
-                .find(|(ns, _)| ns.is_none() || ns.as_deref() == r.namespace.as_deref())
+                .find(|(ns, _)| ns.as_deref().is_none_or(|ns| *ns == *namespace))
             {
-                let _ = tx.send(r);
+                let _ = tx.send(member);
             }
         }
     }
@@ -651,8 +651,8 @@ mod tests {
         GroupKey::new(&format!("hash{n}"), &None)
     }
 
-    fn member(name: &str) -> ObjectRef<RunaiCredential> {
-        ObjectRef::new(name).within("ns")
+    fn member(name: &str) -> Member {
+        Member::namespaced("ns", name)
     }
 
     fn issued(token: &str) -> Result<(IssuedToken, Timestamp), Error> {
@@ -910,7 +910,7 @@ mod tests {
             exchange.held_in(&key(group), uid, "tok", holder);
             exchange.view(&key(group)).token.is_some()
         };
-        exchange.join("c", ObjectRef::<ClusterRunaiCredential>::new("c"), &key(1));
+        exchange.join("c", Member::cluster_scoped("c"), &key(1));
         assert!(kept_after_held_in(1, "c"));
         // Positive control: a RunaiCredential alone in its group does not.
         exchange.join("a", member("a"), &key(2));

@@ -20,11 +20,11 @@ use tracing::info;
 
 use crate::{
     api::ClusterRunaiCredential,
+    metrics::CredentialLabels,
     output::secret::{
         CLUSTER_CREDENTIAL_LABEL, MANAGED_BY, MANAGED_BY_LABEL, credential_label_value,
     },
     reconcile::{Context, cluster},
-    runtime::metrics::CredentialLabels,
 };
 
 /// What of a ClusterRunaiCredential is worth a reconciliation when it
@@ -204,7 +204,7 @@ async fn serve(
         })
         .reconcile_on(futures::stream::unfold(
             ctx.exchange.subscribe_cluster(),
-            |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            |mut rx| async move { rx.recv().await.map(|m| (super::member_ref(m), rx)) },
         ))
         .graceful_shutdown_on(stop)
         .run(cluster::reconcile, cluster::error_policy, ctx)

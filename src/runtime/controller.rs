@@ -26,14 +26,14 @@ use tracing::{info, warn};
 
 use crate::{
     api::RunaiCredential,
+    cache::index::SecretIndex,
     error::Error,
+    metrics::{CredentialLabels, Metrics},
     output::secret::{CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
     reconcile::{self, Context, FIELD_MANAGER, Policy},
     runai::client::TokenClients,
     runai::exchange::Exchange,
-    runtime::index::SecretIndex,
     runtime::leader,
-    runtime::metrics::{CredentialLabels, Metrics},
     runtime::server::{self, Health},
     runtime::triggers::TriggerMemory,
 };
@@ -589,7 +589,7 @@ async fn run_controllers(
                 // A new token of a group reaches its other members at once.
                 .reconcile_on(futures::stream::unfold(
                     ctx.exchange.subscribe(namespace.map(str::to_owned)),
-                    |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+                    |mut rx| async move { rx.recv().await.map(|m| (super::member_ref(m), rx)) },
                 ))
                 .graceful_shutdown_on(stop.clone())
                 .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())

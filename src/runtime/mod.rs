@@ -2,13 +2,9 @@
 //! metrics and health server, telemetry, and the API server's proxy.
 
 pub mod allocator;
-pub mod ca_bundles;
 pub mod cluster;
 pub mod controller;
-pub mod index;
-pub mod known_secrets;
 pub mod leader;
-pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
@@ -42,5 +38,21 @@ pub(crate) fn strip_for_cache(meta: &mut kube::api::ObjectMeta) {
         if annotations.is_empty() {
             meta.annotations = None;
         }
+    }
+}
+
+/// The object a member of the shared exchange stands for, to reconcile it.
+pub(crate) fn member_ref<K>(
+    member: crate::runai::exchange::Member,
+) -> kube::runtime::reflector::ObjectRef<K>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    use crate::runai::exchange::Member;
+    match member {
+        Member::Namespaced { namespace, name } => {
+            kube::runtime::reflector::ObjectRef::new(&name).within(&namespace)
+        }
+        Member::ClusterScoped { name } => kube::runtime::reflector::ObjectRef::new(&name),
     }
 }

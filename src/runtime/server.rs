@@ -1,13 +1,6 @@
 //! The metrics and health listener: `/metrics`, `/healthz`, `/readyz`.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::{
@@ -18,116 +11,8 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
-use crate::{error::Error, runtime::metrics::Metrics};
-
-/// Default of how long the leader may make no progress (no reconciliation
-/// succeeds and the API server does not answer) while it has
-/// RunaiCredentials to keep, before `/healthz` fails and the kubelet restarts
-/// it: several times the 30 s probe period, so that a short API-server outage
-/// is waited out.
-pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(180);
-
-/// What the probes report.
-#[derive(Debug)]
-pub struct Health {
-    /// When the process started; progress is kept as milliseconds since.
-    started: Instant,
-    /// Milliseconds after `started` of the last progress.
-    last_progress_ms: AtomicU64,
-    /// The controller has RunaiCredentials to keep.
-    has_work: AtomicBool,
-    /// How long without progress makes `/healthz` fail.
-    stall_limit: Duration,
-    /// The controller's watches have synced (or this replica is a follower,
-    /// which must not block a rolling update).
-    ready: AtomicBool,
-    /// This replica holds the leader lease.
-    leading: AtomicBool,
-    /// The controller loop has ended: the process is about to exit or is stuck.
-    stopped: AtomicBool,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            started: Instant::now(),
-            last_progress_ms: AtomicU64::new(0),
-            has_work: AtomicBool::new(false),
-            stall_limit: DEFAULT_STALL_LIMIT,
-            ready: AtomicBool::new(false),
-            leading: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-        }
-    }
-}
-
-/// Whether a controller is stuck: it leads, has work, and has made no
-/// progress for longer than `limit`.
-pub fn is_stalled(
-    since_progress: Duration,
-    has_work: bool,
-    leading: bool,
-    limit: Duration,
-) -> bool {
-    leading && has_work && since_progress > limit
-}
-
-impl Health {
-    /// Health whose `/healthz` fails after `stall_limit` without progress.
-    pub fn with_stall_limit(stall_limit: Duration) -> Self {
-        Health {
-            stall_limit,
-            ..Health::default()
-        }
-    }
-
-    /// How long without progress makes `/healthz` fail.
-    pub fn stall_limit(&self) -> Duration {
-        self.stall_limit
-    }
-
-    /// Something moved: a reconciliation succeeded or the API server answered.
-    pub fn record_progress(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_progress_ms.store(ms, Ordering::Release);
-    }
-
-    /// Whether the controller has RunaiCredentials to keep.
-    pub fn set_has_work(&self, has_work: bool) {
-        self.has_work.store(has_work, Ordering::Release);
-    }
-
-    /// Time since the last progress.
-    pub fn since_progress(&self) -> Duration {
-        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Acquire));
-        self.started.elapsed().saturating_sub(last)
-    }
-
-    fn stalled(&self) -> bool {
-        is_stalled(
-            self.since_progress(),
-            self.has_work.load(Ordering::Acquire),
-            self.leading.load(Ordering::Acquire),
-            self.stall_limit,
-        )
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::Release);
-    }
-
-    pub fn set_stopped(&self) {
-        self.stopped.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-}
+pub use crate::health::{DEFAULT_STALL_LIMIT, Health, is_stalled};
+use crate::{error::Error, metrics::Metrics};
 
 /// Binds the listener and serves it in the background; returns the bound
 /// address (useful with port 0).
@@ -176,7 +61,7 @@ pub async fn serve(
 type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 /// The metrics text, streamed: rendered on a blocking thread in pieces of
-/// [`crate::runtime::metrics::METRICS_CHUNK`] bytes, two at most waiting for
+/// [`crate::metrics::METRICS_CHUNK`] bytes, two at most waiting for
 /// the scraper, so that a scrape holds a few hundred kilobytes, not the
 /// whole text.
 fn metrics_body(metrics: &Arc<Metrics>) -> Body {
@@ -204,7 +89,7 @@ fn respond<B>(req: &Request<B>, metrics: &Arc<Metrics>, health: &Health) -> Resp
             )
             .body(metrics_body(metrics))
             .expect("a valid response"),
-        "/healthz" if health.stopped.load(Ordering::Acquire) => text(
+        "/healthz" if health.is_stopped() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "controller stopped\n".to_owned(),
         ),
@@ -217,7 +102,7 @@ fn respond<B>(req: &Request<B>, metrics: &Arc<Metrics>, health: &Health) -> Resp
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => {
-            let role = if health.leading.load(Ordering::Acquire) {
+            let role = if health.is_leading() {
                 "leader"
             } else {
                 "follower"
@@ -246,6 +131,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn get(path: &str, metrics: &Arc<Metrics>, health: &Health) -> (StatusCode, String) {
         let req = Request::get(path).body(()).unwrap();
@@ -332,7 +218,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         for i in 0..3_000 {
             metrics.observe_credential(
-                crate::runtime::metrics::CredentialLabels::new("ml", &format!("c{i}")),
+                crate::metrics::CredentialLabels::new("ml", &format!("c{i}")),
                 Some(i),
                 1,
                 "False",
@@ -340,7 +226,7 @@ mod tests {
         }
         let (status, body) = get("/metrics", &metrics, &Health::default());
         assert_eq!(status, StatusCode::OK);
-        assert!(body.len() > 4 * crate::runtime::metrics::METRICS_CHUNK);
+        assert!(body.len() > 4 * crate::metrics::METRICS_CHUNK);
         assert_eq!(body, metrics.encode());
         assert!(body.contains("name=\"c2999\",condition=\"False\"} 1"));
     }

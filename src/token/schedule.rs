@@ -14,8 +14,7 @@ pub const MIN_REFRESH_AFTER: Duration = Duration::from_secs(5);
 /// The next refresh is never later than this after the last one, whatever the
 /// token or `refreshInterval` says (api.md, Edge cases).
 pub const MAX_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
-/// Longest wait a `Retry-After` can impose (api.md, Edge cases).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub use crate::runai::client::MAX_RETRY_AFTER;
 /// A retry is due at least this long before the current token expires, even
 /// when `Retry-After` or the backoff asks for longer (api.md, Edge cases).
 pub const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
@@ -79,7 +78,7 @@ pub struct Desired {
 /// it did then.
 pub fn defined_alike(record: &TokenRecord, desired: &Desired) -> bool {
     match (&record.definition, &desired.definition) {
-        (Some(have), Some(want)) => crate::output::secret::hashes_equal(have, want),
+        (Some(have), Some(want)) => hashes_equal(have, want),
         _ => desired.generation == record.generation,
     }
 }
@@ -159,7 +158,7 @@ pub fn plan(
     if !desired
         .credentials_hash
         .as_deref()
-        .is_some_and(|hash| crate::output::secret::hashes_equal(hash, &record.credentials_hash))
+        .is_some_and(|hash| hashes_equal(hash, &record.credentials_hash))
     {
         return Plan::Refresh(RefreshReason::CredentialsChanged);
     }
@@ -284,46 +283,37 @@ pub fn delay_until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+/// Compares two keyed hashes in constant time, so that the time a check
+/// takes tells nothing about how much of a forged hash was right.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Longest `refreshInterval` text, in bytes; also the CRD's `maxLength`.
-pub const MAX_REFRESH_INTERVAL_LEN: usize = 64;
-/// Longest run of digits in a `refreshInterval`: humantime panics on sums
-/// that overflow `Duration` (`18446744073709551615s 1000000000ns`), and no
-/// sensible interval needs more than 9 digits in one term.
-const MAX_DIGITS: usize = 9;
+/// A timestamp at the precision the Secret stores it with.
+///
+/// Truncated, never rounded up: an expiry recorded a fraction of a second
+/// late would keep an expired token `Ready` for that fraction.
+pub fn whole_seconds(t: Timestamp) -> Timestamp {
+    let truncate = jiff::TimestampRound::new()
+        .smallest(jiff::Unit::Second)
+        .mode(jiff::RoundMode::Trunc);
+    t.round(truncate).unwrap_or(t)
+}
 
-/// Parses a `refreshInterval` such as `45m`, `1h30m` or `90s` (humantime's
-/// syntax). Values above [`MAX_REFRESH_AFTER`] are accepted; the schedule
-/// caps them.
-///
-/// # Errors
-///
-/// A message naming the text when it is not such a duration, is longer than
-/// [`MAX_REFRESH_INTERVAL_LEN`] or has a number of more than 9 digits, or is
-/// shorter than 10 s.
-pub fn parse_refresh_interval(text: &str) -> Result<Duration, String> {
-    let longest_number = text
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    if text.len() > MAX_REFRESH_INTERVAL_LEN || longest_number > MAX_DIGITS {
-        return Err(format!(
-            "{:?} is not a duration such as 45m, 1h30m or 90s (too long)",
-            text.chars()
-                .take(MAX_REFRESH_INTERVAL_LEN)
-                .collect::<String>()
-        ));
-    }
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration such as 45m, 1h30m or 90s ({e})"))?;
-    if d < Duration::from_secs(10) {
-        return Err(format!("{text:?} is shorter than the minimum of 10s"));
-    }
-    Ok(d)
+/// The last failed refresh, as shown to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The condition reason (a Kubernetes `CamelCase` word).
+    pub reason: &'static str,
+    /// What went wrong, free of secrets.
+    pub message: String,
+    /// Failed attempts in a row, this one included.
+    pub attempts: u32,
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
 #[cfg(test)]
@@ -626,30 +616,5 @@ mod tests {
             "a new reason"
         );
         assert!(warn_again(1, None, "TokenEndpointError"));
-    }
-
-    #[test]
-    fn refresh_interval_syntax() {
-        assert_eq!(parse_refresh_interval("45m"), Ok(Duration::from_secs(2700)));
-        assert_eq!(
-            parse_refresh_interval("1h30m"),
-            Ok(Duration::from_secs(5400))
-        );
-        assert_eq!(parse_refresh_interval("90s"), Ok(Duration::from_secs(90)));
-        assert!(parse_refresh_interval("soon").is_err());
-        assert!(parse_refresh_interval("1s").is_err());
-        assert_eq!(
-            parse_refresh_interval("2d"),
-            Ok(Duration::from_secs(172_800))
-        );
-        // Sums that would overflow inside the parser are refused, not a panic.
-        for huge in [
-            "18446744073709551615s 1000000000ns",
-            "18446744073709551615s 999999999ns 1ns",
-            "9999999999h",
-            &"1h".repeat(40),
-        ] {
-            assert!(parse_refresh_interval(huge).is_err(), "{huge}");
-        }
     }
 }
