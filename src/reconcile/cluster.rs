@@ -24,7 +24,7 @@ use super::{
     Context, Read, act,
     fanout::{self, NamespaceFacts, Outcome, SecretAction},
     get_secret,
-    status::Failure,
+    status::{self, Failure},
 };
 use crate::{
     api::{
@@ -36,20 +36,15 @@ use crate::{
     output::secret::{self, CLUSTER_CREDENTIAL_LABEL, SecretOwner, StoredToken},
     runai::{
         client::{ClientCredentials, TokenClient, TrustKey},
-        exchange::{Exchanged, GroupKey, GroupToken, Member},
+        exchange::{Exchanged, GroupFailure, GroupKey, GroupToken, GroupView, Member},
     },
-    token::schedule::{self, TokenRecord},
+    token::schedule::{self, Desired, RefreshReason, TokenRecord},
 };
 
 /// Secret reads and writes in flight at once for one ClusterRunaiCredential:
 /// the bound on the rate at which it writes into many namespaces.
 pub const NAMESPACE_CONCURRENCY: usize = 8;
-/// How soon a ClusterRunaiCredential with failed namespaces, or without its
-/// credentials, looks again (a foreign Secret that goes away is not watched).
-const FAILED_RECHECK: Duration = Duration::from_secs(15);
-/// How soon a namespace whose Secret the API server failed to read or write
-/// is tried again.
-const PENDING_RECHECK: Duration = Duration::from_secs(5);
+use fanout::FAILED_RECHECK;
 
 /// Reconciles one ClusterRunaiCredential.
 ///
@@ -88,74 +83,128 @@ async fn reconcile_at(
     now: Timestamp,
 ) -> Result<Action, Error> {
     ctx.ensure_acting()?;
-    let finalized = crc.finalizers().iter().any(|f| f == RELEASE_FINALIZER);
-    let retain = crc.spec.target.deletion_policy == DeletionPolicy::Retain;
     if crc.meta().deletion_timestamp.is_some() {
-        // Delete: the garbage collector follows the owner references.
-        // Retain: the Secrets are released before the object may go.
-        if finalized {
-            release_all(ctx, crc).await?;
-            set_finalizer(ctx, crc, false).await?;
-        }
+        finalize(ctx, crc).await?;
         return Ok(Action::await_change());
     }
+    keep_finalizer(ctx, crc).await?;
+    let uid = uid_of(crc);
+    let mut seen = match observe(crc, ctx).await? {
+        Ok(seen) => seen,
+        // A spec that cannot be used takes it out of its group.
+        Err(err) => {
+            ctx.exchange.leave(&uid);
+            write_status(crc, ctx, &blocked(crc, &err, now), false).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let source = match &seen.credentials {
+        Ok(credentials) => obtain(ctx, crc, &seen, credentials, now).await?,
+        Err(err) => match keep_without_credentials(ctx, crc, &seen, err, now) {
+            Some(source) => source,
+            None => {
+                ctx.exchange.leave(&uid);
+                // A namespace that stops matching still loses its Secret:
+                // deselecting is how access is taken away.
+                clean_up(ctx, crc, &seen).await?;
+                write_status(crc, ctx, &blocked(crc, err, now), false).await?;
+                return Ok(Action::requeue(FAILED_RECHECK));
+            }
+        },
+    };
+    let existing = std::mem::take(&mut seen.existing);
+    let (outcome, wrote) = sync_all(ctx, crc, existing, &seen.target_name, &source).await;
+    clean_up(ctx, crc, &seen).await?;
+    let next_refresh = report(ctx, crc, &seen, &source, &outcome, wrote, now).await?;
+    Ok(fanout::requeue(&outcome, next_refresh, now))
+}
+
+/// The uid of a ClusterRunaiCredential (its name when it has none, as in tests).
+fn uid_of(crc: &ClusterRunaiCredential) -> String {
+    crc.uid().unwrap_or_else(|| crc.name_any())
+}
+
+/// The status of a ClusterRunaiCredential that cannot proceed.
+fn blocked(
+    crc: &ClusterRunaiCredential,
+    err: &Error,
+    now: Timestamp,
+) -> ClusterRunaiCredentialStatus {
+    fanout::blocked_cluster_status(
+        crc.status.as_ref(),
+        crc.meta().generation,
+        err.reason(),
+        err.to_string(),
+        now,
+    )
+}
+
+/// Being deleted: with `Retain`, the Secrets are released before the object
+/// may go; with `Delete`, the garbage collector follows the owner references.
+async fn finalize(ctx: &Context, crc: &ClusterRunaiCredential) -> Result<(), Error> {
+    if crc.finalizers().iter().any(|f| f == RELEASE_FINALIZER) {
+        release_all(ctx, crc).await?;
+        set_finalizer(ctx, crc, false).await?;
+    }
+    Ok(())
+}
+
+/// Keeps [`RELEASE_FINALIZER`] present exactly with `deletionPolicy: Retain`.
+async fn keep_finalizer(ctx: &Context, crc: &ClusterRunaiCredential) -> Result<(), Error> {
+    let finalized = crc.finalizers().iter().any(|f| f == RELEASE_FINALIZER);
+    let retain = crc.spec.target.deletion_policy == DeletionPolicy::Retain;
     if retain != finalized {
         set_finalizer(ctx, crc, retain).await?;
     }
-    let uid = crc.uid().unwrap_or_else(|| crc.name_any());
-    let generation = crc.meta().generation;
-    let previous = crc.status.as_ref();
-    let blocked = |err: &Error| {
-        fanout::blocked_cluster_status(previous, generation, err.reason(), err.to_string(), now)
-    };
+    Ok(())
+}
 
-    // Read: the spec, the credentials, the namespaces.
+/// What one pass read, changing nothing: the checked spec, the credentials
+/// (or why they cannot be read), the namespaces, which match, and each
+/// matched namespace's Secret.
+struct Seen {
+    spec: ValidSpec,
+    trust: TrustKey,
+    client: TokenClient,
+    credentials: Result<ClientCredentials, Error>,
+    namespaces: BTreeMap<String, NamespaceFacts>,
+    matched: BTreeSet<String>,
+    target_name: String,
+    existing: BTreeMap<String, Result<Option<Secret>, Error>>,
+    /// The intact tokens its own Secrets hold, with their records.
+    stored: Vec<StoredToken>,
+}
+
+/// Reads what a pass needs. The inner error is a spec that cannot be used
+/// (reported in the status).
+///
+/// # Errors
+///
+/// Errors of the controller itself (a failing Kubernetes API, namespaces not
+/// listed yet), which [`error_policy`] retries.
+async fn observe(
+    crc: &ClusterRunaiCredential,
+    ctx: &Context,
+) -> Result<Result<Seen, Error>, Error> {
     let spec = match validate_cluster_spec(crc, ctx.policy.allow_insecure_http)
         .and_then(|spec| ctx.policy.allowed_urls.check(&spec.url).map(|()| spec))
     {
         Ok(spec) => spec,
-        Err(err) => {
-            ctx.exchange.leave(&uid);
-            write_status(crc, ctx, &blocked(&err), false).await?;
-            return Ok(Action::await_change());
-        }
+        Err(err) => return Ok(Err(err)),
     };
     let (trust, client) = match ctx.token_clients.get(crc.spec.ca_bundle.as_deref()).await {
         Ok(found) => found,
-        Err(err @ Error::InvalidSpec { .. }) => {
-            write_status(crc, ctx, &blocked(&err), false).await?;
-            return Ok(Action::await_change());
-        }
+        Err(err @ Error::InvalidSpec { .. }) => return Ok(Err(err)),
         Err(err) => return Err(err),
     };
-    let own: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.controller_namespace);
-    let reference = &crc.spec.client_credentials_secret_ref;
-    let credentials_secret = match get_secret(&own, &reference.name, Read::Cached).await {
-        Ok(None) => get_secret(&own, &reference.name, Read::Latest).await,
-        other => other,
-    }
-    .map_err(Error::kube("reading the credentials Secret"))?;
-    let credentials = if ctx.policy.credentials_label_required {
-        secret::require_credentials_label(credentials_secret.as_ref(), reference)
-    } else {
-        Ok(())
-    }
-    .and_then(|()| secret::read_credentials(credentials_secret.as_ref(), reference))
-    .map_err(|err| match err {
-        Error::CredentialsNotFound(message) => Error::CredentialsNotFound(format!(
-            "{message} (a ClusterRunaiCredential reads it from the controller's namespace, {})",
-            ctx.controller_namespace
-        )),
-        other => other,
-    });
+    let credentials = read_credentials(ctx, crc).await?;
     // Nothing is matched, written or cleaned up before every namespace is
     // known: an empty list would look like "no namespace matches".
     let namespaces = namespace_facts(ctx)?;
     let matched = fanout::matched_namespaces(crc, &namespaces, ctx.scope.as_ref());
     let target_name = crc.target_secret_name();
     let existing = read_secrets(ctx, &matched, &target_name).await;
-    // The tokens its Secrets hold, as recorded by the controller.
-    let stored: Vec<StoredToken> = existing
+    let stored = existing
         .values()
         .filter_map(|r| r.as_ref().ok())
         .flatten()
@@ -163,230 +212,53 @@ async fn reconcile_at(
         .filter_map(|found| secret::stored_token(found, &crc.spec.target.key, &ctx.hash_key))
         .filter(|s| s.intact)
         .collect();
+    Ok(Ok(Seen {
+        spec,
+        trust,
+        client,
+        credentials,
+        namespaces,
+        matched,
+        target_name,
+        existing,
+        stored,
+    }))
+}
 
-    let Token {
-        token,
-        record,
-        failure,
-        retry_at,
-        shared_with,
-    } = match credentials {
-        Ok(credentials) => {
-            let source = Source {
-                spec: &spec,
-                trust: &trust,
-                client: &client,
-                credentials: &credentials,
-            };
-            exchange_token(ctx, crc, &source, &stored, matched.len(), now).await?
-        }
-        // Without its credentials, the token the Secrets hold stays in use
-        // while it is valid (Degraded, as for a RunaiCredential), but only a
-        // token of its own credentials: those of the group it is in. A
-        // namespace user could copy another credential's Secret, record
-        // and all (intact), into the one in their namespace; that token
-        // never spreads. It stays a member (no request is made for it), so
-        // that the next pass still knows which token is its own. After a
-        // restart it knows no group: its Secrets' tokens count only when all
-        // were obtained with one set of credentials (a planted one makes it
-        // fail closed).
-        Err(err) => match stored
-            .iter()
-            .filter(|s| match ctx.exchange.group_of(&uid) {
-                Some(own) => GroupKey::new(&s.record.credentials_hash, &trust) == own,
-                None => stored.iter().all(|other| {
-                    secret::hashes_equal(&other.record.credentials_hash, &s.record.credentials_hash)
-                }),
-            })
-            .filter(|s| s.record.expires_at.is_none_or(|at| at > now))
-            .max_by_key(|s| s.record.issued_at)
-        {
-            Some(kept) => {
-                Token {
-                    token: Some(GroupToken {
-                        access_token: kept.access_token.clone(),
-                        issued_at: kept.record.issued_at,
-                        expires_at: kept.record.expires_at,
-                        serial: 0,
-                        requested: false,
-                    }),
-                    record: Some(kept.record.clone()),
-                    // No request is made: the count stays as it was.
-                    failure: Some(Failure {
-                        reason: err.reason(),
-                        message: err.to_string(),
-                        attempts: previous.map_or(0, |p| p.failed_attempts).max(1),
-                    }),
-                    retry_at: Some(now + FAILED_RECHECK),
-                    shared_with: 0,
-                }
-            }
-            None => {
-                ctx.exchange.leave(&uid);
-                // A namespace that stops matching still loses its Secret:
-                // deselecting is how access is taken away.
-                clean_up(ctx, crc, &namespaces, &matched, &target_name).await?;
-                write_status(crc, ctx, &blocked(&err), false).await?;
-                return Ok(Action::requeue(FAILED_RECHECK));
-            }
-        },
-    };
-    let mut outcome = Outcome {
-        matched: matched.len(),
-        ..Outcome::default()
-    };
-    // Whether a Secret was written in this pass (then a new `sharedWith`
-    // goes out with the status).
-    let mut wrote = false;
-    if let (Some(token), Some(record)) = (&token, &record) {
-        let owner_reference = match crc.spec.target.deletion_policy {
-            DeletionPolicy::Delete => crc.controller_owner_ref(&()),
-            DeletionPolicy::Retain => None,
-        };
-        let results: Vec<(String, Result<bool, Error>)> = futures::stream::iter(existing)
-            .map(|(namespace, found)| {
-                let owner = SecretOwner {
-                    secret_name: target_name.clone(),
-                    namespace: namespace.clone(),
-                    label: (
-                        CLUSTER_CREDENTIAL_LABEL,
-                        secret::credential_label_value(&crc.name_any()),
-                    ),
-                    owner_reference: owner_reference.clone(),
-                };
-                let desired = secret::desired_secret_for(
-                    &owner,
-                    &crc.spec.target,
-                    crc.spec.url.trim(),
-                    &token.access_token,
-                    record,
-                    &ctx.hash_key,
-                );
-                async move {
-                    let result = match found {
-                        Ok(found) => {
-                            sync_namespace(
-                                ctx,
-                                crc,
-                                &namespace,
-                                found,
-                                desired,
-                                &token.access_token,
-                            )
-                            .await
-                        }
-                        Err(err) => Err(err),
-                    };
-                    (namespace, result)
-                }
-            })
-            .buffer_unordered(NAMESPACE_CONCURRENCY)
-            .collect()
-            .await;
-        for (namespace, result) in results {
-            match result {
-                Ok(written) => {
-                    outcome.synced += 1;
-                    wrote |= written;
-                }
-                Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
-                    outcome
-                        .failed
-                        .insert(namespace, (err.reason(), err.to_string()));
-                }
-                // The API server failed for this namespace only: the others
-                // are served, and it is tried again shortly.
-                Err(err) => {
-                    warn!(namespace, error = %err, "the Secret of one namespace could not be read or written; retrying shortly");
-                    outcome.pending += 1;
-                }
-            }
-        }
+/// The client credentials from the controller's namespace, or why they
+/// cannot be used.
+///
+/// # Errors
+///
+/// The API server's errors other than 404 (retried).
+async fn read_credentials(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+) -> Result<Result<ClientCredentials, Error>, Error> {
+    let own: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.controller_namespace);
+    let reference = &crc.spec.client_credentials_secret_ref;
+    let found = match get_secret(&own, &reference.name, Read::Cached).await {
+        Ok(None) => get_secret(&own, &reference.name, Read::Latest).await,
+        other => other,
     }
-    clean_up(ctx, crc, &namespaces, &matched, &target_name).await?;
-
-    // The status.
-    let next_refresh = match (&token, retry_at) {
-        (_, Some(at)) => at,
-        (Some(t), None) => schedule::refresh_due_at(
-            t.issued_at,
-            t.expires_at,
-            spec.refresh_interval,
-            super::decide::jitter_for(&uid, t.issued_at),
-        ),
-        (None, None) => now + Duration::from_secs(30),
-    };
-    let status = fanout::cluster_status(
-        previous,
-        generation,
-        record.as_ref(),
-        failure.as_ref(),
-        &outcome,
-        next_refresh,
-        shared_with,
-        now,
-    );
-    write_status(crc, ctx, &status, wrote).await?;
-    // Warnings as for a RunaiCredential: when a failure starts, then at the
-    // 2nd, 4th, 8th … attempt; and when a namespace newly fails.
-    if let Some(f) = &failure
-        && f.attempts.is_power_of_two()
-        && previous.is_none_or(|p| p.failed_attempts != f.attempts)
-    {
-        act::publish(
-            ctx,
-            &crc.object_ref(&()),
-            EventType::Warning,
-            f.reason,
-            format!(
-                "refresh failed {} time(s) in a row: {}",
-                f.attempts, f.message
-            ),
-        )
-        .await;
-    }
-    let newly_failed: Vec<&String> = outcome
-        .failed
-        .keys()
-        .filter(|ns| {
-            previous.is_none_or(|p| !p.failed_namespaces.iter().any(|f| &f.namespace == *ns))
-        })
-        .take(5)
-        .collect();
-    if !newly_failed.is_empty() {
-        act::publish(
-            ctx,
-            &crc.object_ref(&()),
-            EventType::Warning,
-            fanout::REASON_NAMESPACES_FAILED,
-            format!(
-                "the Secret could not be written in {}",
-                newly_failed
-                    .iter()
-                    .map(|ns| format!("{ns} ({})", outcome.failed[*ns].0))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-        .await;
-    }
-    if outcome.matched == 0 && outcome.pending == 0 {
-        // Nothing to serve, so nothing falls due: the next namespace that
-        // matches (a Namespace event) or a change of its own wakes it.
-        return Ok(Action::await_change());
-    }
-    let wake = schedule::delay_until(now, next_refresh).max(Duration::from_secs(1));
-    Ok(Action::requeue(if outcome.pending > 0 {
-        wake.min(PENDING_RECHECK)
-    } else if outcome.failed.is_empty() {
-        wake
+    .map_err(Error::kube("reading the credentials Secret"))?;
+    Ok(if ctx.policy.credentials_label_required {
+        secret::require_credentials_label(found.as_ref(), reference)
     } else {
-        wake.min(FAILED_RECHECK)
+        Ok(())
+    }
+    .and_then(|()| secret::read_credentials(found.as_ref(), reference))
+    .map_err(|err| match err {
+        Error::CredentialsNotFound(message) => Error::CredentialsNotFound(format!(
+            "{message} (a ClusterRunaiCredential reads it from the controller's namespace, {})",
+            ctx.controller_namespace
+        )),
+        other => other,
     }))
 }
 
 /// The token for this pass, and what the status says of it.
-struct Token {
+struct Source {
     token: Option<GroupToken>,
     record: Option<TokenRecord>,
     failure: Option<Failure>,
@@ -395,205 +267,400 @@ struct Token {
     shared_with: u32,
 }
 
-/// What a token request needs.
-struct Source<'a> {
-    spec: &'a ValidSpec,
-    trust: &'a TrustKey,
-    client: &'a TokenClient,
-    credentials: &'a ClientCredentials,
+/// Without its credentials, the token the Secrets hold stays in use while
+/// it is valid (Degraded, as for a RunaiCredential), but only a token of its
+/// own credentials ([`fanout::kept_token`]). It stays a member (no request
+/// is made for it), so that the next pass still knows which token is its
+/// own. `None`: nothing to serve.
+fn keep_without_credentials(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    seen: &Seen,
+    err: &Error,
+    now: Timestamp,
+) -> Option<Source> {
+    let group = ctx.exchange.group_of(&uid_of(crc));
+    let own = |r: &TokenRecord| group == Some(GroupKey::new(&r.credentials_hash, &seen.trust));
+    let own: Option<&dyn Fn(&TokenRecord) -> bool> = group.is_some().then_some(&own as _);
+    let kept = fanout::kept_token(&seen.stored, own, now)?;
+    let previous = crc.status.as_ref();
+    Some(Source {
+        token: Some(GroupToken {
+            access_token: kept.access_token.clone(),
+            issued_at: kept.record.issued_at,
+            expires_at: kept.record.expires_at,
+            serial: 0,
+            requested: false,
+        }),
+        record: Some(kept.record.clone()),
+        // No request is made: the count stays as it was.
+        failure: Some(Failure {
+            reason: err.reason(),
+            message: err.to_string(),
+            attempts: previous.map_or(0, |p| p.failed_attempts).max(1),
+        }),
+        retry_at: Some(now + FAILED_RECHECK),
+        shared_with: 0,
+    })
 }
 
-/// The group's token, through the shared exchange: taken as it is while it
-/// suits, else one request for the whole group (none while no namespace
-/// matches). After a restart the Secrets' tokens (`stored`) seed the group.
+/// The group's token, through the shared exchange: joins the group, offers
+/// it the tokens its Secrets hold (after a restart they seed it), then asks
+/// [`fanout::plan_token`] whether it serves as it is; if not, one request
+/// for the whole group.
 ///
 /// # Errors
 ///
 /// Errors of the controller itself (the lease lost).
-async fn exchange_token(
+async fn obtain(
     ctx: &Context,
     crc: &ClusterRunaiCredential,
-    source: &Source<'_>,
-    stored: &[StoredToken],
-    matched: usize,
+    seen: &Seen,
+    credentials: &ClientCredentials,
     now: Timestamp,
-) -> Result<Token, Error> {
-    let uid = crc.uid().unwrap_or_else(|| crc.name_any());
-    let previous = crc.status.as_ref();
-    let spec = source.spec;
-    let credentials_hash =
-        ctx.hash_key
-            .credentials_hash(spec.url.as_str(), crc.spec.token_api, source.credentials);
-    let key = GroupKey::new(&credentials_hash, source.trust);
-    let member = Member::cluster_scoped(&crc.name_any());
-    let mut view = ctx.exchange.join(&uid, member, &key);
-    let mut handled_request = None;
-    for kept in stored
+) -> Result<Source, Error> {
+    let uid = uid_of(crc);
+    let desired = Desired {
+        credentials_hash: Some(ctx.hash_key.credentials_hash(
+            seen.spec.url.as_str(),
+            crc.spec.token_api,
+            credentials,
+        )),
+        generation: crc.meta().generation.unwrap_or_default(),
+        refresh_request: crc.refresh_request().map(str::to_owned),
+        definition: Some(
+            ctx.hash_key
+                .definition_hash(&seen.trust, &crc.spec.client_credentials_secret_ref),
+        ),
+    };
+    let hash = desired.credentials_hash.as_deref().unwrap_or_default();
+    let key = GroupKey::new(hash, &seen.trust);
+    let view = join(ctx, crc, seen, &key, hash).await;
+    let records: Vec<&TokenRecord> = seen
+        .stored
         .iter()
-        .filter(|s| secret::hashes_equal(&credentials_hash, &s.record.credentials_hash))
-    {
-        // Answered if any Secret records the value asked for now.
-        if handled_request.as_deref() != crc.refresh_request() {
-            handled_request = kept.record.refresh_request.clone();
+        .map(|s| &s.record)
+        .filter(|r| secret::hashes_equal(hash, &r.credentials_hash))
+        .collect();
+    let request = crc.refresh_request();
+    let answered = ctx
+        .handled_refresh(&uid)
+        .filter(|v| Some(v.as_str()) == request)
+        .or_else(|| {
+            request
+                .filter(|r| {
+                    records
+                        .iter()
+                        .any(|rec| rec.refresh_request.as_deref() == Some(r))
+                })
+                .map(str::to_owned)
+        });
+    let facts = fanout::SourceFacts {
+        uid: &uid,
+        desired: &desired,
+        token: view.token.as_ref(),
+        records: &records,
+        answered: answered.as_deref(),
+        refresh_interval: seen.spec.refresh_interval,
+        matched: seen.matched.len(),
+        now,
+    };
+    let held = fanout::held_record(&facts);
+    let Some(reason) = fanout::plan_token(&facts) else {
+        let record = view
+            .token
+            .as_ref()
+            .map(|t| fanout::record_for(t, held.as_ref(), &desired, answered.as_deref()));
+        return Ok(source(ctx, &key, view.token, record, None));
+    };
+    let outcome = request_token(ctx, crc, seen, credentials, &key, &view, reason, now).await;
+    let (token, failure) = match outcome {
+        Exchanged::Shared(t) => (Some(t), None),
+        Exchanged::Requested(t) => {
+            announce(ctx, crc, reason, seen.matched.len()).await;
+            (Some(t), None)
         }
-        // Kept by the exchange only when newer than what it holds.
-        view = super::offer_stored(ctx, &key, kept);
-    }
-    // The group's token is only in a RunaiCredential's Secret: read it there
-    // rather than ask Run:ai again.
-    if matched > 0
-        && view.token.is_none()
-        && let Some(elsewhere) = view.held_by.clone()
-        && let Some(found) = super::read_held(ctx, &elsewhere, &credentials_hash).await
-    {
-        view = super::offer_stored(ctx, &key, &found);
-    }
+        Exchanged::Failed(err) if !err.is_refresh_failure() => return Err(err),
+        Exchanged::Failed(_) | Exchanged::HeldBack => {
+            let group = ctx.exchange.view(&key);
+            // The group's token stays in use while it is valid.
+            let kept = group
+                .token
+                .filter(|t| t.expires_at.is_none_or(|at| at > now));
+            (kept, group.failure)
+        }
+    };
     // A refresh request is answered once: by a token newer than the group's
     // when it was seen, whether or not any Secret could take it.
-    let handled_request = ctx.handled_refresh(&uid).or(handled_request);
-    let requested = crc
-        .refresh_request()
-        .is_some_and(|r| handled_request.as_deref() != Some(r));
-    // What a change costs (api.md), as for a RunaiCredential: when every
-    // token its Secrets hold was obtained for another definition (trusted
-    // CAs, the credentials Secret's name or keys), a new one is needed, as
-    // for a refresh request. Records from before the definition was kept
-    // do not count.
-    let definition = ctx
-        .hash_key
-        .definition_hash(source.trust, &crc.spec.client_credentials_secret_ref);
-    let own: Vec<&StoredToken> = stored
-        .iter()
-        .filter(|s| secret::hashes_equal(&credentials_hash, &s.record.credentials_hash))
-        .collect();
-    let defined_anew = !own.is_empty()
-        && own.iter().all(|s| {
-            s.record
-                .definition
-                .as_deref()
-                .is_some_and(|d| !secret::hashes_equal(d, &definition))
-        });
-    let forced = if requested {
-        Some(schedule::RefreshReason::RefreshRequested)
-    } else if defined_anew {
-        Some(schedule::RefreshReason::SpecChanged)
-    } else {
-        None
-    };
-    let jitter: f64 = rand::random();
-    let mut failure: Option<Failure> = None;
-    let mut retry_at: Option<Timestamp> = None;
-    let seen_serial = (view.serial > 0).then_some(view.serial);
-    let reason = if matched == 0 {
-        // No namespace to serve: no token is requested for nobody.
-        None
-    } else {
-        fanout::refresh_reason(
-            view.token.as_ref(),
-            spec.refresh_interval,
-            &uid,
-            forced,
-            now,
-        )
-    };
-    let token: Option<GroupToken> = match reason {
-        None => view.token.clone(),
-        Some(reason) => {
-            let api = crc.spec.token_api;
-            let refresh_interval = spec.refresh_interval;
-            let uid_for_accept = uid.clone();
-            let outcome = ctx
-                .exchange
-                .obtain(
-                    &key,
-                    &uid,
-                    |t| {
-                        (forced.is_none() || Some(t.serial) > seen_serial)
-                            && fanout::refresh_reason(
-                                Some(t),
-                                refresh_interval,
-                                &uid_for_accept,
-                                None,
-                                now,
-                            )
-                            .is_none()
-                    },
-                    view.failure.as_ref(),
-                    (now, jitter),
-                    || async {
-                        ctx.ensure_acting()?;
-                        info!(
-                            reason = reason.as_str(),
-                            token_api = api.as_str(),
-                            "requesting a token for a ClusterRunaiCredential"
-                        );
-                        let started = std::time::Instant::now();
-                        let issued = source
-                            .client
-                            .request_token(&spec.url, api, source.credentials, now)
-                            .await;
-                        let result = issued.as_ref().map_or_else(Error::class, |_| "success");
-                        ctx.metrics.token_requested(api, result, started.elapsed());
-                        issued.map(|issued| (issued, now))
-                    },
-                )
-                .await;
-            match outcome {
-                Exchanged::Shared(t) => Some(t),
-                Exchanged::Requested(t) => {
-                    let first = view.token.is_none();
-                    if first || requested || previous.is_some_and(|p| p.failed_attempts > 0) {
-                        act::publish(
-                            ctx,
-                            &crc.object_ref(&()),
-                            EventType::Normal,
-                            "TokenIssued",
-                            format!("a new token ({}) for {matched} namespaces", reason.as_str(),),
-                        )
-                        .await;
-                    }
-                    Some(t)
-                }
-                Exchanged::Failed(err) if !err.is_refresh_failure() => return Err(err),
-                Exchanged::Failed(_) | Exchanged::HeldBack => {
-                    let group = ctx.exchange.view(&key);
-                    if let Some(f) = group.failure {
-                        failure = Some(f.failure);
-                        retry_at = Some(f.retry_at);
-                    }
-                    // The group's token stays in use while it is valid.
-                    group
-                        .token
-                        .filter(|t| t.expires_at.is_none_or(|at| at > now))
-                }
-            }
-        }
-    };
-    let refresh_request = if requested && token.as_ref().map(|t| t.serial) > seen_serial {
-        if let Some(value) = crc.refresh_request() {
+    let answered = match (request, &token) {
+        (Some(value), Some(t))
+            if reason == RefreshReason::RefreshRequested && t.serial > view.serial =>
+        {
             ctx.set_handled_refresh(&uid, value);
+            Some(value.to_owned())
         }
-        crc.refresh_request()
-    } else {
-        handled_request.as_deref()
+        _ => answered,
     };
-    let record = token.as_ref().map(|t| {
-        fanout::record_of(
-            t,
-            &credentials_hash,
-            crc.meta().generation.unwrap_or_default(),
-            refresh_request,
-            &definition,
+    let record = token
+        .as_ref()
+        .map(|t| fanout::record_for(t, held.as_ref(), &desired, answered.as_deref()));
+    Ok(source(ctx, &key, token, record, failure))
+}
+
+/// Joins the group `key` and seeds it with the tokens of the credentials
+/// hashed `hash` that its Secrets hold (kept by the exchange only when newer
+/// than what it holds); when the group's token is only in a RunaiCredential's
+/// Secret, reads it there rather than ask Run:ai again.
+async fn join(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    seen: &Seen,
+    key: &GroupKey,
+    hash: &str,
+) -> GroupView {
+    let mut view = ctx
+        .exchange
+        .join(&uid_of(crc), Member::cluster_scoped(&crc.name_any()), key);
+    for kept in seen
+        .stored
+        .iter()
+        .filter(|s| secret::hashes_equal(hash, &s.record.credentials_hash))
+    {
+        view = super::offer_stored(ctx, key, kept);
+    }
+    if !seen.matched.is_empty()
+        && view.token.is_none()
+        && let Some(elsewhere) = view.held_by.clone()
+        && let Some(found) = super::read_held(ctx, &elsewhere, hash).await
+    {
+        view = super::offer_stored(ctx, key, &found);
+    }
+    view
+}
+
+/// One request for the group, through the exchange: it holds back before
+/// the group's retry time, and takes another member's token when
+/// [`super::decide::token_answers`] says it answers `reason`.
+#[allow(clippy::too_many_arguments)]
+async fn request_token(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    seen: &Seen,
+    credentials: &ClientCredentials,
+    key: &GroupKey,
+    view: &GroupView,
+    reason: RefreshReason,
+    now: Timestamp,
+) -> Exchanged {
+    let uid = uid_of(crc);
+    let api = crc.spec.token_api;
+    let (url, client, interval) = (&seen.spec.url, &seen.client, seen.spec.refresh_interval);
+    let answers = |t: &GroupToken| {
+        let suits = super::decide::token_suits(t, interval, &uid, now);
+        let newer = t.serial > view.serial;
+        super::decide::token_answers(reason, t, newer, !newer, suits, now)
+    };
+    ctx.exchange
+        .obtain(
+            key,
+            &uid,
+            answers,
+            view.failure.as_ref(),
+            (now, rand::random()),
+            || async {
+                ctx.ensure_acting()?;
+                info!(
+                    reason = reason.as_str(),
+                    token_api = api.as_str(),
+                    "requesting a token for a ClusterRunaiCredential"
+                );
+                let started = std::time::Instant::now();
+                let issued = client.request_token(url, api, credentials, now).await;
+                let result = issued.as_ref().map_or_else(Error::class, |_| "success");
+                ctx.metrics.token_requested(api, result, started.elapsed());
+                issued.map(|issued| (issued, now))
+            },
         )
-    });
-    let shared_with = ctx.exchange.view(&key).members.saturating_sub(1);
-    Ok(Token {
+        .await
+}
+
+/// A Normal Event for a new token when it is news ([`schedule::announce_token`],
+/// the rule of both kinds).
+async fn announce(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    reason: RefreshReason,
+    matched: usize,
+) {
+    let recovering = crc.status.as_ref().is_some_and(|p| p.failed_attempts > 0);
+    if schedule::announce_token(reason, recovering) {
+        act::publish(
+            ctx,
+            &crc.object_ref(&()),
+            EventType::Normal,
+            "TokenIssued",
+            format!("a new token ({}) for {matched} namespaces", reason.as_str()),
+        )
+        .await;
+    }
+}
+
+/// The pass's token with the group's failure and member count.
+fn source(
+    ctx: &Context,
+    key: &GroupKey,
+    token: Option<GroupToken>,
+    record: Option<TokenRecord>,
+    failure: Option<GroupFailure>,
+) -> Source {
+    let members = ctx.exchange.view(key).members;
+    Source {
         token,
         record,
-        failure,
-        retry_at,
-        shared_with: u32::try_from(shared_with).unwrap_or(u32::MAX),
-    })
+        retry_at: failure.as_ref().map(|f| f.retry_at),
+        failure: failure.map(|f| f.failure),
+        shared_with: u32::try_from(members.saturating_sub(1)).unwrap_or(u32::MAX),
+    }
+}
+
+/// Brings every matched namespace's Secret in step with the token, at a
+/// bounded concurrency. Returns how the namespaces fared and whether any
+/// Secret was written.
+async fn sync_all(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    existing: BTreeMap<String, Result<Option<Secret>, Error>>,
+    target_name: &str,
+    source: &Source,
+) -> (Outcome, bool) {
+    let mut outcome = Outcome {
+        matched: existing.len(),
+        ..Outcome::default()
+    };
+    let (Some(token), Some(record)) = (&source.token, &source.record) else {
+        return (outcome, false);
+    };
+    let owner_reference = match crc.spec.target.deletion_policy {
+        DeletionPolicy::Delete => crc.controller_owner_ref(&()),
+        DeletionPolicy::Retain => None,
+    };
+    let results: Vec<(String, Result<bool, Error>)> = futures::stream::iter(existing)
+        .map(|(namespace, found)| {
+            let owner = SecretOwner {
+                secret_name: target_name.to_owned(),
+                namespace: namespace.clone(),
+                label: (
+                    CLUSTER_CREDENTIAL_LABEL,
+                    secret::credential_label_value(&crc.name_any()),
+                ),
+                owner_reference: owner_reference.clone(),
+            };
+            let desired = secret::desired_secret_for(
+                &owner,
+                &crc.spec.target,
+                crc.spec.url.trim(),
+                &token.access_token,
+                record,
+                &ctx.hash_key,
+            );
+            async move {
+                let result = match found {
+                    Ok(found) => {
+                        sync_namespace(ctx, crc, &namespace, found, desired, &token.access_token)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                };
+                (namespace, result)
+            }
+        })
+        .buffer_unordered(NAMESPACE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut wrote = false;
+    for (namespace, result) in results {
+        match result {
+            Ok(written) => {
+                outcome.synced += 1;
+                wrote |= written;
+            }
+            Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
+                outcome
+                    .failed
+                    .insert(namespace, (err.reason(), err.to_string()));
+            }
+            // The API server failed for this namespace only: the others
+            // are served, and it is tried again shortly.
+            Err(err) => {
+                warn!(namespace, error = %err, "the Secret of one namespace could not be read or written; retrying shortly");
+                outcome.pending += 1;
+            }
+        }
+    }
+    (outcome, wrote)
+}
+
+/// Writes the status and publishes the Warnings: when a failure starts or
+/// changes, at a decaying rate while it lasts ([`schedule::warn_again`], the
+/// rule of both kinds), and when a namespace newly fails. Returns the next
+/// refresh time.
+async fn report(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    seen: &Seen,
+    source: &Source,
+    outcome: &Outcome,
+    wrote: bool,
+    now: Timestamp,
+) -> Result<Timestamp, Error> {
+    let previous = crc.status.as_ref();
+    let next_refresh = match (&source.token, source.retry_at) {
+        (_, Some(at)) => at,
+        (Some(t), None) => schedule::refresh_due_at(
+            t.issued_at,
+            t.expires_at,
+            seen.spec.refresh_interval,
+            super::decide::jitter_for(&uid_of(crc), t.issued_at),
+        ),
+        (None, None) => now + Duration::from_secs(30),
+    };
+    let status = fanout::cluster_status(
+        previous,
+        crc.meta().generation,
+        source.record.as_ref(),
+        source.failure.as_ref(),
+        outcome,
+        next_refresh,
+        source.shared_with,
+        now,
+    );
+    write_status(crc, ctx, &status, wrote).await?;
+    if let Some(f) = &source.failure
+        && previous.is_none_or(|p| p.failed_attempts != f.attempts)
+        && schedule::warn_again(
+            f.attempts,
+            previous.and_then(|p| status::failure_reason(&p.conditions, p.failed_attempts)),
+            f.reason,
+        )
+    {
+        let note = format!(
+            "refresh failed {} time(s) in a row: {}",
+            f.attempts, f.message
+        );
+        act::publish(
+            ctx,
+            &crc.object_ref(&()),
+            EventType::Warning,
+            f.reason,
+            note,
+        )
+        .await;
+    }
+    if let Some(note) = fanout::newly_failed(previous, outcome) {
+        let reason = fanout::REASON_NAMESPACES_FAILED;
+        act::publish(ctx, &crc.object_ref(&()), EventType::Warning, reason, note).await;
+    }
+    Ok(next_refresh)
 }
 
 /// The namespaces the controller knows, from its watch of them.
@@ -693,18 +760,13 @@ async fn sync_namespace(
 
 /// The Secrets this ClusterRunaiCredential manages in namespaces it no
 /// longer serves: deleted (`Delete`) or released (`Retain`).
-async fn clean_up(
-    ctx: &Context,
-    crc: &ClusterRunaiCredential,
-    namespaces: &BTreeMap<String, NamespaceFacts>,
-    matched: &BTreeSet<String>,
-    target_name: &str,
-) -> Result<(), Error> {
+async fn clean_up(ctx: &Context, crc: &ClusterRunaiCredential, seen: &Seen) -> Result<(), Error> {
+    let (namespaces, matched, target_name) = (&seen.namespaces, &seen.matched, &seen.target_name);
     let name = crc.name_any();
     let managed = list_managed(ctx, &name).await?;
     for found in managed {
         let namespace = found.namespace().unwrap_or_default();
-        let current = found.name_any() == target_name && matched.contains(&namespace);
+        let current = found.name_any() == *target_name && matched.contains(&namespace);
         if current || !fanout::is_managed_by(&found, &name, crc.uid().as_deref()) {
             continue;
         }

@@ -322,16 +322,54 @@ fn group_token<'a>(o: &'a Observed<'_>) -> Option<&'a GroupToken> {
 }
 
 /// Whether a group token can be written for this RunaiCredential without a
-/// new request: unexpired and not yet due by this RunaiCredential's own
-/// schedule (so the shortest `refreshInterval` of a group wins).
+/// new request (see [`token_suits`]).
 fn suits(o: &Observed<'_>, spec: &ValidSpec, token: &GroupToken) -> bool {
+    token_suits(token, spec.refresh_interval, &uid_of(o.cr), o.now)
+}
+
+/// Whether the group's `token` can serve the member `uid` (of either kind)
+/// as it is: unexpired and not yet due by the member's own schedule
+/// (`refresh_interval`, its jitter), so that the shortest `refreshInterval`
+/// of a group wins.
+#[must_use]
+pub fn token_suits(
+    token: &GroupToken,
+    refresh_interval: Option<Duration>,
+    uid: &str,
+    now: Timestamp,
+) -> bool {
     let due = schedule::refresh_due_at(
         token.issued_at,
         token.expires_at,
-        spec.refresh_interval,
-        jitter_for(&uid_of(o.cr), token.issued_at),
+        refresh_interval,
+        jitter_for(uid, token.issued_at),
     );
-    token.expires_at.is_none_or(|at| at > o.now) && o.now < due
+    token.expires_at.is_none_or(|at| at > now) && now < due
+}
+
+/// The one rule, for both kinds, of whether the group's `token` answers a
+/// token request made for `reason` without a request of its own: a refresh
+/// request needs a token newer than the group had when the member looked
+/// (`newer`); a due token, or one obtained for another definition (api.md,
+/// "What a change costs"), needs one other than the member holds (`held`)
+/// that `suits` it; any other reason takes any token that suits.
+#[must_use]
+pub fn token_answers(
+    reason: RefreshReason,
+    token: &GroupToken,
+    newer: bool,
+    held: bool,
+    suits: bool,
+    now: Timestamp,
+) -> bool {
+    match reason {
+        RefreshReason::RefreshRequested => newer && token.expires_at.is_none_or(|at| at > now),
+        RefreshReason::Due | RefreshReason::SpecChanged => suits && !held,
+        RefreshReason::NoToken
+        | RefreshReason::TokenAltered
+        | RefreshReason::CredentialsChanged
+        | RefreshReason::Shared => suits,
+    }
 }
 
 /// Whether the exchange may answer a token request of this reconciliation
@@ -344,21 +382,18 @@ fn suits(o: &Observed<'_>, spec: &ValidSpec, token: &GroupToken) -> bool {
 pub fn accepts(o: &Observed<'_>, reason: RefreshReason, token: &GroupToken) -> bool {
     let Ok(spec) = &o.spec else { return false };
     let seen = o.group.as_ref().map_or(0, |(_, view)| view.serial);
-    match reason {
-        RefreshReason::RefreshRequested => {
-            token.serial > seen && token.expires_at.is_none_or(|at| at > o.now)
-        }
-        _ => {
-            // Due, or defined anew (api.md, "What a change costs"): the
-            // token held is not the answer.
-            suits(o, spec, token)
-                && o.stored.as_ref().is_none_or(|s| {
-                    !s.intact
-                        || s.access_token != token.access_token
-                        || !matches!(reason, RefreshReason::Due | RefreshReason::SpecChanged)
-                })
-        }
-    }
+    let held = o
+        .stored
+        .as_ref()
+        .is_some_and(|s| s.intact && s.access_token == token.access_token);
+    token_answers(
+        reason,
+        token,
+        token.serial > seen,
+        held,
+        suits(o, spec, token),
+        o.now,
+    )
 }
 
 /// The record of a group token written for this RunaiCredential.
@@ -662,18 +697,8 @@ fn retrying(o: &Observed<'_>, failure: Option<Failure>, retry_at: Timestamp, gro
 
 /// The reason of the failure the stored status shows, if any.
 fn previous_failure_reason<'a>(o: &'a Observed<'_>) -> Option<&'a str> {
-    let previous = o.cr.status.as_ref().filter(|s| s.failed_attempts > 0)?;
-    previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == crate::api::CONDITION_DEGRADED && c.status == "True")
-        .or_else(|| {
-            previous
-                .conditions
-                .iter()
-                .find(|c| c.type_ == crate::api::CONDITION_READY)
-        })
-        .map(|c| c.reason.as_str())
+    let previous = o.cr.status.as_ref()?;
+    status::failure_reason(&previous.conditions, previous.failed_attempts)
 }
 
 /// A failure of this RunaiCredential alone (credentials, a refused write):

@@ -6,16 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
 
 use crate::{
     api::{
         CONDITION_READY, ClusterRunaiCredential, ClusterRunaiCredentialStatus, FailedNamespace,
         RunaiCredentialStatus, cluster::MAX_FAILED_NAMESPACES,
     },
-    output::secret::{self, CLUSTER_CREDENTIAL_LABEL},
+    output::secret::{self, CLUSTER_CREDENTIAL_LABEL, StoredToken},
     reconcile::status::{self, CurrentToken, Failure},
     runai::exchange::GroupToken,
-    token::schedule::{self, RefreshReason, TokenRecord},
+    token::schedule::{self, Desired, Plan, RefreshReason, TokenRecord},
 };
 
 /// Reason of `Ready=True` when no namespace matches.
@@ -112,51 +113,136 @@ pub fn plan_secret(
     }
 }
 
-/// Why the group's token does not serve this ClusterRunaiCredential, if it
-/// does not: none yet, due, expired, or older than what `forced` asks for
-/// (a refresh asked for with the annotation, or a spec that defines the
-/// credential anew).
-pub fn refresh_reason(
-    token: Option<&GroupToken>,
-    refresh_interval: Option<std::time::Duration>,
-    uid: &str,
-    forced: Option<RefreshReason>,
-    now: Timestamp,
-) -> Option<RefreshReason> {
-    let Some(token) = token else {
-        return Some(RefreshReason::NoToken);
-    };
-    if let Some(reason) = forced {
-        return Some(reason);
-    }
-    if token.expires_at.is_some_and(|at| at <= now) {
-        return Some(RefreshReason::Due);
-    }
-    let due = schedule::refresh_due_at(
-        token.issued_at,
-        token.expires_at,
-        refresh_interval,
-        super::decide::jitter_for(uid, token.issued_at),
-    );
-    (now >= due).then_some(RefreshReason::Due)
+/// What the token source of a ClusterRunaiCredential knows when it decides,
+/// all of it read before (nothing here is looked up).
+#[derive(Clone, Copy, Debug)]
+pub struct SourceFacts<'a> {
+    /// The uid of the ClusterRunaiCredential (its refresh jitter).
+    pub uid: &'a str,
+    /// What its spec and credentials ask for now.
+    pub desired: &'a Desired,
+    /// The group's token, when the group keeps its text.
+    pub token: Option<&'a GroupToken>,
+    /// The records its Secrets hold of intact tokens of the current
+    /// credentials.
+    pub records: &'a [&'a TokenRecord],
+    /// The refresh annotation value already answered with a new token, if
+    /// any (remembered, or recorded in a Secret).
+    pub answered: Option<&'a str>,
+    pub refresh_interval: Option<std::time::Duration>,
+    /// How many namespaces it serves.
+    pub matched: usize,
+    pub now: Timestamp,
 }
 
-/// The token's record as the Secrets keep it.
-pub fn record_of(
-    token: &GroupToken,
-    credentials_hash: &str,
-    generation: i64,
-    refresh_request: Option<&str>,
-    definition: &str,
-) -> TokenRecord {
-    TokenRecord {
-        issued_at: token.issued_at,
-        expires_at: token.expires_at,
-        credentials_hash: credentials_hash.to_owned(),
-        generation,
-        refresh_request: refresh_request.map(str::to_owned),
-        definition: Some(definition.to_owned()),
+/// The record of the token a ClusterRunaiCredential serves, as the schedule
+/// judges it: the newest its Secrets hold, or the group's token when that
+/// is newer (another member obtained it for the same credentials, so it
+/// was obtained for what is defined now).
+#[must_use]
+pub fn held_record(f: &SourceFacts<'_>) -> Option<TokenRecord> {
+    let newest = f.records.iter().copied().max_by(|a, b| {
+        a.issued_at.cmp(&b.issued_at).then_with(|| {
+            // Of two records of one token, the one of today's definition.
+            let alike = |r: &TokenRecord| schedule::defined_alike(r, f.desired);
+            alike(a).cmp(&alike(b))
+        })
+    });
+    let answered = f.answered.map(str::to_owned);
+    match (f.token, newest) {
+        (Some(token), Some(record)) if token.issued_at > record.issued_at => {
+            Some(record_for(token, None, f.desired, f.answered))
+        }
+        (Some(token), None) => Some(record_for(token, None, f.desired, f.answered)),
+        (_, Some(record)) => Some(TokenRecord {
+            refresh_request: answered,
+            ..record.clone()
+        }),
+        (None, None) => None,
     }
+}
+
+/// The record a namespace's Secret keeps of `token`: that of `held` (the
+/// record the schedule judged, see [`held_record`]) when it is that token,
+/// so that a token kept after a change that needs a new one still says
+/// what it was obtained for; else a token obtained for what `desired`
+/// defines now. `answered`: the refresh annotation value it answers.
+#[must_use]
+pub fn record_for(
+    token: &GroupToken,
+    held: Option<&TokenRecord>,
+    desired: &Desired,
+    answered: Option<&str>,
+) -> TokenRecord {
+    let refresh_request = answered.map(str::to_owned);
+    match held.filter(|r| r.issued_at == token.issued_at) {
+        Some(record) => TokenRecord {
+            refresh_request,
+            ..record.clone()
+        },
+        None => TokenRecord {
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            credentials_hash: desired.credentials_hash.clone().unwrap_or_default(),
+            generation: desired.generation,
+            refresh_request,
+            definition: desired.definition.clone(),
+        },
+    }
+}
+
+/// Why the ClusterRunaiCredential needs a new token, if it does: the same
+/// rule as a RunaiCredential's ([`schedule::plan`]: none yet, due, expired,
+/// another definition, the generation of a record that predates
+/// definitions, a refresh request not answered yet). `None` when the token
+/// serves as it is, or when no namespace matches (no request for nobody).
+#[must_use]
+pub fn plan_token(f: &SourceFacts<'_>) -> Option<RefreshReason> {
+    if f.matched == 0 {
+        return None;
+    }
+    let record = held_record(f);
+    // The group's token must still be there to be served: one only in
+    // Secrets that the group lost is asked for again.
+    let record = record.filter(|_| f.token.is_some());
+    let jitter = record
+        .as_ref()
+        .map_or(0.0, |r| super::decide::jitter_for(f.uid, r.issued_at));
+    match schedule::plan(
+        f.now,
+        record.as_ref().map(|r| (r, true)),
+        f.desired,
+        None,
+        f.refresh_interval,
+        jitter,
+    ) {
+        Plan::Refresh(reason) => Some(reason),
+        Plan::WaitUntil(_) | Plan::RetryAt(_) => None,
+    }
+}
+
+/// The token a ClusterRunaiCredential whose credentials cannot be read keeps
+/// serving while it is valid: the newest of its Secrets' intact tokens that
+/// is its own. `own` says whether a record is of its own credentials (those
+/// of the group it is in); after a restart it knows no group, and the
+/// tokens count only when all were obtained with one set of credentials (a
+/// planted one makes it fail closed). A token of another application, copied
+/// into a namespace's Secret with its record, never spreads.
+pub fn kept_token<'s>(
+    stored: &'s [StoredToken],
+    own: Option<&dyn Fn(&TokenRecord) -> bool>,
+    now: Timestamp,
+) -> Option<&'s StoredToken> {
+    stored
+        .iter()
+        .filter(|s| match own {
+            Some(own) => own(&s.record),
+            None => stored.iter().all(|other| {
+                secret::hashes_equal(&other.record.credentials_hash, &s.record.credentials_hash)
+            }),
+        })
+        .filter(|s| !s.record.is_expired(now))
+        .max_by_key(|s| s.record.issued_at)
 }
 
 /// How the namespaces fared.
@@ -169,6 +255,52 @@ pub struct Outcome {
     /// Namespaces whose Secret the API server failed to read or write
     /// (tried again shortly).
     pub pending: usize,
+}
+
+/// When to look again: at the next refresh (at least a second from now),
+/// within [`PENDING_RECHECK`] while namespaces wait after an API server
+/// error and within [`FAILED_RECHECK`] while some failed (a foreign Secret
+/// that goes away is not watched); only on a change when no namespace
+/// matches (the next Namespace event wakes it).
+#[must_use]
+pub fn requeue(outcome: &Outcome, next_refresh: Timestamp, now: Timestamp) -> Action {
+    if outcome.matched == 0 && outcome.pending == 0 {
+        return Action::await_change();
+    }
+    let wake = schedule::delay_until(now, next_refresh).max(std::time::Duration::from_secs(1));
+    Action::requeue(if outcome.pending > 0 {
+        wake.min(PENDING_RECHECK)
+    } else if outcome.failed.is_empty() {
+        wake
+    } else {
+        wake.min(FAILED_RECHECK)
+    })
+}
+
+/// How soon a ClusterRunaiCredential with failed namespaces, or without its
+/// credentials, looks again.
+pub const FAILED_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+/// How soon a namespace whose Secret the API server failed to read or write
+/// is tried again.
+pub const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The note of the Warning for namespaces that newly failed (at most five
+/// named), if any did.
+#[must_use]
+pub fn newly_failed(
+    previous: Option<&ClusterRunaiCredentialStatus>,
+    outcome: &Outcome,
+) -> Option<String> {
+    let names: Vec<String> = outcome
+        .failed
+        .iter()
+        .filter(|(ns, _)| {
+            previous.is_none_or(|p| !p.failed_namespaces.iter().any(|f| &f.namespace == *ns))
+        })
+        .take(5)
+        .map(|(ns, (reason, _))| format!("{ns} ({reason})"))
+        .collect();
+    (!names.is_empty()).then(|| format!("the Secret could not be written in {}", names.join(", ")))
 }
 
 /// Reason of `Ready=False` while some matched namespaces wait for a retry

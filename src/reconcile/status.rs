@@ -33,6 +33,20 @@ pub struct CurrentToken<'a> {
     pub current: bool,
 }
 
+/// The reason of the failure a stored status shows (of either kind), if it
+/// shows one: `Degraded`'s when True, else `Ready`'s.
+#[must_use]
+pub fn failure_reason(conditions: &[Condition], failed_attempts: u32) -> Option<&str> {
+    if failed_attempts == 0 {
+        return None;
+    }
+    conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_DEGRADED && c.status == "True")
+        .or_else(|| conditions.iter().find(|c| c.type_ == CONDITION_READY))
+        .map(|c| c.reason.as_str())
+}
+
 /// Status while the controller keeps a token: Ready tells whether a valid
 /// token is there, Degraded whether refreshing fails.
 pub fn token_status(

@@ -819,3 +819,175 @@ fn a_refused_repair_is_reported_and_the_token_kept() {
     assert!(matches!(f.backoff, Update::Set(_)), "retried with backoff");
     assert!(f.event.is_some_and(|e| e.warning), "a Warning");
 }
+
+/// One row of the refresh rule: what is held and asked for, and the reason
+/// of the token request both kinds must make (`None`: none).
+struct Row {
+    what: &'static str,
+    /// Seconds since the held token was issued (it lives an hour); `None`:
+    /// no token held.
+    age: Option<i64>,
+    /// The held record's refresh request, definition and generation.
+    answered: Option<&'static str>,
+    definition: Option<&'static str>,
+    generation: i64,
+    /// What the spec asks now.
+    request: Option<&'static str>,
+    want: Option<RefreshReason>,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        what: "no token",
+        age: None,
+        answered: None,
+        definition: Some("d"),
+        generation: 1,
+        request: None,
+        want: Some(RefreshReason::NoToken),
+    },
+    Row {
+        what: "fresh",
+        age: Some(600),
+        answered: None,
+        definition: Some("d"),
+        generation: 1,
+        request: None,
+        want: None,
+    },
+    Row {
+        what: "due at two thirds",
+        age: Some(2500),
+        answered: None,
+        definition: Some("d"),
+        generation: 1,
+        request: None,
+        want: Some(RefreshReason::Due),
+    },
+    Row {
+        what: "expired",
+        age: Some(3700),
+        answered: None,
+        definition: Some("d"),
+        generation: 1,
+        request: None,
+        want: Some(RefreshReason::Due),
+    },
+    Row {
+        what: "a refresh request",
+        age: Some(600),
+        answered: None,
+        definition: Some("d"),
+        generation: 1,
+        request: Some("r1"),
+        want: Some(RefreshReason::RefreshRequested),
+    },
+    Row {
+        what: "a refresh request answered",
+        age: Some(600),
+        answered: Some("r1"),
+        definition: Some("d"),
+        generation: 1,
+        request: Some("r1"),
+        want: None,
+    },
+    Row {
+        what: "another refresh request",
+        age: Some(600),
+        answered: Some("r1"),
+        definition: Some("d"),
+        generation: 1,
+        request: Some("r2"),
+        want: Some(RefreshReason::RefreshRequested),
+    },
+    Row {
+        what: "a cosmetic spec change",
+        age: Some(600),
+        answered: None,
+        definition: Some("d"),
+        generation: 0,
+        request: None,
+        want: None,
+    },
+    Row {
+        what: "defined anew",
+        age: Some(600),
+        answered: None,
+        definition: Some("old"),
+        generation: 1,
+        request: None,
+        want: Some(RefreshReason::SpecChanged),
+    },
+    Row {
+        what: "an old record, another generation",
+        age: Some(600),
+        answered: None,
+        definition: None,
+        generation: 0,
+        request: None,
+        want: Some(RefreshReason::SpecChanged),
+    },
+    Row {
+        what: "an old record, the same generation",
+        age: Some(600),
+        answered: None,
+        definition: None,
+        generation: 1,
+        request: None,
+        want: None,
+    },
+];
+
+/// The refresh rule is one for both kinds: each row decided for a
+/// RunaiCredential ([`decide`]) and for a ClusterRunaiCredential
+/// ([`crate::reconcile::fanout::plan_token`]) asks for the same request.
+#[test]
+fn one_refresh_rule_for_both_kinds() {
+    let k = key();
+    for row in ROWS {
+        let mut cr = credential();
+        if let Some(value) = row.request {
+            cr.metadata.annotations = Some(
+                [(
+                    crate::api::REFRESH_REQUESTED_AT_ANNOTATION.to_owned(),
+                    value.to_owned(),
+                )]
+                .into(),
+            );
+        }
+        let issued = now() - secs(row.age.unwrap_or(0));
+        let rec = TokenRecord {
+            refresh_request: row.answered.map(str::to_owned),
+            definition: row.definition.map(str::to_owned),
+            generation: row.generation,
+            ..record(&k, issued, 3600)
+        };
+        let mut o = observed(&cr, &k);
+        o.desired.definition = Some("d".to_owned());
+        o.namespace_terminating = Some(false);
+        if row.age.is_some() {
+            o = with_stored(o, "held", rec.clone());
+        }
+        let namespaced = match decide(&o) {
+            Step::RequestToken { reason } => Some(reason),
+            Step::Finish(_) => None,
+            other => panic!("{}: {other:?}", row.what),
+        };
+        let token = row.age.map(|_| group_token("held", issued, 3600, 1));
+        let records: Vec<&TokenRecord> = row.age.map(|_| &rec).into_iter().collect();
+        let answered = row.answered.filter(|a| row.request == Some(*a));
+        let cluster =
+            crate::reconcile::fanout::plan_token(&crate::reconcile::fanout::SourceFacts {
+                uid: "uid-1",
+                desired: &o.desired,
+                token: token.as_ref(),
+                records: &records,
+                answered,
+                refresh_interval: None,
+                matched: 1,
+                now: now(),
+            });
+        assert_eq!(namespaced, row.want, "RunaiCredential: {}", row.what);
+        assert_eq!(cluster, row.want, "ClusterRunaiCredential: {}", row.what);
+    }
+}

@@ -247,49 +247,78 @@ fn token(issued: &str, expires: &str, serial: u64) -> GroupToken {
 }
 
 #[test]
-fn the_token_is_refreshed_when_missing_due_expired_or_asked_for() {
+fn no_token_is_requested_for_no_namespace() {
+    let desired = Desired {
+        credentials_hash: Some("h".into()),
+        generation: 1,
+        refresh_request: None,
+        definition: Some("d".into()),
+    };
+    let facts = |matched| SourceFacts {
+        uid: "uid-p",
+        desired: &desired,
+        token: None,
+        records: &[],
+        answered: None,
+        refresh_interval: None,
+        matched,
+        now: t("2026-01-01T00:10:00Z"),
+    };
+    assert_eq!(plan_token(&facts(0)), None);
+    // Positive control: one namespace to serve needs the token.
+    assert_eq!(plan_token(&facts(1)), Some(RefreshReason::NoToken));
+}
+
+#[test]
+fn refresh_interval_caps_the_age_of_the_groups_token() {
     let hour = token("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", 1);
-    let at = |s| refresh_reason(Some(&hour), None, "uid-p", None, t(s));
-    assert_eq!(at("2026-01-01T00:10:00Z"), None);
-    // Due at two thirds of the lifetime at the latest (jitter only earlier).
-    assert_eq!(at("2026-01-01T00:40:00Z"), Some(RefreshReason::Due));
-    assert_eq!(at("2026-01-01T01:00:01Z"), Some(RefreshReason::Due));
+    let desired = Desired {
+        credentials_hash: Some("h".into()),
+        generation: 1,
+        refresh_request: None,
+        definition: Some("d".into()),
+    };
+    let at = |now, refresh_interval| {
+        plan_token(&SourceFacts {
+            uid: "uid-p",
+            desired: &desired,
+            token: Some(&hour),
+            records: &[],
+            answered: None,
+            refresh_interval,
+            matched: 1,
+            now: t(now),
+        })
+    };
+    assert_eq!(at("2026-01-01T00:05:01Z", None), None);
+    let five_minutes = Some(std::time::Duration::from_secs(300));
     assert_eq!(
-        refresh_reason(None, None, "uid-p", None, t("2026-01-01T00:10:00Z")),
-        Some(RefreshReason::NoToken)
-    );
-    assert_eq!(
-        refresh_reason(
-            Some(&hour),
-            None,
-            "uid-p",
-            Some(RefreshReason::RefreshRequested),
-            t("2026-01-01T00:10:00Z")
-        ),
-        Some(RefreshReason::RefreshRequested)
-    );
-    // A spec that defines the credential anew, as a refresh request.
-    assert_eq!(
-        refresh_reason(
-            Some(&hour),
-            None,
-            "uid-p",
-            Some(RefreshReason::SpecChanged),
-            t("2026-01-01T00:10:00Z")
-        ),
-        Some(RefreshReason::SpecChanged)
-    );
-    // refreshInterval caps the age.
-    assert_eq!(
-        refresh_reason(
-            Some(&hour),
-            Some(std::time::Duration::from_secs(300)),
-            "uid-p",
-            None,
-            t("2026-01-01T00:05:01Z")
-        ),
+        at("2026-01-01T00:05:01Z", five_minutes),
         Some(RefreshReason::Due)
     );
+}
+
+#[test]
+fn a_token_kept_after_a_change_that_needs_another_keeps_its_record() {
+    let hour = token("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", 1);
+    let desired = Desired {
+        credentials_hash: Some("h".into()),
+        generation: 2,
+        refresh_request: None,
+        definition: Some("new".into()),
+    };
+    let old = TokenRecord {
+        definition: Some("old".into()),
+        ..record("2026-01-01T01:00:00Z")
+    };
+    // The request for the new definition failed: the old token, still
+    // served, must not be recorded as obtained for the new one.
+    let kept = record_for(&hour, Some(&old), &desired, None);
+    assert_eq!(kept.definition.as_deref(), Some("old"));
+    // Positive control: a newer token is recorded for what is defined now.
+    let newer = token("2026-01-01T00:30:00Z", "2026-01-01T01:30:00Z", 2);
+    let fresh = record_for(&newer, Some(&old), &desired, None);
+    assert_eq!(fresh.definition.as_deref(), Some("new"));
 }
 
 fn record(expires: &str) -> TokenRecord {
