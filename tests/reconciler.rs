@@ -315,17 +315,22 @@ fn context(client: Client) -> Arc<Context> {
             instance: None,
         },
     );
-    Arc::new(Context::new(
+    Arc::new(Context::new(runai_token_sync::reconcile::Parts {
         client,
         recorder,
-        TokenClients::new(Duration::from_secs(2)),
-        HashKey::new(vec![7; 32]),
-        Arc::new(runai_token_sync::metrics::Metrics::new()),
-        runai_token_sync::reconcile::Policy {
+        token_clients: TokenClients::new(Duration::from_secs(2)),
+        hash_key: HashKey::new(vec![7; 32]),
+        metrics: Arc::new(runai_token_sync::metrics::Metrics::new()),
+        policy: runai_token_sync::reconcile::Policy {
             allow_insecure_http: true,
             ..Default::default()
         },
-    ))
+        health: Arc::default(),
+        exchange: Arc::new(runai_token_sync::runai::exchange::Exchange::new(8)),
+        controller_namespace: "default".to_owned(),
+        scope: None,
+        namespaces: None,
+    }))
 }
 
 const SECRETS: &str = "/api/v1/namespaces/ml/secrets";

@@ -320,19 +320,7 @@ async fn obtain(
     now: Timestamp,
 ) -> Result<Source, Error> {
     let uid = uid_of(crc);
-    let desired = Desired {
-        credentials_hash: Some(ctx.hash_key.credentials_hash(
-            seen.spec.url.as_str(),
-            crc.spec.token_api,
-            credentials,
-        )),
-        generation: crc.meta().generation.unwrap_or_default(),
-        refresh_request: crc.refresh_request().map(str::to_owned),
-        definition: Some(
-            ctx.hash_key
-                .definition_hash(&seen.trust, &crc.spec.client_credentials_secret_ref),
-        ),
-    };
+    let desired = desired(ctx, crc, seen, credentials);
     let hash = desired.credentials_hash.as_deref().unwrap_or_default();
     let key = GroupKey::new(hash, &seen.trust);
     let view = join(ctx, crc, seen, &key, hash).await;
@@ -343,18 +331,7 @@ async fn obtain(
         .filter(|r| secret::hashes_equal(hash, &r.credentials_hash))
         .collect();
     let request = crc.refresh_request();
-    let answered = ctx
-        .handled_refresh(&uid)
-        .filter(|v| Some(v.as_str()) == request)
-        .or_else(|| {
-            request
-                .filter(|r| {
-                    records
-                        .iter()
-                        .any(|rec| rec.refresh_request.as_deref() == Some(r))
-                })
-                .map(str::to_owned)
-        });
+    let answered = answered(ctx, crc, &records);
     let facts = fanout::SourceFacts {
         uid: &uid,
         desired: &desired,
@@ -405,6 +382,48 @@ async fn obtain(
         .as_ref()
         .map(|t| fanout::record_for(t, held.as_ref(), &desired, answered.as_deref()));
     Ok(source(ctx, &key, token, record, failure))
+}
+
+/// What a ClusterRunaiCredential asks for now, as a RunaiCredential's
+/// [`Desired`]: its credentials, generation, refresh request and definition.
+fn desired(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    seen: &Seen,
+    credentials: &ClientCredentials,
+) -> Desired {
+    Desired {
+        credentials_hash: Some(ctx.hash_key.credentials_hash(
+            seen.spec.url.as_str(),
+            crc.spec.token_api,
+            credentials,
+        )),
+        generation: crc.meta().generation.unwrap_or_default(),
+        refresh_request: crc.refresh_request().map(str::to_owned),
+        definition: Some(
+            ctx.hash_key
+                .definition_hash(&seen.trust, &crc.spec.client_credentials_secret_ref),
+        ),
+    }
+}
+
+/// The refresh annotation value already answered, if it is the one asked
+/// for now: remembered since a newer token answered it (also when no Secret
+/// could take it), or recorded in one of its Secrets (`records`).
+fn answered(
+    ctx: &Context,
+    crc: &ClusterRunaiCredential,
+    records: &[&TokenRecord],
+) -> Option<String> {
+    let request = crc.refresh_request()?;
+    ctx.handled_refresh(&uid_of(crc))
+        .filter(|v| v == request)
+        .or_else(|| {
+            records
+                .iter()
+                .any(|r| r.refresh_request.as_deref() == Some(request))
+                .then(|| request.to_owned())
+        })
 }
 
 /// Joins the group `key` and seeds it with the tokens of the credentials

@@ -76,7 +76,10 @@ pub struct Observed<'a> {
     pub backoff: Option<(Backoff, Failure)>,
     /// A token obtained earlier whose write failed.
     pub pending: Option<PendingToken>,
-    /// The shared exchange's group, when the credentials could be read.
+    /// The shared exchange's group its credentials and trusted CAs make,
+    /// once they are known (the credentials read, the spec usable).
+    pub group_key: Option<GroupKey>,
+    /// The group and what it holds, once joined ([`Step::JoinGroup`]).
     pub group: Option<(GroupKey, GroupView)>,
     /// How many RunaiCredentials (this one included) read the same
     /// credentials Secret with the same url, token API and `caBundle`: the
@@ -94,6 +97,10 @@ pub struct Observed<'a> {
 
 /// What to do next. `Debug` never shows the token or the Secret's data.
 pub enum Step {
+    /// Join the group [`Observed::group_key`] names, leaving any other, and
+    /// seed it with the token the target Secret holds (or read the group's
+    /// token from the Secret of the member that holds it).
+    JoinGroup,
     /// Delete or release the Secrets of earlier target names.
     ReleaseOldTargets,
     /// Read whether the namespace is being deleted.
@@ -116,6 +123,7 @@ pub enum Step {
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Step::JoinGroup => f.write_str("JoinGroup"),
             Step::ReleaseOldTargets => f.write_str("ReleaseOldTargets"),
             Step::ReadNamespace => f.write_str("ReadNamespace"),
             Step::RequestToken { reason } => f
@@ -208,6 +216,9 @@ pub struct Finish {
     pub requeue: Requeue,
     pub backoff: Update<(Backoff, Failure)>,
     pub pending: Update<PendingToken>,
+    /// Leave the shared exchange's group: the credential no longer belongs
+    /// to one (being deleted, its spec unusable, its credentials unreadable).
+    pub leave_group: bool,
     pub note: Note,
 }
 
@@ -220,6 +231,7 @@ impl Finish {
             requeue: Requeue::OnChange,
             backoff: Update::Keep,
             pending: Update::Keep,
+            leave_group: false,
             note,
         }
     }
@@ -247,6 +259,17 @@ pub fn uid_of(cr: &RunaiCredential) -> String {
 /// Decides the next step. Pure: everything it looks at is in `o`.
 #[must_use]
 pub fn decide(o: &Observed<'_>) -> Step {
+    let mut step = next_step(o);
+    // Without a group key (deleted, an unusable spec, unreadable
+    // credentials) it is no member: it no longer holds what a group shares,
+    // and is no longer counted.
+    if let Step::Finish(finish) = &mut step {
+        finish.leave_group = o.group_key.is_none();
+    }
+    step
+}
+
+fn next_step(o: &Observed<'_>) -> Step {
     let cr = o.cr;
     if cr.meta().deletion_timestamp.is_some() {
         return Step::Finish(Box::new(Finish::idle(Note::Deleting)));
@@ -257,6 +280,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
     };
     if o.old_targets {
         return Step::ReleaseOldTargets;
+    }
+    if o.group.is_none() && o.group_key.is_some() {
+        return Step::JoinGroup;
     }
     let managed = match &o.target {
         TargetSecret::Foreign => {
@@ -571,6 +597,7 @@ fn written(
         requeue: Requeue::At(schedule::wake_at(due, record.expires_at, o.now)),
         backoff: Update::Clear,
         pending: Update::Clear,
+        leave_group: false,
         note: Note::Written {
             why,
             expires_at: record.expires_at,
@@ -641,6 +668,7 @@ fn fresh(o: &Observed<'_>, record: &TokenRecord, due: Timestamp) -> Step {
         requeue: Requeue::At(schedule::wake_at(due, record.expires_at, o.now)),
         backoff: Update::Clear,
         pending: Update::Keep,
+        leave_group: false,
         note: Note::Fresh,
     }))
 }
@@ -691,6 +719,7 @@ fn retrying(o: &Observed<'_>, failure: Option<Failure>, retry_at: Timestamp, gro
         requeue: Requeue::At(schedule::wake_at(retry_at, valid_until(token), o.now)),
         backoff: Update::Keep,
         pending: Update::Keep,
+        leave_group: false,
         note: Note::Waiting,
     }))
 }
@@ -762,6 +791,7 @@ fn failed(o: &Observed<'_>, failure: Failure, retry_at: Timestamp, stale_pending
         } else {
             Update::Keep
         },
+        leave_group: false,
         note: Note::Failed { failure, retry_at },
     }))
 }
@@ -796,6 +826,7 @@ fn block(o: &Observed<'_>, err: &Error) -> Step {
         },
         backoff: Update::Clear,
         pending: Update::Keep,
+        leave_group: false,
         note: Note::Blocked {
             reason: err.reason(),
             message: err.to_string(),

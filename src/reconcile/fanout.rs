@@ -341,52 +341,7 @@ pub fn cluster_status(
     // With a valid token, the namespaces decide whether all is well; with
     // none to serve, there is nothing to be ready for.
     if token_ready || outcome.matched == 0 {
-        let (ready, reason, message) = if outcome.matched == 0 {
-            (
-                true,
-                REASON_NO_MATCHING_NAMESPACES,
-                "no namespace matches namespaceSelector or namespaces".to_owned(),
-            )
-        } else if outcome.failed.is_empty() && outcome.synced == outcome.matched {
-            (
-                true,
-                status::REASON_TOKEN_READY,
-                format!(
-                    "all {} matched namespaces hold a token valid until {}",
-                    outcome.matched,
-                    record
-                        .and_then(|r| r.expires_at)
-                        .map_or_else(|| "an unknown time".to_owned(), secret::rfc3339)
-                ),
-            )
-        } else if outcome.failed.is_empty() {
-            (
-                false,
-                REASON_NAMESPACES_PENDING,
-                format!(
-                    "{} of {} matched namespaces hold the token; the others are tried again after an API server error",
-                    outcome.synced, outcome.matched
-                ),
-            )
-        } else {
-            (
-                false,
-                REASON_NAMESPACES_FAILED,
-                format!(
-                    "{} of {} matched namespaces hold the token, {} failed: {}",
-                    outcome.synced,
-                    outcome.matched,
-                    outcome.failed.len(),
-                    outcome
-                        .failed
-                        .iter()
-                        .take(3)
-                        .map(|(ns, (reason, _))| format!("{ns} ({reason})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        };
+        let (ready, reason, message) = namespaces_ready(outcome, record);
         base = status::with_ready(
             previous_token.as_ref(),
             base,
@@ -419,6 +374,61 @@ pub fn cluster_status(
         next_refresh_time: base.next_refresh_time,
         failed_attempts: base.failed_attempts,
         shared_with,
+    }
+}
+
+/// `Ready` as the namespaces decide it, once the token is valid (or none is
+/// needed): all matched namespaces hold it, none match, some wait for a
+/// retry after an API server error, or some failed (named, three at most).
+fn namespaces_ready(
+    outcome: &Outcome,
+    record: Option<&TokenRecord>,
+) -> (bool, &'static str, String) {
+    if outcome.matched == 0 {
+        (
+            true,
+            REASON_NO_MATCHING_NAMESPACES,
+            "no namespace matches namespaceSelector or namespaces".to_owned(),
+        )
+    } else if outcome.failed.is_empty() && outcome.synced == outcome.matched {
+        (
+            true,
+            status::REASON_TOKEN_READY,
+            format!(
+                "all {} matched namespaces hold a token valid until {}",
+                outcome.matched,
+                record
+                    .and_then(|r| r.expires_at)
+                    .map_or_else(|| "an unknown time".to_owned(), secret::rfc3339)
+            ),
+        )
+    } else if outcome.failed.is_empty() {
+        (
+            false,
+            REASON_NAMESPACES_PENDING,
+            format!(
+                "{} of {} matched namespaces hold the token; the others are tried again after an API server error",
+                outcome.synced, outcome.matched
+            ),
+        )
+    } else {
+        (
+            false,
+            REASON_NAMESPACES_FAILED,
+            format!(
+                "{} of {} matched namespaces hold the token, {} failed: {}",
+                outcome.synced,
+                outcome.matched,
+                outcome.failed.len(),
+                outcome
+                    .failed
+                    .iter()
+                    .take(3)
+                    .map(|(ns, (reason, _))| format!("{ns} ({reason})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
     }
 }
 

@@ -34,13 +34,13 @@ pub use decide::PendingToken;
 use decide::{Finish, Note, Observed, Obtained, Requeue, Step, Update, uid_of};
 
 use crate::{
-    api::{RunaiCredential, validate_spec},
+    api::{RunaiCredential, ValidSpec, validate_spec},
     error::Error,
     metrics::Metrics,
     output::secret::{self, HashKey, TargetSecret},
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
-    runai::client::TokenClients,
+    runai::client::{TokenClient, TokenClients, TrustKey},
     runai::exchange::{
         Exchange, Exchanged, GroupFailure, GroupKey, GroupView, Member, TokenHolder,
     },
@@ -117,32 +117,59 @@ pub struct Context {
     /// The last refresh annotation value answered with a new token, by
     /// ClusterRunaiCredential uid (also when no Secret could take it).
     handled_refresh: Mutex<HashMap<String, String>>,
+    /// Woken each time a watch of credentials has listed what exists
+    /// (again): what is kept about credentials it no longer holds is then
+    /// pruned.
+    pub listed_again: tokio::sync::Notify,
+}
+
+/// Everything a [`Context`] is made of, given at once: a context is built
+/// once, complete.
+pub struct Parts {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub token_clients: TokenClients,
+    pub hash_key: HashKey,
+    pub metrics: Arc<Metrics>,
+    pub policy: Policy,
+    /// Where progress is recorded for `/healthz`.
+    pub health: Arc<crate::health::Health>,
+    /// The shared token exchange (its limit of requests in flight set from
+    /// `--max-concurrent-token-requests`).
+    pub exchange: Arc<Exchange>,
+    /// The controller's own namespace.
+    pub controller_namespace: String,
+    /// The namespaces served (`--namespace`); `None` for all.
+    pub scope: Option<std::collections::BTreeSet<String>>,
+    /// The metadata of all namespaces, when the controller may list them.
+    pub namespaces: Option<
+        kube::runtime::reflector::Store<
+            kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>,
+        >,
+    >,
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        recorder: Recorder,
-        token_clients: TokenClients,
-        hash_key: HashKey,
-        metrics: Arc<Metrics>,
-        policy: Policy,
-    ) -> Self {
+    /// The context of all reconciliations, from its parts; the caches the
+    /// watches fill ([`Context::index`], [`Context::known_secrets`],
+    /// [`Context::ca_bundles`]) start empty.
+    #[must_use]
+    pub fn new(parts: Parts) -> Self {
         Context {
-            client,
-            recorder,
-            token_clients,
-            hash_key,
-            metrics,
-            policy,
-            health: Arc::default(),
+            client: parts.client,
+            recorder: parts.recorder,
+            token_clients: parts.token_clients,
+            hash_key: parts.hash_key,
+            metrics: parts.metrics,
+            policy: parts.policy,
+            health: parts.health,
             acting: std::sync::atomic::AtomicBool::new(true),
             backoffs: Mutex::default(),
             api_errors: Mutex::default(),
             pending: Mutex::default(),
-            exchange: Arc::new(Exchange::new(DEFAULT_MAX_CONCURRENT_TOKEN_REQUESTS)),
+            exchange: parts.exchange,
             own_writes: Mutex::default(),
-            namespaces: None,
+            namespaces: parts.namespaces,
             namespaces_readable: std::sync::atomic::AtomicBool::new(true),
             index: Arc::default(),
             known_secrets: Arc::default(),
@@ -151,22 +178,11 @@ impl Context {
                 governor::Quota::per_second(NORMAL_EVENTS_PER_SECOND)
                     .allow_burst(NORMAL_EVENT_BURST),
             ),
-            controller_namespace: "default".to_owned(),
-            scope: None,
+            controller_namespace: parts.controller_namespace,
+            scope: parts.scope,
             handled_refresh: Mutex::default(),
+            listed_again: tokio::sync::Notify::new(),
         }
-    }
-
-    /// Serves `scope` (`None`: all namespaces) from `controller_namespace`.
-    #[must_use]
-    pub fn with_scope(
-        mut self,
-        controller_namespace: String,
-        scope: Option<std::collections::BTreeSet<String>>,
-    ) -> Self {
-        self.controller_namespace = controller_namespace;
-        self.scope = scope;
-        self
     }
 
     fn normal_event_allowed(&self) -> bool {
@@ -183,19 +199,6 @@ impl Context {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Knows namespaces being deleted from this store (a metadata watch of
-    /// all namespaces) instead of reading each.
-    #[must_use]
-    pub fn with_namespaces(
-        mut self,
-        namespaces: kube::runtime::reflector::Store<
-            kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>,
-        >,
-    ) -> Self {
-        self.namespaces = Some(namespaces);
-        self
-    }
-
     /// Whether a Secret event is the echo of the controller's own write to
     /// it: one that arrives while the write is in flight (its version is
     /// checked once the write returns), or one of the version last written
@@ -208,7 +211,7 @@ impl Context {
                 *seen = Some(version.to_owned());
                 true
             }
-            (Some(OwnWrite::Done(written, _)), Some(version)) if written == version => {
+            (Some(OwnWrite::Done(written)), Some(version)) if written == version => {
                 writes.remove(&key);
                 true
             }
@@ -249,10 +252,7 @@ impl Context {
         match (&written, &seen) {
             (Some(w), Some(s)) if w == s => {}
             (Some(w), _) => {
-                writes.insert(
-                    key.clone(),
-                    OwnWrite::Done(w.clone(), std::time::Instant::now()),
-                );
+                writes.insert(key.clone(), OwnWrite::Done(w.clone()));
             }
             (None, _) => {}
         }
@@ -263,27 +263,12 @@ impl Context {
         }
     }
 
-    /// Forgets the writes whose echo did not come within [`ECHO_WAIT`] (a
-    /// watch that relisted skips versions): the next event of that Secret is
-    /// then looked at, as any.
+    /// Forgets the finished writes whose echo has not come: called when a
+    /// Secret watch starts a new list, which may skip their versions (a
+    /// watch delivers every version otherwise). The next event of those
+    /// Secrets is then looked at, as any.
     pub fn forget_unechoed_writes(&self) {
-        lock(&self.own_writes).retain(|_, write| match write {
-            OwnWrite::InFlight { .. } => true,
-            OwnWrite::Done(_, at) => at.elapsed() < ECHO_WAIT,
-        });
-    }
-
-    /// Uses `exchange` (its limit of requests in flight set from the flags).
-    #[must_use]
-    pub fn with_exchange(mut self, exchange: Arc<Exchange>) -> Self {
-        self.exchange = exchange;
-        self
-    }
-
-    /// Records progress in `health` (the one `/healthz` reads).
-    pub fn with_health(mut self, health: Arc<crate::health::Health>) -> Self {
-        self.health = health;
-        self
+        lock(&self.own_writes).retain(|_, write| matches!(write, OwnWrite::InFlight { .. }));
     }
 
     /// Stops all requests and writes at once (the leader lease is lost).
@@ -301,14 +286,26 @@ impl Context {
         }
     }
 
-    /// Forgets the in-memory state of RunaiCredentials that no longer exist.
+    /// Forgets what is kept in memory about a credential (of either kind)
+    /// that was deleted: its backoff, API errors, pending token, answered
+    /// refresh request and group membership.
+    pub fn forget(&self, uid: &str) {
+        lock(&self.backoffs).remove(uid);
+        lock(&self.api_errors).remove(uid);
+        lock(&self.pending).remove(uid);
+        lock(&self.handled_refresh).remove(uid);
+        self.exchange.leave(uid);
+    }
+
+    /// Forgets the in-memory state of credentials (of either kind) that no
+    /// longer exist: `live_uids` are those of complete lists, after a watch
+    /// listed again (a deletion it missed sends no event).
     pub fn retain_credentials(&self, live_uids: &std::collections::HashSet<String>) {
         lock(&self.backoffs).retain(|uid, _| live_uids.contains(uid));
         lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
         lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
         lock(&self.handled_refresh).retain(|uid, _| live_uids.contains(uid));
         self.exchange.retain(live_uids);
-        self.forget_unechoed_writes();
     }
 
     fn handled_refresh(&self, uid: &str) -> Option<String> {
@@ -349,12 +346,9 @@ impl Context {
 enum OwnWrite {
     /// Under way; the version of an event that arrived meanwhile.
     InFlight { seen: Option<String> },
-    /// Done; the version written, and when.
-    Done(String, std::time::Instant),
+    /// Done; the version written.
+    Done(String),
 }
-
-/// How long the echo of a write is waited for before it is forgotten.
-const ECHO_WAIT: Duration = Duration::from_secs(60);
 
 /// A write to a target Secret under way (see [`Context::begin_own_write`]).
 struct OwnWriteGuard<'c> {
@@ -474,108 +468,149 @@ pub async fn reconcile_at(
     now: Timestamp,
 ) -> Result<Action, Error> {
     ctx.ensure_acting()?;
-    let (mut observed, mut target_skipped) = observe(cr, ctx, now).await?;
-    let mut target_reread = false;
+    let (mut observed, target_skipped) = observe(cr, ctx, now).await?;
+    let mut pass = Pass {
+        target_skipped,
+        target_reread: false,
+    };
     // Each I/O step is taken at most twice; the bound only guards the loop.
     for _ in 0..8 {
-        match decide::decide(&observed) {
-            // A target taken for missing without a read is only trusted by
-            // the create that follows (a 409 then reads it): a decision
-            // reached without writing it is made again on what etcd holds,
-            // so that a valid token in a Secret the watch has not shown yet
-            // is never reported missing.
-            Step::Finish(_) if target_skipped && observed.written.is_none() => {
-                target_skipped = false;
-                let secrets: Api<Secret> =
-                    Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-                let latest = get_secret(&secrets, &cr.target_secret_name(), Read::Latest)
-                    .await
-                    .map_err(Error::kube("reading the target Secret"))?;
-                reclassify_target(cr, ctx, &mut observed, latest);
-            }
-            Step::Finish(finish) => {
-                // Nothing written this time: the Secret as read holds the
-                // token, if it is the group's.
-                if observed.written.is_none()
-                    && let Some(stored) = own_stored(&observed)
-                {
-                    note_held(ctx, &observed, &stored.access_token);
-                }
-                return finish_with(cr, ctx, *finish, now).await;
-            }
-            Step::ReleaseOldTargets => {
-                let secrets: Api<Secret> =
-                    Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-                act::release_old_targets(cr, &secrets, &cr.target_secret_name()).await?;
-                observed.old_targets = false;
-            }
-            Step::ReadNamespace => {
-                observed.namespace_terminating = Some(
-                    act::namespace_terminating(ctx, &cr.namespace().unwrap_or_default()).await,
-                );
-            }
-            Step::RequestToken { reason } => {
-                ctx.ensure_acting()?;
-                observed.obtained = Some(obtain(ctx, &observed, reason).await?);
-                if matches!(observed.obtained, Some(Obtained::Failed(_)))
-                    || observed.obtained.is_none()
-                {
-                    refresh_group(ctx, &mut observed);
-                }
-            }
-            Step::WriteSecret {
-                secret,
-                token,
-                repair,
-            } => {
-                ctx.ensure_acting()?;
-                let secrets: Api<Secret> =
-                    Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-                let existing = match &observed.target {
-                    TargetSecret::Managed(s) => Some(s.as_ref()),
-                    _ => None,
-                };
-                if repair {
-                    info!(secret = %cr.target_secret_name(), "repairing the target Secret");
-                }
-                let name = cr.target_secret_name();
-                let own_write = ctx.begin_own_write(cr, &name);
-                let result = act::write_secret(&secrets, existing, *secret, &token).await;
-                own_write.end(result.as_ref().ok().cloned().flatten());
-                match result {
-                    Ok(_) => {
-                        note_held(ctx, &observed, &token);
-                        observed.written = Some(Ok(()));
-                    }
-                    // The target was read from the cache and has changed
-                    // since: read once more from etcd and decide again.
-                    Err(ref err) if !target_reread && stale_write(err) => {
-                        target_reread = true;
-                        let latest = get_secret(&secrets, &name, Read::Latest)
-                            .await
-                            .map_err(Error::kube("reading the target Secret"))?;
-                        reclassify_target(cr, ctx, &mut observed, latest);
-                        target_skipped = false;
-                    }
-                    // A repair's too: the decision reports it (the token in
-                    // the Secret stays in use).
-                    Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
-                        observed.written = Some(Err(err));
-                    }
-                    Err(err) => {
-                        // Kept, so that retrying the write costs no new token request.
-                        if let Some(Obtained::Token(token)) = observed.obtained.take() {
-                            ctx.set_pending(&uid_of(cr), Some(token));
-                        }
-                        return Err(err);
-                    }
-                }
-            }
+        let step = decide::decide(&observed);
+        if let Some(action) = take(cr, ctx, &mut observed, &mut pass, step, now).await? {
+            return Ok(action);
         }
     }
     Err(Error::Startup(
         "the reconciliation did not settle".to_owned(),
     ))
+}
+
+/// What one reconciliation knows of how it read the target Secret.
+struct Pass {
+    /// The target was taken for missing without a read.
+    target_skipped: bool,
+    /// The target was read again after a write refused as stale.
+    target_reread: bool,
+}
+
+/// Takes one step; the action once the reconciliation is done.
+async fn take(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    observed: &mut Observed<'_>,
+    pass: &mut Pass,
+    step: Step,
+    now: Timestamp,
+) -> Result<Option<Action>, Error> {
+    let secrets =
+        || Api::<Secret>::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    match step {
+        // A target taken for missing without a read is only trusted by
+        // the create that follows (a 409 then reads it): a decision
+        // reached without writing it is made again on what etcd holds,
+        // so that a valid token in a Secret the watch has not shown yet
+        // is never reported missing.
+        Step::Finish(_) if pass.target_skipped && observed.written.is_none() => {
+            pass.target_skipped = false;
+            let latest = get_secret(&secrets(), &cr.target_secret_name(), Read::Latest)
+                .await
+                .map_err(Error::kube("reading the target Secret"))?;
+            reclassify_target(cr, ctx, observed, latest);
+        }
+        Step::Finish(finish) => {
+            // Nothing written this time: the Secret as read holds the
+            // token, if it is the group's.
+            if observed.written.is_none()
+                && let Some(stored) = own_stored(observed)
+            {
+                note_held(ctx, observed, &stored.access_token);
+            }
+            return finish_with(cr, ctx, *finish, now).await.map(Some);
+        }
+        Step::JoinGroup => join_group(ctx, observed).await,
+        Step::ReleaseOldTargets => {
+            act::release_old_targets(cr, &secrets(), &cr.target_secret_name()).await?;
+            observed.old_targets = false;
+        }
+        Step::ReadNamespace => {
+            observed.namespace_terminating =
+                Some(act::namespace_terminating(ctx, &cr.namespace().unwrap_or_default()).await);
+        }
+        Step::RequestToken { reason } => {
+            ctx.ensure_acting()?;
+            observed.obtained = Some(obtain(ctx, observed, reason).await?);
+            if matches!(observed.obtained, Some(Obtained::Failed(_))) || observed.obtained.is_none()
+            {
+                refresh_group(ctx, observed);
+            }
+        }
+        Step::WriteSecret {
+            secret,
+            token,
+            repair,
+        } => write_target(cr, ctx, observed, pass, *secret, &token, repair).await?,
+    }
+    Ok(None)
+}
+
+/// Writes the target Secret and puts the outcome into `observed`.
+///
+/// # Errors
+///
+/// API errors other than the refusals the status reports (the token then
+/// kept for the retry).
+async fn write_target(
+    cr: &RunaiCredential,
+    ctx: &Context,
+    observed: &mut Observed<'_>,
+    pass: &mut Pass,
+    secret: Secret,
+    token: &str,
+    repair: bool,
+) -> Result<(), Error> {
+    ctx.ensure_acting()?;
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let existing = match &observed.target {
+        TargetSecret::Managed(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    let name = cr.target_secret_name();
+    if repair {
+        info!(secret = %name, "repairing the target Secret");
+    }
+    let own_write = ctx.begin_own_write(cr, &name);
+    let result = act::write_secret(&secrets, existing, secret, token).await;
+    own_write.end(result.as_ref().ok().cloned().flatten());
+    match result {
+        Ok(_) => {
+            note_held(ctx, observed, token);
+            observed.written = Some(Ok(()));
+        }
+        // The target was read from the cache and has changed since: read
+        // once more from etcd and decide again.
+        Err(ref err) if !pass.target_reread && stale_write(err) => {
+            pass.target_reread = true;
+            let latest = get_secret(&secrets, &name, Read::Latest)
+                .await
+                .map_err(Error::kube("reading the target Secret"))?;
+            reclassify_target(cr, ctx, observed, latest);
+            pass.target_skipped = false;
+        }
+        // A repair's too: the decision reports it (the token in the Secret
+        // stays in use).
+        Err(err @ (Error::SecretConflict { .. } | Error::SecretWriteFailed { .. })) => {
+            observed.written = Some(Err(err));
+        }
+        Err(err) => {
+            // Kept, so that retrying the write costs no new token request.
+            if let Some(Obtained::Token(token)) = observed.obtained.take() {
+                ctx.set_pending(&uid_of(cr), Some(token));
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Puts what was read under the target name into `observed`.
@@ -594,18 +629,14 @@ fn reclassify_target(
     };
 }
 
-/// Reads what the decision needs: the spec checked, the target and
-/// credentials Secrets, the controller's memory and the group. Also says
+/// Reads what the decision needs, changing nothing: the spec checked, the
+/// target and credentials Secrets, the controller's memory. Also says
 /// whether the target Secret was taken for missing without a read.
 async fn observe<'a>(
     cr: &'a RunaiCredential,
     ctx: &'a Context,
     now: Timestamp,
 ) -> Result<(Observed<'a>, bool), Error> {
-    let namespace = cr.namespace().unwrap_or_default();
-    let uid = uid_of(cr);
-    let secret_name = cr.target_secret_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut observed = Observed {
         cr,
         hash_key: &ctx.hash_key,
@@ -625,6 +656,7 @@ async fn observe<'a>(
         },
         backoff: None,
         pending: None,
+        group_key: None,
         group: None,
         readers: ctx.index.readers_like(cr),
         namespace_terminating: None,
@@ -634,31 +666,12 @@ async fn observe<'a>(
     if cr.meta().deletion_timestamp.is_some() {
         return Ok((observed, false));
     }
-    // The allowed URLs are checked before the credentials Secret is read.
-    let spec = validate_spec(cr, ctx.policy.allow_insecure_http).and_then(|spec| {
-        ctx.policy.allowed_urls.check(&spec.url)?;
-        Ok(spec)
-    });
-    // A spec that cannot be used takes the credential out of its group:
-    // it no longer holds what the group shares, and is no longer counted.
-    let spec = match spec {
-        Ok(spec) => spec,
+    let (spec, trust, token_client) = match check_spec(cr, ctx).await? {
+        Ok(checked) => checked,
         Err(err) => {
-            ctx.exchange.leave(&uid);
             observed.spec = Err(err);
             return Ok((observed, false));
         }
-    };
-    let ca_bundle = ctx.ca_bundles.resolve(cr.spec.ca_bundle.as_deref());
-    let (trust, token_client) = match ctx.token_clients.get(ca_bundle.as_deref()).await {
-        Ok(found) => found,
-        Err(err @ Error::InvalidSpec { .. }) => {
-            ctx.exchange.leave(&uid);
-            observed.spec = Err(err);
-            return Ok((observed, false));
-        }
-        // Not the user's doing: retried by `error_policy`.
-        Err(err) => return Err(err),
     };
     observed.desired.definition = Some(
         ctx.hash_key
@@ -670,14 +683,76 @@ async fn observe<'a>(
         .status
         .as_ref()
         .and_then(|s| s.secret_name.as_deref())
-        .is_some_and(|old| old != secret_name);
-    // Both reads at once, from the API server's watch cache: they are most
-    // of a reconciliation's time. What a lagging cache may get wrong is
-    // caught: every write is conditional (a write refused as stale reads the
-    // target again, see `reconcile_at`) and a credentials Secret the cache
-    // does not have yet is looked up again in etcd before it counts as missing.
-    // A target Secret the Secret watches surely have not seen (a new
-    // RunaiCredential's) is not read at all, on the same grounds.
+        .is_some_and(|old| old != cr.target_secret_name());
+    let (existing, credentials_secret, target_skipped) = read_secrets(cr, ctx).await?;
+    reclassify_target(cr, ctx, &mut observed, existing);
+    let reference = &cr.spec.client_credentials_secret_ref;
+    let credentials = if ctx.policy.credentials_label_required {
+        secret::require_credentials_label(credentials_secret.as_ref(), reference)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| secret::read_credentials(credentials_secret.as_ref(), reference));
+    observed.desired.credentials_hash = credentials.as_ref().ok().map(|c| {
+        ctx.hash_key
+            .credentials_hash(spec.url.as_str(), cr.spec.token_api, c)
+    });
+    observed.group_key = observed
+        .desired
+        .credentials_hash
+        .as_deref()
+        .map(|hash| GroupKey::new(hash, &trust));
+    observed.credentials = credentials;
+    observed.backoff = ctx.backoff(&uid_of(cr));
+    observed.pending = ctx.pending(&uid_of(cr));
+    observed.spec = Ok(spec);
+    observed.token_client = Some(token_client);
+    Ok((observed, target_skipped))
+}
+
+/// The spec checked (URL rules, allowed URLs, `caBundle`), with the trusted
+/// CAs' key and the HTTP client for them; the inner error is a spec that
+/// cannot be used (reported in the status).
+///
+/// # Errors
+///
+/// Errors that are not the user's doing (retried by `error_policy`).
+async fn check_spec(
+    cr: &RunaiCredential,
+    ctx: &Context,
+) -> Result<Result<(ValidSpec, TrustKey, TokenClient), Error>, Error> {
+    // The allowed URLs are checked before the credentials Secret is read.
+    let spec = validate_spec(cr, ctx.policy.allow_insecure_http).and_then(|spec| {
+        ctx.policy.allowed_urls.check(&spec.url)?;
+        Ok(spec)
+    });
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(err) => return Ok(Err(err)),
+    };
+    let ca_bundle = ctx.ca_bundles.resolve(cr.spec.ca_bundle.as_deref());
+    match ctx.token_clients.get(ca_bundle.as_deref()).await {
+        Ok((trust, client)) => Ok(Ok((spec, trust, client))),
+        Err(err @ Error::InvalidSpec { .. }) => Ok(Err(err)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Reads the target and the credentials Secrets, both at once and from the
+/// API server's watch cache: they are most of a reconciliation's time. What
+/// a lagging cache may get wrong is caught: every write is conditional (a
+/// write refused as stale reads the target again, see [`write_target`]) and
+/// a credentials Secret the cache does not have yet is looked up again in
+/// etcd before it counts as missing. A target Secret the Secret watches
+/// surely have not seen (a new RunaiCredential's) is not read at all, on the
+/// same grounds; the third value says so.
+async fn read_secrets(
+    cr: &RunaiCredential,
+    ctx: &Context,
+) -> Result<(Option<Secret>, Option<Secret>, bool), Error> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let secret_name = cr.target_secret_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let reference = &cr.spec.client_credentials_secret_ref;
     let target_skipped = !ctx.own_write_pending(&namespace, &secret_name)
         && ctx.known_secrets.surely_missing(&namespace, &secret_name);
@@ -696,56 +771,42 @@ async fn observe<'a>(
         other => other,
     }
     .map_err(Error::kube("reading the credentials Secret"))?;
-    reclassify_target(cr, ctx, &mut observed, existing);
-    let credentials = if ctx.policy.credentials_label_required {
-        secret::require_credentials_label(credentials_secret.as_ref(), reference)
-    } else {
-        Ok(())
-    }
-    .and_then(|()| secret::read_credentials(credentials_secret.as_ref(), reference));
-    observed.desired.credentials_hash = credentials.as_ref().ok().map(|c| {
-        ctx.hash_key
-            .credentials_hash(spec.url.as_str(), cr.spec.token_api, c)
-    });
-    observed.group = match &observed.desired.credentials_hash {
-        Some(hash) => {
-            let key = GroupKey::new(hash, &trust);
-            let member = Member::namespaced(&namespace, &cr.name_any());
-            let mut view = ctx.exchange.join(&uid, member, &key);
-            // After a restart, the members' Secrets seed their group (kept
-            // by the exchange only when newer than what it holds).
-            if let Some(stored) = own_stored(&observed) {
-                view = offer_stored(ctx, &key, stored);
-            }
-            // The group's token is only in a Secret: another member's, or
-            // this one's own when the cache has not shown its last write yet.
-            // Read it there, from etcd, rather than ask Run:ai again.
-            if view.token.is_none()
-                && let Some(holder) = view.held_by.clone()
-                && let Some(found) = read_held(ctx, &holder, hash).await
-            {
-                if holder != own_holder(cr) {
-                    info!(
-                        namespace = holder.namespace(),
-                        secret = holder.name(),
-                        "taking the group's token from another member's Secret"
-                    );
-                }
-                view = offer_stored(ctx, &key, &found);
-            }
-            Some((key, view))
-        }
-        None => {
-            ctx.exchange.leave(&uid);
-            None
-        }
+    Ok((existing, credentials_secret, target_skipped))
+}
+
+/// Joins the group the decision names (leaving any other) and seeds it:
+/// after a restart, the members' Secrets seed their group (kept by the
+/// exchange only when newer than what it holds). When the group's token is
+/// only in a Secret (another member's, or this one's own when the cache has
+/// not shown its last write yet), it is read there, from etcd, rather than
+/// asked of Run:ai again.
+async fn join_group(ctx: &Context, observed: &mut Observed<'_>) {
+    let (Some(key), Some(hash)) = (
+        observed.group_key,
+        observed.desired.credentials_hash.clone(),
+    ) else {
+        return;
     };
-    observed.credentials = credentials;
-    observed.backoff = ctx.backoff(&uid);
-    observed.pending = ctx.pending(&uid);
-    observed.spec = Ok(spec);
-    observed.token_client = Some(token_client);
-    Ok((observed, target_skipped))
+    let cr = observed.cr;
+    let member = Member::namespaced(&cr.namespace().unwrap_or_default(), &cr.name_any());
+    let mut view = ctx.exchange.join(&uid_of(cr), member, &key);
+    if let Some(stored) = own_stored(observed) {
+        view = offer_stored(ctx, &key, stored);
+    }
+    if view.token.is_none()
+        && let Some(holder) = view.held_by.clone()
+        && let Some(found) = read_held(ctx, &holder, &hash).await
+    {
+        if holder != own_holder(cr) {
+            info!(
+                namespace = holder.namespace(),
+                secret = holder.name(),
+                "taking the group's token from another member's Secret"
+            );
+        }
+        view = offer_stored(ctx, &key, &found);
+    }
+    observed.group = Some((key, view));
 }
 
 /// Whether a refused write of the target Secret means that it was read
@@ -963,6 +1024,9 @@ async fn finish_with(
     now: Timestamp,
 ) -> Result<Action, Error> {
     let uid = uid_of(cr);
+    if finish.leave_group {
+        ctx.exchange.leave(&uid);
+    }
     match finish.backoff {
         Update::Keep => {}
         Update::Set(b) => ctx.set_backoff(&uid, Some(b)),
@@ -1034,14 +1098,19 @@ mod own_write_tests {
                 instance: None,
             },
         );
-        Context::new(
+        Context::new(Parts {
             client,
             recorder,
-            TokenClients::new(Duration::from_secs(1)),
-            secret::HashKey::new(vec![1; 32]),
-            Arc::new(crate::metrics::Metrics::new()),
-            Policy::default(),
-        )
+            token_clients: TokenClients::new(Duration::from_secs(1)),
+            hash_key: secret::HashKey::new(vec![1; 32]),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            policy: Policy::default(),
+            health: Arc::default(),
+            exchange: Arc::new(Exchange::new(1)),
+            controller_namespace: "default".to_owned(),
+            scope: None,
+            namespaces: None,
+        })
     }
 
     fn credential() -> RunaiCredential {
@@ -1069,14 +1138,25 @@ mod own_write_tests {
     async fn a_finished_write_knows_its_echo_once() {
         let (ctx, cr) = (context(), credential());
         ctx.begin_own_write(&cr, "trainer").end(Some("7".into()));
-        ctx.forget_unechoed_writes();
         assert!(
             ctx.is_own_echo("ml", "trainer", Some("7")),
-            "kept while recent"
+            "its echo is known"
         );
         assert!(
             !ctx.is_own_echo("ml", "trainer", Some("7")),
             "then forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_list_of_the_secrets_forgets_the_echoes_still_awaited() {
+        let (ctx, cr) = (context(), credential());
+        ctx.begin_own_write(&cr, "trainer").end(Some("7".into()));
+        let in_flight = ctx.begin_own_write(&cr, "other");
+        ctx.forget_unechoed_writes();
+        assert!(!ctx.is_own_echo("ml", "trainer", Some("7")));
+        // A write still under way is kept: its end says what it wrote.
+        assert!(ctx.is_own_echo("ml", "other", Some("3")));
+        drop(in_flight);
     }
 }

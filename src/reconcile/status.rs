@@ -59,7 +59,34 @@ pub fn token_status(
     now: Timestamp,
 ) -> RunaiCredentialStatus {
     let valid = token.filter(|t| t.current && !t.record.is_expired(now));
-    let ready = match (valid, failure) {
+    let ready = ready_condition(secret_name, token, valid, failure, next_refresh);
+    let degraded = degraded_condition(valid, failure);
+    let record = token.map(|t| t.record);
+    let mut conditions = ready_with_kstatus(ready);
+    conditions.insert(1, degraded);
+    RunaiCredentialStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(previous, conditions, generation, now),
+        secret_name: Some(secret_name.to_owned()),
+        last_refresh_time: record.map(|r| rfc3339(r.issued_at)),
+        expiration_time: record.and_then(|r| r.expires_at).map(rfc3339),
+        next_refresh_time: Some(rfc3339(next_refresh)),
+        failed_attempts: failure.map_or(0, |f| f.attempts),
+        // Set by the caller, which knows the group.
+        shared_with: 0,
+    }
+}
+
+/// `Ready`: whether the Secret holds a `valid` token (current and
+/// unexpired); if not, why (the failure, an expiry, or nothing requested yet).
+fn ready_condition(
+    secret_name: &str,
+    token: Option<CurrentToken<'_>>,
+    valid: Option<CurrentToken<'_>>,
+    failure: Option<&Failure>,
+    next_refresh: Timestamp,
+) -> Condition {
+    match (valid, failure) {
         (Some(t), _) => condition(
             CONDITION_READY,
             true,
@@ -117,8 +144,12 @@ pub fn token_status(
                 "no token has been requested yet".to_owned(),
             ),
         },
-    };
-    let degraded = match failure {
+    }
+}
+
+/// `Degraded`: whether refreshing fails, and what that leaves.
+fn degraded_condition(valid: Option<CurrentToken<'_>>, failure: Option<&Failure>) -> Condition {
+    match failure {
         Some(f) => condition(
             CONDITION_DEGRADED,
             true,
@@ -141,20 +172,6 @@ pub fn token_status(
             REASON_REFRESH_SUCCEEDED,
             "the last refresh succeeded".to_owned(),
         ),
-    };
-    let record = token.map(|t| t.record);
-    let mut conditions = ready_with_kstatus(ready);
-    conditions.insert(1, degraded);
-    RunaiCredentialStatus {
-        observed_generation: generation,
-        conditions: merge_conditions(previous, conditions, generation, now),
-        secret_name: Some(secret_name.to_owned()),
-        last_refresh_time: record.map(|r| rfc3339(r.issued_at)),
-        expiration_time: record.and_then(|r| r.expires_at).map(rfc3339),
-        next_refresh_time: Some(rfc3339(next_refresh)),
-        failed_attempts: failure.map_or(0, |f| f.attempts),
-        // Set by the caller, which knows the group.
-        shared_with: 0,
     }
 }
 

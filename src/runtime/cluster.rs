@@ -132,24 +132,32 @@ async fn serve(
     if let Some(selector) = selector {
         config = config.labels(selector);
     }
-    let released = ctx.clone();
+    let (released, listed) = (ctx.clone(), ctx.clone());
     let changes = watcher(api, config)
         .default_backoff()
         .modify(|crc: &mut ClusterRunaiCredential| {
             super::strip_for_cache(&mut crc.metadata);
         })
         .map_ok(move |event| {
+            // Forgotten at once: its series and its memory.
             if let watcher::Event::Delete(crc) = &event {
                 released
                     .metrics
                     .forget_credential(&CredentialLabels::new("", &crc.name_any()));
                 if let Some(uid) = crc.uid() {
-                    released.exchange.leave(&uid);
+                    released.forget(&uid);
                 }
             }
             event
         })
         .reflect(writer)
+        // Once the store holds the complete list.
+        .map_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                listed.listed_again.notify_one();
+            }
+            event
+        })
         .applied_objects()
         .predicate_filter(
             reconcile_trigger,

@@ -30,7 +30,7 @@ use crate::{
     error::Error,
     metrics::{CredentialLabels, Metrics},
     output::secret::{CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
-    reconcile::{self, Context, FIELD_MANAGER, Policy},
+    reconcile::{self, Context, FIELD_MANAGER, Parts, Policy},
     runai::client::TokenClients,
     runai::exchange::Exchange,
     runtime::leader,
@@ -322,44 +322,20 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         controller: "runai-token-sync".to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let mut context = Context::new(
-        client.clone(),
-        Recorder::new(client.clone(), reporter),
-        TokenClients::new(settings.request_timeout),
+    let ctx = Arc::new(Context::new(Parts {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        token_clients: TokenClients::new(settings.request_timeout),
         hash_key,
-        metrics.clone(),
-        settings.policy.clone(),
-    )
-    .with_health(health.clone())
-    .with_exchange(Arc::new(Exchange::new(
-        settings.max_concurrent_token_requests,
-    )))
-    .with_scope(
-        settings.controller_namespace.clone(),
-        (!settings.namespaces.is_empty()).then(|| settings.namespaces.iter().cloned().collect()),
-    );
-    // Namespaces' metadata is watched when the controller may list them (a
-    // ClusterRole), so that whether one is being deleted costs no read
-    // before a token request; otherwise each is read when needed.
-    let namespaces_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-    if namespaces_api
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .is_ok()
-    {
-        let (store, writer) = reflector::store();
-        tokio::spawn(
-            watcher(namespaces_api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(|ns: &mut PartialObjectMeta<Namespace>| {
-                    super::strip_for_cache(&mut ns.metadata)
-                })
-                .reflect(writer)
-                .for_each(|_| futures::future::ready(())),
-        );
-        context = context.with_namespaces(store);
-    }
-    let ctx = Arc::new(context);
+        metrics: metrics.clone(),
+        policy: settings.policy.clone(),
+        health: health.clone(),
+        exchange: Arc::new(Exchange::new(settings.max_concurrent_token_requests)),
+        controller_namespace: settings.controller_namespace.clone(),
+        scope: (!settings.namespaces.is_empty())
+            .then(|| settings.namespaces.iter().cloned().collect()),
+        namespaces: watch_namespaces(&client).await,
+    }));
 
     // Bounded: reconciliations still running after the grace period are
     // dropped (a Pod's default termination grace period is 30 s).
@@ -402,6 +378,28 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     health.set_stopped();
     info!("controller stopped");
     result
+}
+
+/// A cache of all namespaces' metadata, when the controller may list them
+/// (a ClusterRole), so that whether one is being deleted costs no read before
+/// a token request; `None` otherwise (each is then read when needed).
+async fn watch_namespaces(client: &Client) -> Option<Store<PartialObjectMeta<Namespace>>> {
+    let namespaces_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    namespaces_api
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .ok()?;
+    let (store, writer) = reflector::store();
+    tokio::spawn(
+        watcher(namespaces_api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|ns: &mut PartialObjectMeta<Namespace>| {
+                super::strip_for_cache(&mut ns.metadata)
+            })
+            .reflect(writer)
+            .for_each(|_| futures::future::ready(())),
+    );
+    Some(store)
 }
 
 /// Waits for the leader lease, runs the controllers while holding it, and
@@ -479,7 +477,8 @@ async fn wait_until_true(rx: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// One controller per watched namespace (or one for all), sharing a context,
-/// until `stop` resolves.
+/// until `stop` resolves; with them the background tasks
+/// ([`mark_ready_once_listed`], [`prune_after_lists`], [`probe_liveness`]).
 async fn run_controllers(
     client: &Client,
     namespaces: &[Option<String>],
@@ -492,120 +491,11 @@ async fn run_controllers(
     let mut stores = Vec::new();
     let mut controllers = Vec::new();
     for namespace in namespaces {
-        let namespace = namespace.as_deref();
-        let credentials: Api<RunaiCredential> = scoped(client, namespace);
-        let secrets: Api<PartialObjectMeta<Secret>> = scoped(client, namespace);
-        // The cache holds what decisions read: no managedFields and no
-        // last-applied copy of the spec. The index maps Secret events to
-        // RunaiCredentials without a scan; status-only changes (the echo of
-        // the controller's own status writes) trigger nothing.
-        let (store, writer) = reflector::store();
-        stores.push(store.clone());
-        let index = ctx.index.clone();
-        let (indexed, rebuilt) = (index.clone(), index.clone());
-        let (before, after) = (store.clone(), store.clone());
-        let scope = namespace.map(str::to_owned);
-        let bundles = ctx.ca_bundles.clone();
-        let forgotten = ctx.clone();
-        let triggers = Arc::new(TriggerMemory::default());
-        let (deleted, listed, filtered) = (triggers.clone(), triggers.clone(), triggers);
-        let credential_changes = watcher(credentials, super::paged_watch_config())
-            .default_backoff()
-            .modify(move |cr: &mut RunaiCredential| {
-                super::strip_for_cache(&mut cr.metadata);
-                // Thousands of RunaiCredentials often carry the same bundle:
-                // the cache keeps one copy of each.
-                if let Some(pem) = cr.spec.ca_bundle.take() {
-                    cr.spec.ca_bundle = Some(bundles.intern(pem));
-                }
-            })
-            .map_ok(move |event| {
-                indexed.observe(&before, &event);
-                // A deleted RunaiCredential's series go at once; the
-                // periodic pruning catches what a relist hides.
-                if let watcher::Event::Delete(cr) = &event {
-                    forgotten.metrics.forget_credential(&CredentialLabels::new(
-                        &cr.namespace().unwrap_or_default(),
-                        &cr.name_any(),
-                    ));
-                    deleted.forget(cr);
-                }
-                event
-            })
-            .reflect(writer)
-            .map_ok(move |event| {
-                if matches!(event, watcher::Event::InitDone) {
-                    rebuilt.rebuild(scope.as_deref(), &after);
-                    listed.retain(&after);
-                }
-                event
-            })
-            .applied_objects()
-            .try_filter_map(move |cr| futures::future::ready(Ok(filtered.trigger(cr))));
-        let controller = Controller::for_stream(credential_changes, store.clone())
-            .with_config(ControllerConfig::default().concurrency(settings.concurrency));
-        // Metadata only: a change of any Secret's data bumps its resourceVersion,
-        // which is all a trigger needs, and no Secret's data is ever held.
-        let secret_changes = if settings.policy.credentials_label_required {
-            // Only labelled credentials and the controller's own Secrets
-            // concern it. A foreign Secret blocking a target name is then
-            // looked at again by the periodic requeue of SecretConflict.
-            // These watches do not see an unlabelled Secret taking a target's
-            // name, so they cannot tell that one is missing: targets are read.
-            let labelled = |selector: String| {
-                watcher(
-                    secrets.clone(),
-                    super::paged_watch_config().labels(&selector),
-                )
-                .touched_objects()
-            };
-            futures::stream::select(
-                labelled(format!("{CREDENTIALS_LABEL}=true")),
-                labelled(format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-            )
-            .boxed()
-        } else {
-            // It sees every Secret: one it has not seen need not be read.
-            let seen = ctx.known_secrets.watch(namespace);
-            watcher(secrets, super::paged_watch_config())
-                .map_ok(move |event| {
-                    seen.observe(&event);
-                    event
-                })
-                .touched_objects()
-                .boxed()
-        };
-        info!(
-            namespace = namespace.unwrap_or("<all>"),
-            "starting the RunaiCredential controller"
-        );
-        controllers.push(
-            controller
-                .watches_stream(secret_changes, {
-                    let ctx = ctx.clone();
-                    let store = store.clone();
-                    move |secret| credentials_for_secret(&index, &store, &ctx, &secret)
-                })
-                // A new token of a group reaches its other members at once.
-                .reconcile_on(futures::stream::unfold(
-                    ctx.exchange.subscribe(namespace.map(str::to_owned)),
-                    |mut rx| async move { rx.recv().await.map(|m| (super::member_ref(m), rx)) },
-                ))
-                .graceful_shutdown_on(stop.clone())
-                .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-                .scan(WatchErrors::default(), |errors, result| {
-                    match result {
-                        Ok(_)
-                        | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
-                        | Err(kube::runtime::controller::Error::ObjectNotFound(..)) => {}
-                        Err(other) => errors.report(&other),
-                    }
-                    futures::future::ready(Some(()))
-                })
-                .for_each(|()| async {}),
-        );
+        let (store, controller) =
+            credential_controller(client, namespace.as_deref(), settings, &ctx, stop.clone());
+        stores.push(store);
+        controllers.push(controller);
     }
-
     // ClusterRunaiCredentials, where their CRD is installed.
     let (cluster_store, cluster_run) = if settings.cluster_credentials {
         let (store, run) = super::cluster::controller(
@@ -619,111 +509,283 @@ async fn run_controllers(
     } else {
         (None, futures::future::ready(()).boxed())
     };
-
-    // Ready once every watch has listed what exists.
-    let sync_stores = stores.clone();
-    let probe_stores = stores.clone();
-    let sync_health = health.clone();
-    let readiness = tokio::spawn(async move {
-        for store in &sync_stores {
-            // `wait_until_ready` wakes only the last task that polled it, and
-            // the controller polls it too: look again every 200 ms.
-            loop {
-                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
-                    .await
-                {
-                    Ok(Ok(())) => break,
-                    Ok(Err(_)) => return,
-                    Err(_elapsed) => continue,
-                }
-            }
-        }
-        info!("watches synced");
-        sync_health.record_progress();
-        sync_health.set_ready(true);
-    });
-    // What is kept about deleted RunaiCredentials (gauges, backoffs) goes
-    // away within a minute.
-    let pruned = ctx.clone();
-    let pruning = tokio::spawn(async move {
-        let period = Duration::from_secs(60);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tick.tick().await;
-            // Only from complete lists: a store that has not listed yet looks
-            // empty, and pruning by it would drop what live credentials use
-            // (an interned CA bundle: a false InvalidSpec).
-            if !(all_listed(&stores) && all_listed(cluster_store.as_slice())) {
-                continue;
-            }
-            let live: Vec<Arc<RunaiCredential>> =
-                stores.iter().flat_map(|store| store.state()).collect();
-            let labels: HashSet<CredentialLabels> = live
-                .iter()
-                .map(|cr| {
-                    CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any())
-                })
-                .collect();
-            let clusters: Vec<Arc<crate::api::ClusterRunaiCredential>> = cluster_store
-                .iter()
-                .flat_map(|store| store.state())
-                .collect();
-            let mut labels = labels;
-            labels.extend(
-                clusters
-                    .iter()
-                    .map(|crc| CredentialLabels::new("", &crc.name_any())),
-            );
-            pruned.metrics.retain_credentials(&labels);
-            let cluster_uids = clusters.iter().filter_map(|crc| crc.uid());
-            pruned.retain_credentials(
-                &live
-                    .iter()
-                    .filter_map(|cr| cr.uid())
-                    .chain(cluster_uids)
-                    .collect(),
-            );
-            let handles: HashSet<&str> = live
-                .iter()
-                .filter_map(|cr| cr.spec.ca_bundle.as_deref())
-                .collect();
-            pruned.ca_bundles.retain(&handles);
-            let texts: Vec<std::sync::Arc<str>> = handles
-                .iter()
-                .filter_map(|h| pruned.ca_bundles.resolve(Some(h)))
-                .collect();
-            pruned.token_clients.retain(
-                &texts
-                    .iter()
-                    .map(|t| t.as_ref())
-                    .chain(clusters.iter().filter_map(|c| c.spec.ca_bundle.as_deref()))
-                    .collect(),
-            );
-        }
-    });
-    // Liveness: the API server answers (or reconciliations succeed) while
-    // there are RunaiCredentials to keep; see `Settings::stall_limit`.
-    let probed = (client.clone(), health.clone(), probe_stores);
-    let probing = tokio::spawn(async move {
-        let (client, health, stores) = probed;
-        // Several probes within the stall limit, so that one lost answer
-        // does not fail the liveness probe.
-        let period = (health.stall_limit() / 4).clamp(Duration::from_secs(1), LIVENESS_PROBE);
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tick.tick().await;
-            health.set_has_work(stores.iter().any(|s| !s.is_empty()));
-            let answered =
-                tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await;
-            if matches!(answered, Ok(Ok(_))) {
-                health.record_progress();
-            }
-        }
-    });
+    let readiness = tokio::spawn(mark_ready_once_listed(stores.clone(), health.clone()));
+    let pruning = tokio::spawn(prune_after_lists(
+        ctx.clone(),
+        stores.clone(),
+        cluster_store.into_iter().collect(),
+    ));
+    let probing = tokio::spawn(probe_liveness(client.clone(), health.clone(), stores));
     futures::future::join(futures::future::join_all(controllers), cluster_run).await;
     readiness.abort();
     pruning.abort();
     probing.abort();
+}
+
+/// The RunaiCredential controller of one namespace (`None`: all): its
+/// store, and the future that runs it until `stop`.
+fn credential_controller(
+    client: &Client,
+    namespace: Option<&str>,
+    settings: &Settings,
+    ctx: &Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) -> (
+    Store<RunaiCredential>,
+    futures::future::BoxFuture<'static, ()>,
+) {
+    let (store, writer) = reflector::store();
+    let credential_changes = credential_changes(client, namespace, ctx, &store, writer);
+    let controller = Controller::for_stream(credential_changes, store.clone())
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency));
+    let secret_changes = secret_changes(client, namespace, settings, ctx);
+    info!(
+        namespace = namespace.unwrap_or("<all>"),
+        "starting the RunaiCredential controller"
+    );
+    let (index, mapped, exchange) = (ctx.index.clone(), store.clone(), ctx.clone());
+    let run = controller
+        .watches_stream(secret_changes, {
+            let ctx = ctx.clone();
+            move |secret| credentials_for_secret(&index, &mapped, &ctx, &secret)
+        })
+        // A new token of a group reaches its other members at once.
+        .reconcile_on(futures::stream::unfold(
+            exchange.exchange.subscribe(namespace.map(str::to_owned)),
+            |mut rx| async move { rx.recv().await.map(|m| (super::member_ref(m), rx)) },
+        ))
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .scan(WatchErrors::default(), |errors, result| {
+            match result {
+                Ok(_)
+                | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
+                | Err(kube::runtime::controller::Error::ObjectNotFound(..)) => {}
+                Err(other) => errors.report(&other),
+            }
+            futures::future::ready(Some(()))
+        })
+        .for_each(|()| async {})
+        .boxed();
+    (store, run)
+}
+
+/// The RunaiCredentials of one namespace (`None`: all) that need a
+/// reconciliation, as they change. The cache holds what decisions read: no
+/// managedFields and no last-applied copy of the spec, one copy of each CA
+/// bundle. The index maps Secret events to RunaiCredentials without a scan;
+/// status-only changes (the echo of the controller's own status writes)
+/// trigger nothing. A deleted RunaiCredential is forgotten at once (its
+/// series, its memory); a new list has what it no longer holds pruned.
+fn credential_changes(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: &Arc<Context>,
+    store: &Store<RunaiCredential>,
+    writer: reflector::store::Writer<RunaiCredential>,
+) -> impl futures::Stream<Item = Result<RunaiCredential, watcher::Error>> + Send + 'static {
+    let credentials: Api<RunaiCredential> = scoped(client, namespace);
+    let (indexed, rebuilt) = (ctx.index.clone(), ctx.index.clone());
+    let (before, after) = (store.clone(), store.clone());
+    let scope = namespace.map(str::to_owned);
+    let bundles = ctx.ca_bundles.clone();
+    let (forgotten, listed_again) = (ctx.clone(), ctx.clone());
+    let triggers = Arc::new(TriggerMemory::default());
+    let (deleted, listed, filtered) = (triggers.clone(), triggers.clone(), triggers);
+    watcher(credentials, super::paged_watch_config())
+        .default_backoff()
+        .modify(move |cr: &mut RunaiCredential| {
+            super::strip_for_cache(&mut cr.metadata);
+            // Thousands of RunaiCredentials often carry the same bundle:
+            // the cache keeps one copy of each.
+            if let Some(pem) = cr.spec.ca_bundle.take() {
+                cr.spec.ca_bundle = Some(bundles.intern(pem));
+            }
+        })
+        .map_ok(move |event| {
+            indexed.observe(&before, &event);
+            if let watcher::Event::Delete(cr) = &event {
+                forgotten.metrics.forget_credential(&CredentialLabels::new(
+                    &cr.namespace().unwrap_or_default(),
+                    &cr.name_any(),
+                ));
+                forgotten.forget(&reconcile::decide::uid_of(cr));
+                deleted.forget(cr);
+            }
+            event
+        })
+        .reflect(writer)
+        .map_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                rebuilt.rebuild(scope.as_deref(), &after);
+                listed.retain(&after);
+                listed_again.listed_again.notify_one();
+            }
+            event
+        })
+        .applied_objects()
+        .try_filter_map(move |cr| futures::future::ready(Ok(filtered.trigger(cr))))
+}
+
+/// The Secrets of one namespace (`None`: all) whose changes may concern a
+/// RunaiCredential. Metadata only: a change of any Secret's data bumps its
+/// resourceVersion, which is all a trigger needs, and no Secret's data is
+/// ever held. A new list forgets the echoes of the controller's writes
+/// still awaited (it may skip their versions).
+fn secret_changes(
+    client: &Client,
+    namespace: Option<&str>,
+    settings: &Settings,
+    ctx: &Arc<Context>,
+) -> futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>> {
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(client, namespace);
+    let relisted = |ctx: Arc<Context>| {
+        move |event: watcher::Event<PartialObjectMeta<Secret>>| {
+            if matches!(event, watcher::Event::Init) {
+                ctx.forget_unechoed_writes();
+            }
+            event
+        }
+    };
+    if settings.policy.credentials_label_required {
+        // Only labelled credentials and the controller's own Secrets
+        // concern it. A foreign Secret blocking a target name is then
+        // looked at again by the periodic requeue of SecretConflict.
+        // These watches do not see an unlabelled Secret taking a target's
+        // name, so they cannot tell that one is missing: targets are read.
+        let labelled = |selector: String| {
+            watcher(
+                secrets.clone(),
+                super::paged_watch_config().labels(&selector),
+            )
+            .map_ok(relisted(ctx.clone()))
+            .touched_objects()
+        };
+        futures::stream::select(
+            labelled(format!("{CREDENTIALS_LABEL}=true")),
+            labelled(format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        )
+        .boxed()
+    } else {
+        // It sees every Secret: one it has not seen need not be read.
+        let seen = ctx.known_secrets.watch(namespace);
+        watcher(secrets, super::paged_watch_config())
+            .map_ok(relisted(ctx.clone()))
+            .map_ok(move |event| {
+                seen.observe(&event);
+                event
+            })
+            .touched_objects()
+            .boxed()
+    }
+}
+
+/// Marks the controller ready (and as having made progress) once every
+/// store has listed what exists; ends without it if a store's writer is
+/// dropped first.
+pub async fn mark_ready_once_listed(stores: Vec<Store<RunaiCredential>>, health: Arc<Health>) {
+    for store in &stores {
+        // `wait_until_ready` wakes only the last task that polled it, and
+        // the controller polls it too: look again every 200 ms.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_elapsed) => continue,
+            }
+        }
+    }
+    info!("watches synced");
+    health.record_progress();
+    health.set_ready(true);
+}
+
+/// Drops what is kept about credentials that no longer exist, each time a
+/// watch of credentials has listed again ([`Context::listed_again`]) and
+/// every store holds a complete list: a deletion a watch missed sends no
+/// event (those it sees are forgotten at once).
+pub async fn prune_after_lists(
+    ctx: Arc<Context>,
+    stores: Vec<Store<RunaiCredential>>,
+    cluster_stores: Vec<Store<crate::api::ClusterRunaiCredential>>,
+) {
+    loop {
+        ctx.listed_again.notified().await;
+        // Only from complete lists: a store that has not listed yet looks
+        // empty, and pruning by it would drop what live credentials use (an
+        // interned CA bundle: a false InvalidSpec).
+        if all_listed(&stores) && all_listed(&cluster_stores) {
+            prune(&ctx, &stores, &cluster_stores);
+        }
+    }
+}
+
+/// Keeps, of the per-credential memory, the metrics' series and the CA
+/// bundles and their HTTP clients, only what the credentials in the stores
+/// use.
+fn prune(
+    ctx: &Context,
+    stores: &[Store<RunaiCredential>],
+    cluster_stores: &[Store<crate::api::ClusterRunaiCredential>],
+) {
+    let live: Vec<Arc<RunaiCredential>> = stores.iter().flat_map(Store::state).collect();
+    let clusters: Vec<Arc<crate::api::ClusterRunaiCredential>> =
+        cluster_stores.iter().flat_map(Store::state).collect();
+    let labels: HashSet<CredentialLabels> = live
+        .iter()
+        .map(|cr| CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any()))
+        .chain(
+            clusters
+                .iter()
+                .map(|crc| CredentialLabels::new("", &crc.name_any())),
+        )
+        .collect();
+    ctx.metrics.retain_credentials(&labels);
+    ctx.retain_credentials(
+        &live
+            .iter()
+            .map(|cr| reconcile::decide::uid_of(cr))
+            .chain(clusters.iter().filter_map(|crc| crc.uid()))
+            .collect(),
+    );
+    let handles: HashSet<&str> = live
+        .iter()
+        .filter_map(|cr| cr.spec.ca_bundle.as_deref())
+        .collect();
+    ctx.ca_bundles.retain(&handles);
+    let texts: Vec<Arc<str>> = handles
+        .iter()
+        .filter_map(|h| ctx.ca_bundles.resolve(Some(h)))
+        .collect();
+    ctx.token_clients.retain(
+        &texts
+            .iter()
+            .map(|t| t.as_ref())
+            .chain(clusters.iter().filter_map(|c| c.spec.ca_bundle.as_deref()))
+            .collect(),
+    );
+}
+
+/// Liveness: records progress whenever the API server answers, and whether
+/// there are RunaiCredentials to keep; see `Settings::stall_limit`. Several
+/// probes within the stall limit, so that one lost answer does not fail the
+/// liveness probe.
+pub async fn probe_liveness(
+    client: Client,
+    health: Arc<Health>,
+    stores: Vec<Store<RunaiCredential>>,
+) {
+    let period = (health.stall_limit() / 4).clamp(Duration::from_secs(1), LIVENESS_PROBE);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        health.set_has_work(stores.iter().any(|s| !s.is_empty()));
+        let answered =
+            tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await;
+        if matches!(answered, Ok(Ok(_))) {
+            health.record_progress();
+        }
+    }
 }
 
 /// Whether every store has listed what exists (its watch's first list is
@@ -788,5 +850,120 @@ mod listed_tests {
             all_listed::<RunaiCredential>(&[]),
             "no store: nothing to wait for"
         );
+    }
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+    use crate::runai::exchange::{GroupKey, Member};
+    use kube::runtime::watcher;
+
+    fn context() -> Arc<Context> {
+        // Never asked: these tasks make no request.
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "default");
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "runai-token-sync".into(),
+                instance: None,
+            },
+        );
+        Arc::new(Context::new(Parts {
+            client,
+            recorder,
+            token_clients: TokenClients::new(Duration::from_secs(1)),
+            hash_key: crate::output::secret::HashKey::new(vec![1; 32]),
+            metrics: Arc::new(Metrics::new()),
+            policy: Policy::default(),
+            health: Arc::default(),
+            exchange: Arc::new(Exchange::new(1)),
+            controller_namespace: "default".to_owned(),
+            scope: None,
+            namespaces: None,
+        }))
+    }
+
+    fn credential(name: &str, uid: &str) -> RunaiCredential {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+            "metadata": {"name": name, "namespace": "ml", "uid": uid},
+            "spec": {"url": "https://acme.run.ai", "clientCredentialsSecretRef": {"name": "c"}},
+        }))
+        .unwrap()
+    }
+
+    fn list(writer: &mut reflector::store::Writer<RunaiCredential>, items: &[RunaiCredential]) {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for item in items {
+            writer.apply_watcher_event(&watcher::Event::InitApply(item.clone()));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    /// Waits up to 5 s for `done`.
+    async fn eventually(done: impl Fn() -> bool) -> bool {
+        for _ in 0..100 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        done()
+    }
+
+    #[tokio::test]
+    async fn ready_once_every_store_has_listed() {
+        let (first, mut first_writer) = reflector::store::<RunaiCredential>();
+        let (second, mut second_writer) = reflector::store::<RunaiCredential>();
+        let health = Arc::new(Health::default());
+        let task = tokio::spawn(mark_ready_once_listed(vec![first, second], health.clone()));
+        list(&mut first_writer, &[]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!health.is_ready(), "one of two stores listed");
+        // Positive control: the second list makes it ready.
+        list(&mut second_writer, &[]);
+        assert!(eventually(|| health.is_ready()).await, "both listed");
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_of_deleted_credentials_goes_after_complete_lists_only() {
+        let ctx = context();
+        let (store, mut writer) = reflector::store::<RunaiCredential>();
+        let key = |n: &str| GroupKey::new(n, &None);
+        ctx.exchange
+            .join("uid-live", Member::namespaced("ml", "live"), &key("a"));
+        ctx.exchange
+            .join("uid-gone", Member::namespaced("ml", "gone"), &key("b"));
+        let task = tokio::spawn(prune_after_lists(ctx.clone(), vec![store], Vec::new()));
+        // Woken before the store listed: an empty store prunes nothing.
+        ctx.listed_again.notify_one();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(ctx.exchange.group_of("uid-live").is_some());
+        assert!(ctx.exchange.group_of("uid-gone").is_some());
+        // Positive control: once listed (with only "live"), "gone" goes.
+        list(&mut writer, &[credential("live", "uid-live")]);
+        ctx.listed_again.notify_one();
+        assert!(eventually(|| ctx.exchange.group_of("uid-gone").is_none()).await);
+        assert!(ctx.exchange.group_of("uid-live").is_some());
+        assert_eq!(ctx.exchange.groups(), 1);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_deleted_credential_is_forgotten_at_once() {
+        let ctx = context();
+        let key = GroupKey::new("a", &None);
+        ctx.exchange
+            .join("uid-gone", Member::namespaced("ml", "gone"), &key);
+        assert!(ctx.exchange.group_of("uid-gone").is_some());
+        ctx.forget("uid-gone");
+        assert!(ctx.exchange.group_of("uid-gone").is_none());
+        assert_eq!(ctx.exchange.groups(), 0);
     }
 }

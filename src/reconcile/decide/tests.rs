@@ -82,6 +82,7 @@ fn observed<'a>(cr: &'a RunaiCredential, k: &'a HashKey) -> Observed<'a> {
         },
         backoff: None,
         pending: None,
+        group_key: Some(GroupKey::new(&hash(k), &None)),
         group: Some((
             GroupKey::new(&hash(k), &None),
             GroupView {
@@ -509,9 +510,11 @@ fn unreadable_credentials_back_off_and_warn_at_a_decaying_rate() {
     let mut o = observed(&cr, &k);
     o.credentials = Err(Error::CredentialsNotFound("Secret creds not found".into()));
     o.desired.credentials_hash = None;
+    o.group_key = None;
     o.group = None;
     let f = finish(decide(&o));
     assert_eq!(condition(&f, "Ready").reason, "CredentialsNotFound");
+    assert!(f.leave_group, "no longer a member of its group");
     assert!(f.event.is_some());
     let Update::Set((backoff, failure)) = f.backoff.clone() else {
         panic!("{:?}", f.backoff)
@@ -521,6 +524,7 @@ fn unreadable_credentials_back_off_and_warn_at_a_decaying_rate() {
     let mut third = observed(&cr, &k);
     third.credentials = Err(Error::CredentialsNotFound("Secret creds not found".into()));
     third.desired.credentials_hash = None;
+    third.group_key = None;
     third.group = None;
     third.now = backoff.retry_at;
     third.backoff = Some((
@@ -990,4 +994,33 @@ fn one_refresh_rule_for_both_kinds() {
         assert_eq!(namespaced, row.want, "RunaiCredential: {}", row.what);
         assert_eq!(cluster, row.want, "ClusterRunaiCredential: {}", row.what);
     }
+}
+
+/// Joining a group is a step the decision returns, not a side effect of
+/// reading: a credential whose group is known but not joined joins first,
+/// and one without a group key leaves.
+#[test]
+fn membership_is_decided_not_read() {
+    let (cr, k) = (credential(), key());
+    let mut o = observed(&cr, &k);
+    o.group = None;
+    assert!(matches!(decide(&o), Step::JoinGroup));
+    // Once joined, the decision goes on (a first token is requested).
+    let joined = observed(&cr, &k);
+    let mut joined_read = joined;
+    joined_read.namespace_terminating = Some(false);
+    assert!(matches!(decide(&joined_read), Step::RequestToken { .. }));
+    // An unusable spec: no join, and the finish leaves the group.
+    let mut bad = observed(&cr, &k);
+    bad.spec = Err(Error::InvalidSpec {
+        field: "spec.url",
+        message: "not https".into(),
+    });
+    bad.group_key = None;
+    bad.group = None;
+    assert!(finish(decide(&bad)).leave_group);
+    // Positive control: a member with a fresh token stays.
+    let issued = now() - secs(60);
+    let fresh = with_stored(observed(&cr, &k), "tok", record(&k, issued, 3600));
+    assert!(!finish(decide(&fresh)).leave_group);
 }

@@ -414,6 +414,19 @@ fn ready_says_whether_every_matched_namespace_holds_the_token() {
     assert_eq!(condition(&s, "Ready"), ("False", REASON_NAMESPACES_PENDING));
     assert_eq!(condition(&s, "Reconciling").0, "True");
     assert!(absent(&s, "Stalled"));
+}
+
+#[test]
+fn the_token_part_of_the_status_is_a_runai_credentials() {
+    let r = record("2026-01-01T01:00:00Z");
+    let now = t("2026-01-01T00:01:00Z");
+    let next = t("2026-01-01T00:40:00Z");
+    let all = Outcome {
+        matched: 3,
+        synced: 3,
+        failed: BTreeMap::new(),
+        pending: 0,
+    };
     // No namespace to serve: Ready whatever the exchange says (no request
     // is made for nobody).
     let rejected_early = Failure {
@@ -452,7 +465,7 @@ fn ready_says_whether_every_matched_namespace_holds_the_token() {
         message: "503".into(),
         attempts: 1,
     };
-    let s = status(&all, Some(&outage));
+    let s = cluster_status(None, Some(3), Some(&r), Some(&outage), &all, next, 2, now);
     assert_eq!(condition(&s, "Ready"), ("True", "TokenReady"));
     assert_eq!(condition(&s, "Degraded"), ("True", "TokenEndpointError"));
 }
