@@ -28,7 +28,14 @@
 //!
 //! This module holds state and does no decision of a member's own: what a
 //! member accepts is the caller's predicate, and the retry time of a failure
-//! comes from [`crate::token::schedule::retry_at`].
+//! comes from [`crate::token::schedule::retry_at`]. It is split by job:
+//! [`members`] (who belongs, and waking them), [`cache`] (the token),
+//! [`failure`] (the failure and its retry time); this file keeps the
+//! groups, the single flight and the limit on requests in flight.
+
+mod cache;
+mod failure;
+mod members;
 
 use std::{
     collections::HashMap,
@@ -39,10 +46,14 @@ use std::{
 use jiff::Timestamp;
 use tokio::sync::{Semaphore, mpsc};
 
+pub use cache::{GroupToken, TokenHolder};
+pub use failure::GroupFailure;
+pub use members::Member;
+
 use crate::{
     error::Error,
-    runai::client::TrustKey,
-    token::schedule::{self, Failure},
+    runai::client::{IssuedToken, TrustKey},
+    token::schedule,
 };
 
 /// The identity of a group: the keyed hash of url, token API and client
@@ -68,104 +79,6 @@ impl GroupKey {
     }
 }
 
-/// A member of a group, as far as the exchange knows it: whom to wake when
-/// the group gets a new token. The exchange knows no object kinds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Member {
-    /// A namespaced object whose one Secret holds the token (a
-    /// RunaiCredential): once it does, the group may drop its copy.
-    Namespaced { namespace: Box<str>, name: Box<str> },
-    /// A cluster-scoped object that hands the token to many Secrets (a
-    /// ClusterRunaiCredential): the group keeps its copy.
-    ClusterScoped { name: Box<str> },
-}
-
-impl Member {
-    /// The namespaced object `name` in `namespace`.
-    #[must_use]
-    pub fn namespaced(namespace: &str, name: &str) -> Self {
-        Member::Namespaced {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The cluster-scoped object `name`.
-    #[must_use]
-    pub fn cluster_scoped(name: &str) -> Self {
-        Member::ClusterScoped { name: name.into() }
-    }
-}
-
-/// A group's token. `Debug` hides the token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct GroupToken {
-    pub access_token: String,
-    /// When it was obtained, to the second.
-    pub issued_at: Timestamp,
-    /// When it expires, if known.
-    pub expires_at: Option<Timestamp>,
-    /// Increases with every token the exchange takes in; 0 for none.
-    pub serial: u64,
-    /// Obtained by a request of this process (not recovered from a Secret).
-    pub requested: bool,
-}
-
-impl std::fmt::Debug for GroupToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupToken")
-            .field("issued_at", &self.issued_at)
-            .field("expires_at", &self.expires_at)
-            .field("serial", &self.serial)
-            .field("requested", &self.requested)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A Secret that holds a group's token under the data key `key`, as
-/// `namespace/name/key` in one allocation (none of the three may contain a
-/// `/`: Kubernetes object names and Secret data keys).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenHolder(Box<str>);
-
-impl TokenHolder {
-    /// The Secret `name` in `namespace`, with the token under `key`.
-    #[must_use]
-    pub fn new(namespace: &str, name: &str, key: &str) -> Self {
-        TokenHolder(format!("{namespace}/{name}/{key}").into_boxed_str())
-    }
-
-    fn part(&self, n: usize) -> &str {
-        self.0.splitn(3, '/').nth(n).unwrap_or_default()
-    }
-
-    /// The Secret's namespace.
-    #[must_use]
-    pub fn namespace(&self) -> &str {
-        self.part(0)
-    }
-
-    /// The Secret's name.
-    #[must_use]
-    pub fn name(&self) -> &str {
-        self.part(1)
-    }
-
-    /// The data key of the token.
-    #[must_use]
-    pub fn key(&self) -> &str {
-        self.part(2)
-    }
-}
-
-/// The last failed request of a group, held against every member until
-/// `retry_at`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupFailure {
-    pub failure: Failure,
-    pub retry_at: Timestamp,
-}
-
 /// What a member sees of its group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupView {
@@ -178,7 +91,7 @@ pub struct GroupView {
     /// for none.
     pub serial: u64,
     pub failure: Option<GroupFailure>,
-    /// How many RunaiCredentials the group serves, this one included.
+    /// How many credentials the group serves, this one included.
     pub members: usize,
 }
 
@@ -189,49 +102,23 @@ struct Group {
     state: Mutex<GroupState>,
 }
 
-/// A group's token as the group keeps it.
-struct Held {
-    /// `None` while the group serves one RunaiCredential whose Secret holds
-    /// the token.
-    text: Option<String>,
-    /// Tells whether a text offered is this token without keeping it.
-    fingerprint: u64,
-    issued_at: Timestamp,
-    expires_at: Option<Timestamp>,
-    serial: u64,
-    requested: bool,
-}
-
-impl Held {
-    fn token(&self) -> Option<GroupToken> {
-        self.text.as_ref().map(|text| GroupToken {
-            access_token: text.clone(),
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            serial: self.serial,
-            requested: self.requested,
-        })
-    }
-}
-
-/// The fingerprint of a token's text: only ever compared with another
-/// fingerprint of this process, never shown or kept elsewhere.
-fn fingerprint(text: &str) -> u64 {
-    use std::hash::BuildHasher as _;
-    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    KEYS.get_or_init(Default::default).hash_one(text)
-}
-
 #[derive(Default)]
 struct GroupState {
-    token: Option<Held>,
-    /// A Secret known to hold `token` ([`Exchange::held_in`]).
-    holder: Option<TokenHolder>,
+    cache: cache::TokenCache,
     failure: Option<GroupFailure>,
-    /// By uid; a list, as most groups are small (a map's least allocation is
-    /// several times one entry).
-    members: Vec<(Box<str>, Member)>,
+    members: members::Members,
+}
+
+impl GroupState {
+    fn view(&self) -> GroupView {
+        GroupView {
+            token: self.cache.token(),
+            held_by: self.cache.held_by(),
+            serial: self.cache.serial(),
+            failure: self.failure.clone(),
+            members: self.members.len(),
+        }
+    }
 }
 
 /// The outcome of [`Exchange::obtain`].
@@ -248,19 +135,14 @@ pub enum Exchanged {
     HeldBack,
 }
 
-/// A stream of namespaced members to reconcile, limited to one namespace or
-/// not.
-type Subscriber = (Option<String>, mpsc::UnboundedSender<Member>);
-
-/// The groups of all RunaiCredentials of this process.
+/// The groups of all credentials of this process.
 pub struct Exchange {
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
     /// The group of each member, by uid.
     member_of: Mutex<HashMap<String, GroupKey>>,
     in_flight: Semaphore,
     serial: std::sync::atomic::AtomicU64,
-    subscribers: Mutex<Vec<Subscriber>>,
-    cluster_subscriber: Mutex<Option<mpsc::UnboundedSender<Member>>>,
+    wakers: members::Wakers,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -285,32 +167,27 @@ impl Exchange {
             member_of: Mutex::default(),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             serial: std::sync::atomic::AtomicU64::new(0),
-            subscribers: Mutex::default(),
-            cluster_subscriber: Mutex::default(),
+            wakers: members::Wakers::default(),
         }
     }
 
     /// A stream of namespaced members to reconcile because their group got
     /// a new token; `namespace` limits it to one namespace (`None`: all).
     pub fn subscribe(&self, namespace: Option<String>) -> mpsc::UnboundedReceiver<Member> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.subscribers).push((namespace, tx));
-        rx
+        self.wakers.subscribe(namespace)
     }
 
     /// A stream of cluster-scoped members to reconcile because their group
     /// got a new token (one subscriber).
     pub fn subscribe_cluster(&self) -> mpsc::UnboundedReceiver<Member> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        *lock(&self.cluster_subscriber) = Some(tx);
-        rx
+        self.wakers.subscribe_cluster()
     }
 
     fn group(&self, key: &GroupKey) -> Arc<Group> {
         lock(&self.groups).entry(*key).or_default().clone()
     }
 
-    /// Makes `uid` (the RunaiCredential `member`) a member of the group `key`,
+    /// Makes `uid` (the credential `member`) a member of the group `key`,
     /// leaving any group it was in before, and returns what it sees of it.
     pub fn join(&self, uid: &str, member: Member, key: &GroupKey) -> GroupView {
         let previous = lock(&self.member_of).insert(uid.to_owned(), *key);
@@ -319,17 +196,8 @@ impl Exchange {
         }
         let group = self.group(key);
         let mut state = lock(&group.state);
-        if let Some(known) = state.members.iter_mut().find(|(m, _)| **m == *uid) {
-            known.1 = member;
-        } else {
-            // Most groups have one member: room for exactly one, not the
-            // four a first push would make.
-            if state.members.is_empty() {
-                state.members.reserve_exact(1);
-            }
-            state.members.push((uid.into(), member));
-        }
-        view(&state)
+        state.members.insert(uid, member);
+        state.view()
     }
 
     /// The group `uid` is a member of, if any.
@@ -342,7 +210,7 @@ impl Exchange {
     #[must_use]
     pub fn view(&self, key: &GroupKey) -> GroupView {
         let group = lock(&self.groups).get(key).cloned();
-        group.map(|g| view(&lock(&g.state))).unwrap_or_default()
+        group.map(|g| lock(&g.state).view()).unwrap_or_default()
     }
 
     /// Removes `uid` from whatever group it is in (its credentials can no
@@ -358,7 +226,7 @@ impl Exchange {
         if let Some(group) = groups.get(key) {
             let empty = {
                 let mut state = lock(&group.state);
-                state.members.retain(|(m, _)| **m != *uid);
+                state.members.remove(uid);
                 state.members.is_empty()
             };
             // A group with a request in flight is kept until it ends.
@@ -368,8 +236,8 @@ impl Exchange {
         }
     }
 
-    /// Forgets every member not in `live` (uids of existing
-    /// RunaiCredentials), and groups left without members.
+    /// Forgets every member not in `live` (uids of existing credentials),
+    /// and groups left without members.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
         let gone: Vec<String> = lock(&self.member_of)
             .keys()
@@ -381,9 +249,10 @@ impl Exchange {
         }
     }
 
-    /// Has these RunaiCredentials reconciled (through [`Exchange::subscribe`]).
-    pub fn nudge(&self, refs: Vec<Member>) {
-        self.notify(refs);
+    /// Has these members reconciled (through [`Exchange::subscribe`] and
+    /// [`Exchange::subscribe_cluster`]).
+    pub fn nudge(&self, members: Vec<Member>) {
+        self.wakers.wake(members);
     }
 
     /// How many groups are kept.
@@ -405,49 +274,24 @@ impl Exchange {
     ) -> GroupView {
         let group = self.group(key);
         let mut state = lock(&group.state);
-        let offered = fingerprint(access_token);
-        match state.token.as_mut() {
-            Some(held) if held.issued_at == issued_at && held.fingerprint == offered => {
-                if held.text.is_none() {
-                    held.text = Some(access_token.to_owned());
-                }
-            }
-            Some(held) if held.issued_at >= issued_at => {}
-            _ => {
-                state.token = Some(Held {
-                    text: Some(access_token.to_owned()),
-                    fingerprint: offered,
-                    issued_at,
-                    expires_at,
-                    serial: self.next_serial(),
-                    requested: false,
-                });
-                state.holder = None;
-            }
-        }
-        view(&state)
+        state
+            .cache
+            .offer(access_token, issued_at, expires_at, || self.next_serial());
+        state.view()
     }
 
     /// Records that the Secret `holder` of the member `uid` holds
     /// `access_token`: when that is the group's token and `uid` is the one
-    /// member of the group (a RunaiCredential), the group stops keeping its
-    /// text, and a member that joins later reads it from `holder`.
+    /// member of the group (a namespaced one, with one Secret), the group
+    /// stops keeping its text, and a member that joins later reads it from
+    /// `holder`.
     pub fn held_in(&self, key: &GroupKey, uid: &str, access_token: &str, holder: TokenHolder) {
         let Some(group) = lock(&self.groups).get(key).cloned() else {
             return;
         };
         let mut state = lock(&group.state);
-        if state
-            .token
-            .as_ref()
-            .is_some_and(|held| held.fingerprint == fingerprint(access_token))
-        {
-            state.holder = Some(holder);
-            let alone = matches!(state.members.as_slice(), [(only, Member::Namespaced { .. })] if **only == *uid);
-            if alone && let Some(held) = state.token.as_mut() {
-                held.text = None;
-            }
-        }
+        let sole = state.members.is_sole_namespaced(uid);
+        state.cache.held_in(access_token, holder, sole);
     }
 
     fn next_serial(&self) -> u64 {
@@ -457,14 +301,15 @@ impl Exchange {
     }
 
     /// Obtains a token for the group `key` on behalf of member `uid`: waits
-    /// for a request of another member in flight, then takes the group's
-    /// token if `accept` says it suits, holds back while the group backs off
-    /// after a failure (one that came after `seen_failure`, or any before
-    /// its retry time, whatever the caller saw), or else makes one
-    /// request with `request` (within the global limit). A successful
-    /// request's token becomes the group's and the other members are
-    /// reconciled; a failed one becomes the group's failure, retried at the
-    /// time [`schedule::retry_at`] gives from `now` (`jitter` in `[0, 1)`).
+    /// for a request of another member in flight (the single flight), then
+    /// takes the group's token if `accept` says it suits, holds back while
+    /// the group backs off after a failure (one that came after
+    /// `seen_failure`, or any before its retry time, whatever the caller
+    /// saw), or else makes one request with `request` (within the global
+    /// limit). A successful request's token becomes the group's and the
+    /// other members are woken; a failed one becomes the group's failure,
+    /// retried at the time [`schedule::retry_at`] gives from `now` (`jitter`
+    /// in `[0, 1)`).
     pub async fn obtain<F, Fut>(
         &self,
         key: &GroupKey,
@@ -476,13 +321,27 @@ impl Exchange {
     ) -> Exchanged
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(crate::runai::client::IssuedToken, Timestamp), Error>>,
+        Fut: Future<Output = Result<(IssuedToken, Timestamp), Error>>,
     {
         let group = self.group(key);
         let flight = group.flight.lock().await;
-        let outcome = self
-            .obtain_in(&group, uid, accept, seen_failure, (now, jitter), request)
-            .await;
+        let answer = {
+            let state = lock(&group.state);
+            match state.cache.token().filter(|t| accept(t)) {
+                Some(token) => Some(Exchanged::Shared(token)),
+                None => failure::holds_back(state.failure.as_ref(), seen_failure, now)
+                    .then_some(Exchanged::HeldBack),
+            }
+        };
+        let outcome = match answer {
+            Some(answer) => answer,
+            None => {
+                let permit = self.in_flight.acquire().await;
+                let result = request().await;
+                drop(permit);
+                self.take_result(&group, uid, result, now, jitter)
+            }
+        };
         drop(flight);
         // Every member may have left while the request was in flight (a
         // group is kept until its request ends): an empty group goes now.
@@ -490,100 +349,44 @@ impl Exchange {
         outcome
     }
 
-    async fn obtain_in<F, Fut>(
+    /// Makes a request's outcome the group's: its token (the other members
+    /// woken), or its failure.
+    fn take_result(
         &self,
         group: &Group,
         uid: &str,
-        accept: impl Fn(&GroupToken) -> bool,
-        seen_failure: Option<&GroupFailure>,
-        (now, jitter): (Timestamp, f64),
-        request: F,
-    ) -> Exchanged
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(crate::runai::client::IssuedToken, Timestamp), Error>>,
-    {
-        {
-            let state = lock(&group.state);
-            if let Some(token) = state
-                .token
-                .as_ref()
-                .and_then(Held::token)
-                .filter(|t| accept(t))
-            {
-                return Exchanged::Shared(token);
-            }
-            // Enforced here, where no caller can skip it: a failure new to
-            // the caller, or one whose retry time (`Retry-After`, backoff)
-            // has not come, holds the request back.
-            if let Some(failure) = &state.failure
-                && (Some(failure) != seen_failure || now < failure.retry_at)
-            {
-                return Exchanged::HeldBack;
-            }
-        }
-        let permit = self.in_flight.acquire().await;
-        let result = request().await;
-        drop(permit);
+        result: Result<(IssuedToken, Timestamp), Error>,
+        now: Timestamp,
+        jitter: f64,
+    ) -> Exchanged {
         match result {
-            Ok((issued, now)) => {
+            Ok((issued, at)) => {
                 let token = GroupToken {
                     access_token: issued.access_token,
-                    issued_at: schedule::whole_seconds(now),
+                    issued_at: schedule::whole_seconds(at),
                     expires_at: issued.expires_at.map(schedule::whole_seconds),
                     serial: self.next_serial(),
                     requested: true,
                 };
-                let others: Vec<Member> = {
+                let others = {
                     let mut state = lock(&group.state);
-                    // Kept whole until a member's Secret holds it (offered
-                    // back after the write).
-                    state.token = Some(Held {
-                        text: Some(token.access_token.clone()),
-                        fingerprint: fingerprint(&token.access_token),
-                        issued_at: token.issued_at,
-                        expires_at: token.expires_at,
-                        serial: token.serial,
-                        requested: true,
-                    });
-                    state.holder = None;
+                    state.cache.requested(&token);
                     state.failure = None;
-                    state
-                        .members
-                        .iter()
-                        .filter(|(member, _)| &**member != uid)
-                        .map(|(_, r)| r.clone())
-                        .collect()
+                    state.members.others(uid)
                 };
-                self.notify(others);
+                self.wakers.wake(others);
                 Exchanged::Requested(token)
             }
             Err(err) if err.is_refresh_failure() => {
                 let mut state = lock(&group.state);
-                let attempts = state
-                    .failure
-                    .as_ref()
-                    .map_or(0, |f| f.failure.attempts)
-                    .saturating_add(1);
-                let valid_until = state
-                    .token
-                    .as_ref()
-                    .and_then(|t| t.expires_at)
-                    .filter(|at| *at > now);
-                state.failure = Some(GroupFailure {
-                    failure: Failure {
-                        reason: err.reason(),
-                        message: err.to_string(),
-                        attempts,
-                    },
-                    retry_at: schedule::retry_at(
-                        now,
-                        attempts,
-                        err.retry_after(),
-                        valid_until,
-                        jitter,
-                    ),
-                });
+                let valid_until = state.cache.valid_until(now);
+                state.failure = Some(failure::after(
+                    state.failure.as_ref(),
+                    &err,
+                    valid_until,
+                    now,
+                    jitter,
+                ));
                 Exchanged::Failed(err)
             }
             Err(err) => Exchanged::Failed(err),
@@ -600,51 +403,11 @@ impl Exchange {
             groups.remove(key);
         }
     }
-
-    fn notify(&self, refs: Vec<Member>) {
-        if refs.is_empty() {
-            return;
-        }
-        let mut subscribers = lock(&self.subscribers);
-        subscribers.retain(|(_, tx)| !tx.is_closed());
-        for member in refs {
-            let namespace = match &member {
-                Member::Namespaced { namespace, .. } => namespace.clone(),
-                Member::ClusterScoped { .. } => {
-                    if let Some(tx) = lock(&self.cluster_subscriber).as_ref() {
-                        let _ = tx.send(member);
-                    }
-                    continue;
-                }
-            };
-            if let Some((_, tx)) = subscribers
-                .iter()
-                .find(|(ns, _)| ns.as_deref().is_none_or(|ns| *ns == *namespace))
-            {
-                let _ = tx.send(member);
-            }
-        }
-    }
-}
-
-fn view(state: &GroupState) -> GroupView {
-    let token = state.token.as_ref().and_then(Held::token);
-    GroupView {
-        held_by: match (&token, &state.token) {
-            (None, Some(_)) => state.holder.clone(),
-            _ => None,
-        },
-        serial: state.token.as_ref().map_or(0, |held| held.serial),
-        token,
-        failure: state.failure.clone(),
-        members: state.members.len(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runai::client::IssuedToken;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn key(n: u8) -> GroupKey {
