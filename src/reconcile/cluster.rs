@@ -107,6 +107,7 @@ async fn reconcile_at(
                 // A namespace that stops matching still loses its Secret:
                 // deselecting is how access is taken away.
                 clean_up(ctx, crc, &seen).await?;
+                ctx.set_served(&uid, &seen.matched);
                 write_status(crc, ctx, &blocked(crc, err, now), false).await?;
                 return Ok(Action::requeue(FAILED_RECHECK));
             }
@@ -115,6 +116,7 @@ async fn reconcile_at(
     let existing = std::mem::take(&mut seen.existing);
     let (outcome, wrote) = sync_all(ctx, crc, existing, &seen.target_name, &source).await;
     clean_up(ctx, crc, &seen).await?;
+    ctx.set_served(&uid, &seen.matched);
     let next_refresh = report(ctx, crc, &seen, &source, &outcome, wrote, now).await?;
     Ok(fanout::requeue(&outcome, next_refresh, now))
 }

@@ -47,24 +47,54 @@ pub fn matched_namespaces(
     namespaces: &BTreeMap<String, NamespaceFacts>,
     scope: Option<&BTreeSet<String>>,
 ) -> BTreeSet<String> {
-    let selector = crc
-        .spec
-        .namespace_selector
-        .clone()
-        .and_then(|s| kube::core::Selector::try_from(s).ok());
+    let selector = selector_of(crc);
     namespaces
         .iter()
         .filter(|(name, facts)| {
-            !facts.terminating
-                && scope.is_none_or(|scope| scope.contains(*name))
-                && (crc.spec.namespaces.iter().any(|n| n == *name)
-                    || (!SYSTEM_NAMESPACES.contains(&name.as_str())
-                        && selector
-                            .as_ref()
-                            .is_some_and(|s| kube::core::SelectorExt::matches(s, &facts.labels))))
+            !facts.terminating && selects(crc, selector.as_ref(), name, &facts.labels, scope)
         })
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// The parsed `spec.namespaceSelector`, if any (one that does not parse is
+/// refused by the spec's validation first).
+fn selector_of(crc: &ClusterRunaiCredential) -> Option<kube::core::Selector> {
+    crc.spec
+        .namespace_selector
+        .clone()
+        .and_then(|s| kube::core::Selector::try_from(s).ok())
+}
+
+/// Whether `crc` selects the namespace `name` with `labels` (whether or not
+/// it is being deleted): named in `spec.namespaces`, or matched by the
+/// selector and not one of [`SYSTEM_NAMESPACES`]; and served (`scope`).
+fn selects(
+    crc: &ClusterRunaiCredential,
+    selector: Option<&kube::core::Selector>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    scope: Option<&BTreeSet<String>>,
+) -> bool {
+    scope.is_none_or(|scope| scope.contains(name))
+        && (crc.spec.namespaces.iter().any(|n| n == name)
+            || (!SYSTEM_NAMESPACES.contains(&name)
+                && selector.is_some_and(|s| kube::core::SelectorExt::matches(s, labels))))
+}
+
+/// Whether a change of the namespace `name` (now labelled `labels`, or
+/// gone) concerns `crc`: it selects it now, or served it in its last pass
+/// (`served`), so that a namespace that stops matching is cleaned up. Any
+/// other namespace's change costs it no pass.
+#[must_use]
+pub fn concerns(
+    crc: &ClusterRunaiCredential,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    scope: Option<&BTreeSet<String>>,
+    served: bool,
+) -> bool {
+    served || selects(crc, selector_of(crc).as_ref(), name, labels, scope)
 }
 
 /// What a namespace's Secret needs.

@@ -117,6 +117,10 @@ pub struct Context {
     /// The last refresh annotation value answered with a new token, by
     /// ClusterRunaiCredential uid (also when no Secret could take it).
     handled_refresh: Mutex<HashMap<String, String>>,
+    /// The namespaces each ClusterRunaiCredential served in its last pass,
+    /// by uid: a change of another namespace concerns it only if it selects
+    /// that namespace now.
+    served: Mutex<HashMap<String, std::collections::HashSet<String>>>,
     /// Woken each time a watch of credentials has listed what exists
     /// (again): what is kept about credentials it no longer holds is then
     /// pruned.
@@ -181,6 +185,7 @@ impl Context {
             controller_namespace: parts.controller_namespace,
             scope: parts.scope,
             handled_refresh: Mutex::default(),
+            served: Mutex::default(),
             listed_again: tokio::sync::Notify::new(),
         }
     }
@@ -294,6 +299,7 @@ impl Context {
         lock(&self.api_errors).remove(uid);
         lock(&self.pending).remove(uid);
         lock(&self.handled_refresh).remove(uid);
+        lock(&self.served).remove(uid);
         self.exchange.leave(uid);
     }
 
@@ -305,7 +311,20 @@ impl Context {
         lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
         lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
         lock(&self.handled_refresh).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.served).retain(|uid, _| live_uids.contains(uid));
         self.exchange.retain(live_uids);
+    }
+
+    /// Whether the ClusterRunaiCredential `uid` served `namespace` in its
+    /// last pass.
+    pub fn served(&self, uid: &str, namespace: &str) -> bool {
+        lock(&self.served)
+            .get(uid)
+            .is_some_and(|served| served.contains(namespace))
+    }
+
+    fn set_served(&self, uid: &str, namespaces: &std::collections::BTreeSet<String>) {
+        lock(&self.served).insert(uid.to_owned(), namespaces.iter().cloned().collect());
     }
 
     fn handled_refresh(&self, uid: &str) -> Option<String> {

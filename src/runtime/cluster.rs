@@ -36,11 +36,22 @@ fn reconcile_trigger(crc: &ClusterRunaiCredential) -> Option<u64> {
     ))
 }
 
-/// Every ClusterRunaiCredential: a namespace's labels may make any match.
-fn all(store: &Store<ClusterRunaiCredential>) -> Vec<ObjectRef<ClusterRunaiCredential>> {
+/// The ClusterRunaiCredentials a change of the namespace `ns` concerns
+/// ([`fanout::concerns`]): those that select it now or served it.
+fn for_namespace(
+    store: &Store<ClusterRunaiCredential>,
+    ctx: &Context,
+    ns: &PartialObjectMeta<Namespace>,
+) -> Vec<ObjectRef<ClusterRunaiCredential>> {
+    let name = ns.name_any();
+    let labels = ns.labels();
     store
         .state()
         .iter()
+        .filter(|crc| {
+            let served = crc.uid().is_some_and(|uid| ctx.served(&uid, &name));
+            crate::reconcile::fanout::concerns(crc, &name, labels, ctx.scope.as_ref(), served)
+        })
         .map(|crc| ObjectRef::from_obj(crc.as_ref()))
         .collect()
 }
@@ -193,6 +204,7 @@ async fn serve(
     let (for_namespaces, for_labelled, for_credentials) =
         (store.clone(), store.clone(), store.clone());
     let controller_namespace = ctx.controller_namespace.clone();
+    let namespace_ctx = ctx.clone();
     let own_namespace = controller_namespace.clone();
     info!("starting the ClusterRunaiCredential controller");
     // Debounced: a burst of namespace or Secret events makes one pass, and
@@ -203,7 +215,9 @@ async fn serve(
                 .concurrency(concurrency)
                 .debounce(std::time::Duration::from_secs(1)),
         )
-        .watches_stream(namespace_changes, move |_ns| all(&for_namespaces))
+        .watches_stream(namespace_changes, move |ns| {
+            for_namespace(&for_namespaces, &namespace_ctx, &ns)
+        })
         .watches_stream(labelled, move |secret| {
             for_secret(&for_labelled, &controller_namespace, &secret)
         })

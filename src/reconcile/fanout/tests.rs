@@ -505,3 +505,32 @@ fn an_unchanged_status_is_the_same_and_keeps_its_transition_times() {
         "no write for nothing new"
     );
 }
+
+#[test]
+fn a_namespaces_change_concerns_only_who_selects_or_served_it() {
+    let c = crc(json!({
+        "namespaceSelector": {"matchLabels": {"runai-access": "pipelines"}},
+        "namespaces": ["named"],
+    }));
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let selected = labels(&[("runai-access", "pipelines")]);
+    let other = labels(&[("team", "web")]);
+    assert!(concerns(&c, "ml", &selected, None, false), "selected now");
+    assert!(concerns(&c, "named", &other, None, false), "named");
+    assert!(
+        concerns(&c, "ml", &other, None, true),
+        "served: to clean up"
+    );
+    // Positive controls above; an unrelated namespace costs no pass.
+    assert!(!concerns(&c, "web", &other, None, false));
+    assert!(!concerns(&c, "kube-system", &selected, None, false));
+    assert!(
+        !concerns(&c, "ml", &selected, Some(&set(&["other"])), false),
+        "not served here"
+    );
+}
