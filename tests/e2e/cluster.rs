@@ -870,3 +870,50 @@ async fn without_credentials_after_a_restart_the_held_token_stays_in_use() {
     .await;
     assert!(degraded(&status(&f.api, &f.name).await));
 }
+
+/// The reconciliations the controller counted.
+async fn reconciliations(controller: &Controller) -> u64 {
+    let metrics = controller.probe("/metrics").await.1;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("runai_token_sync_reconciliations_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A namespace's change that concerns no ClusterRunaiCredential (it neither
+/// selects it nor served it) costs none of them a pass.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn an_unrelated_namespaces_change_costs_no_pass() {
+    let (f, _owned) = Fanout::start("quietns", "Delete").await;
+    let [a, b, c, d] = f.namespaces.clone();
+    // Without the foreign Secret in d, nothing is looked at again soon.
+    Api::<Secret>::namespaced(f.cluster.client.clone(), &d)
+        .delete(TARGET, &Default::default())
+        .await
+        .unwrap();
+    f.wait_status("a, b and d synced", |s| {
+        s["matchedNamespaces"] == 3 && s["syncedNamespaces"] == 3
+    })
+    .await;
+    assert!(secret_in(&f.cluster, &a).await.is_some() && secret_in(&f.cluster, &b).await.is_some());
+    // Settled: the last pass's own status write may still echo.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = reconciliations(&f._controller).await;
+    label_namespace(&f.cluster, &c, json!({"team": "web"})).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        reconciliations(&f._controller).await,
+        before,
+        "an unrelated namespace's label reconciled nothing"
+    );
+    // Positive control: the same namespace, labelled to be selected, is
+    // served by the pass its change starts.
+    label_namespace(&f.cluster, &c, json!({"runai-access": f.selector})).await;
+    eventually(Duration::from_secs(20), "c served", || async {
+        secret_in(&f.cluster, &c).await.and_then(|s| token_of(&s))
+    })
+    .await;
+    assert!(reconciliations(&f._controller).await > before);
+}
