@@ -9,6 +9,11 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Everything that can go wrong while keeping a token fresh.
+/// Longest wait a `Retry-After` can impose (api.md, Edge cases): a longer
+/// one is taken as this, by the token client that reads it and by the
+/// schedule that honours it.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Error)]
 pub enum Error {
     /// The spec cannot be used as written; waits for the user to change it.

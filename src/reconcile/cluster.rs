@@ -66,11 +66,13 @@ pub async fn reconcile(
     if result.is_ok() {
         ctx.health.record_progress();
     }
+    ctx.settle(&uid_of(&crc), &CredentialLabels::new("", &crc.name_any()));
     result
 }
 
 /// Retries a failed reconciliation after 5 to 60 seconds.
-pub fn error_policy(crc: Arc<ClusterRunaiCredential>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(crc: Arc<ClusterRunaiCredential>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.settle(&uid_of(&crc), &CredentialLabels::new("", &crc.name_any()));
     warn!(name = crc.name_any(), error = %err, "reconciling a ClusterRunaiCredential failed");
     Action::requeue(Duration::from_secs(
         5 + u64::from(rand::random::<u8>() % 55),
@@ -370,11 +372,11 @@ async fn obtain(
         }
     };
     // A refresh request is answered once: by a token newer than the group's
-    // when it was seen, whether or not any Secret could take it.
+    // when it was seen, whether or not any Secret could take it, and
+    // whatever else asked for it (as a RunaiCredential records the request
+    // with any token it writes).
     let answered = match (request, &token) {
-        (Some(value), Some(t))
-            if reason == RefreshReason::RefreshRequested && t.serial > view.serial =>
-        {
+        (Some(value), Some(t)) if t.serial > view.serial => {
             ctx.set_handled_refresh(&uid, value);
             Some(value.to_owned())
         }

@@ -167,8 +167,11 @@ pub struct SourceFacts<'a> {
 
 /// The record of the token a ClusterRunaiCredential serves, as the schedule
 /// judges it: the newest its Secrets hold, or the group's token when that
-/// is newer (another member obtained it for the same credentials, so it
-/// was obtained for what is defined now).
+/// is newer (obtained for the same credentials and trusted CAs, by it or
+/// another member). A newer group token counts as obtained for what is
+/// defined now unless the newest record says another definition: it may
+/// be its own, obtained before the change and never written, and costs at
+/// most one more request when it was not.
 #[must_use]
 pub fn held_record(f: &SourceFacts<'_>) -> Option<TokenRecord> {
     let newest = f.records.iter().copied().max_by(|a, b| {
@@ -181,7 +184,16 @@ pub fn held_record(f: &SourceFacts<'_>) -> Option<TokenRecord> {
     let answered = f.answered.map(str::to_owned);
     match (f.token, newest) {
         (Some(token), Some(record)) if token.issued_at > record.issued_at => {
-            Some(record_for(token, None, f.desired, f.answered))
+            let fresh = record_for(token, None, f.desired, f.answered);
+            Some(if schedule::defined_alike(record, f.desired) {
+                fresh
+            } else {
+                TokenRecord {
+                    generation: record.generation,
+                    definition: record.definition.clone(),
+                    ..fresh
+                }
+            })
         }
         (Some(token), None) => Some(record_for(token, None, f.desired, f.answered)),
         (_, Some(record)) => Some(TokenRecord {

@@ -36,7 +36,7 @@ use decide::{Finish, Note, Observed, Obtained, Requeue, Step, Update, uid_of};
 use crate::{
     api::{RunaiCredential, ValidSpec, validate_spec},
     error::Error,
-    metrics::Metrics,
+    metrics::{CredentialLabels, Metrics},
     output::secret::{self, HashKey, TargetSecret},
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
@@ -121,10 +121,17 @@ pub struct Context {
     /// by uid: a change of another namespace concerns it only if it selects
     /// that namespace now.
     served: Mutex<HashMap<String, std::collections::HashSet<String>>>,
-    /// Woken each time a watch of credentials has listed what exists
-    /// (again): what is kept about credentials it no longer holds is then
-    /// pruned.
-    pub listed_again: tokio::sync::Notify,
+    /// Woken when what is kept about credentials may be pruned: a watch of
+    /// credentials has listed what exists (again), or a credential was
+    /// deleted.
+    pub prune_wanted: tokio::sync::Notify,
+    /// Credentials deleted within the last [`RECONCILE_DEADLINE`], by uid: a
+    /// reconciliation in flight at the deletion may have kept memory of
+    /// them again, which its end drops ([`Context::settle`]).
+    deleted: Mutex<HashMap<String, std::time::Instant>>,
+    /// Set once ClusterRunaiCredentials are served (their CRD is installed
+    /// and listed): until then their cache is not waited for before pruning.
+    cluster_serving: std::sync::atomic::AtomicBool,
 }
 
 /// Everything a [`Context`] is made of, given at once: a context is built
@@ -186,7 +193,9 @@ impl Context {
             scope: parts.scope,
             handled_refresh: Mutex::default(),
             served: Mutex::default(),
-            listed_again: tokio::sync::Notify::new(),
+            prune_wanted: tokio::sync::Notify::new(),
+            deleted: Mutex::default(),
+            cluster_serving: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -293,8 +302,41 @@ impl Context {
 
     /// Forgets what is kept in memory about a credential (of either kind)
     /// that was deleted: its backoff, API errors, pending token, answered
-    /// refresh request and group membership.
+    /// refresh request, served namespaces and group membership; and has
+    /// the end of a reconciliation still in flight forget it again.
     pub fn forget(&self, uid: &str) {
+        {
+            let mut deleted = lock(&self.deleted);
+            deleted.retain(|_, at| at.elapsed() < RECONCILE_DEADLINE);
+            deleted.insert(uid.to_owned(), std::time::Instant::now());
+        }
+        self.drop_memory(uid);
+        self.prune_wanted.notify_one();
+    }
+
+    /// At the end of a reconciliation (or its error handling) of `uid`:
+    /// when the credential was deleted meanwhile, what the reconciliation
+    /// kept of it again is dropped, and its metric series (`labels`).
+    pub fn settle(&self, uid: &str, labels: &CredentialLabels) {
+        if lock(&self.deleted).contains_key(uid) {
+            self.drop_memory(uid);
+            self.metrics.forget_credential(labels);
+        }
+    }
+
+    /// Whether ClusterRunaiCredentials are served (see [`Context::serve_clusters`]).
+    pub fn clusters_served(&self) -> bool {
+        self.cluster_serving
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that ClusterRunaiCredentials are served from now on.
+    pub fn serve_clusters(&self) {
+        self.cluster_serving
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn drop_memory(&self, uid: &str) {
         lock(&self.backoffs).remove(uid);
         lock(&self.api_errors).remove(uid);
         lock(&self.pending).remove(uid);
@@ -425,10 +467,14 @@ pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Ac
     // retried rather than holding its object forever.
     let result = bounded(reconcile_at(&cr, &ctx, Timestamp::now())).await;
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
-    let action = result?;
-    ctx.health.record_progress();
-    lock(&ctx.api_errors).remove(&uid_of(&cr));
-    Ok(action)
+    let labels = CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any());
+    let uid = uid_of(&cr);
+    if result.is_ok() {
+        ctx.health.record_progress();
+        lock(&ctx.api_errors).remove(&uid);
+    }
+    ctx.settle(&uid, &labels);
+    result
 }
 
 /// Runs a reconciliation within [`RECONCILE_DEADLINE`], a panic turned into
@@ -467,6 +513,10 @@ pub fn error_policy(cr: Arc<RunaiCredential>, err: &Error, ctx: Arc<Context>) ->
         *count = count.saturating_add(1);
         *count
     };
+    ctx.settle(
+        &uid_of(&cr),
+        &CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any()),
+    );
     warn!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), error = %err, attempts, "reconciliation failed");
     let now = Timestamp::now();
     let at = schedule::retry_at(now, attempts, None, None, rand::random());
@@ -492,8 +542,9 @@ pub async fn reconcile_at(
         target_skipped,
         target_reread: false,
     };
-    // Each I/O step is taken at most twice; the bound only guards the loop.
-    for _ in 0..8 {
+    // Each I/O step is taken at most twice (the longest path has 8 steps);
+    // the bound only guards the loop.
+    for _ in 0..16 {
         let step = decide::decide(&observed);
         if let Some(action) = take(cr, ctx, &mut observed, &mut pass, step, now).await? {
             return Ok(action);
@@ -800,12 +851,15 @@ async fn read_secrets(
 /// not shown its last write yet), it is read there, from etcd, rather than
 /// asked of Run:ai again.
 async fn join_group(ctx: &Context, observed: &mut Observed<'_>) {
-    let (Some(key), Some(hash)) = (
-        observed.group_key,
-        observed.desired.credentials_hash.clone(),
-    ) else {
+    // Both come from the credentials' hash: a key without one cannot be.
+    let Some(key) = observed.group_key else {
         return;
     };
+    let hash = observed
+        .desired
+        .credentials_hash
+        .clone()
+        .unwrap_or_default();
     let cr = observed.cr;
     let member = Member::namespaced(&cr.namespace().unwrap_or_default(), &cr.name_any());
     let mut view = ctx.exchange.join(&uid_of(cr), member, &key);

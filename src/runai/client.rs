@@ -33,9 +33,7 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default timeout of one token request, connection included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Longest wait a `Retry-After` can impose (api.md, Edge cases): a longer
-/// one is taken as this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub use crate::error::MAX_RETRY_AFTER;
 
 /// Client ID and client secret of a Run:ai application. `Debug` never shows the
 /// secret.

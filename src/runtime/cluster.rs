@@ -138,6 +138,7 @@ async fn serve(
     writer: reflector::store::Writer<ClusterRunaiCredential>,
     stop: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    ctx.serve_clusters();
     let api: Api<ClusterRunaiCredential> = Api::all(client.clone());
     let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = selector {
@@ -165,7 +166,7 @@ async fn serve(
         // Once the store holds the complete list.
         .map_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
-                listed.listed_again.notify_one();
+                listed.prune_wanted.notify_one();
             }
             event
         })

@@ -589,7 +589,7 @@ fn credential_changes(
     let (before, after) = (store.clone(), store.clone());
     let scope = namespace.map(str::to_owned);
     let bundles = ctx.ca_bundles.clone();
-    let (forgotten, listed_again) = (ctx.clone(), ctx.clone());
+    let (forgotten, prune_wanted) = (ctx.clone(), ctx.clone());
     let triggers = Arc::new(TriggerMemory::default());
     let (deleted, listed, filtered) = (triggers.clone(), triggers.clone(), triggers);
     watcher(credentials, super::paged_watch_config())
@@ -619,7 +619,7 @@ fn credential_changes(
             if matches!(event, watcher::Event::InitDone) {
                 rebuilt.rebuild(scope.as_deref(), &after);
                 listed.retain(&after);
-                listed_again.listed_again.notify_one();
+                prune_wanted.prune_wanted.notify_one();
             }
             event
         })
@@ -700,25 +700,34 @@ pub async fn mark_ready_once_listed(stores: Vec<Store<RunaiCredential>>, health:
     health.set_ready(true);
 }
 
-/// Drops what is kept about credentials that no longer exist, each time a
-/// watch of credentials has listed again ([`Context::listed_again`]) and
-/// every store holds a complete list: a deletion a watch missed sends no
-/// event (those it sees are forgotten at once).
+/// Drops what is kept about credentials that no longer exist (and the CA
+/// bundles and HTTP clients none uses any more), each time a watch of
+/// credentials has listed again or a credential was deleted
+/// ([`Context::prune_wanted`]; a deletion a watch missed sends no event),
+/// once every store holds a complete list. Wake-ups within
+/// [`PRUNE_DEBOUNCE`] make one pass: deleting thousands costs a few.
 pub async fn prune_after_lists(
     ctx: Arc<Context>,
     stores: Vec<Store<RunaiCredential>>,
     cluster_stores: Vec<Store<crate::api::ClusterRunaiCredential>>,
 ) {
     loop {
-        ctx.listed_again.notified().await;
+        ctx.prune_wanted.notified().await;
+        tokio::time::sleep(PRUNE_DEBOUNCE).await;
         // Only from complete lists: a store that has not listed yet looks
         // empty, and pruning by it would drop what live credentials use (an
-        // interned CA bundle: a false InvalidSpec).
-        if all_listed(&stores) && all_listed(&cluster_stores) {
+        // interned CA bundle: a false InvalidSpec). ClusterRunaiCredentials
+        // not served (their CRD missing) keep nothing to prune.
+        let clusters_listed = !ctx.clusters_served() || all_listed(&cluster_stores);
+        if all_listed(&stores) && clusters_listed {
             prune(&ctx, &stores, &cluster_stores);
         }
     }
 }
+
+/// How long the pruning waits after a wake-up for more (see
+/// [`prune_after_lists`]).
+pub const PRUNE_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// Keeps, of the per-credential memory, the metrics' series and the CA
 /// bundles and their HTTP clients, only what the credentials in the stores
@@ -854,12 +863,11 @@ mod listed_tests {
 }
 
 #[cfg(test)]
-mod task_tests {
+mod task_tests_support {
     use super::*;
-    use crate::runai::exchange::{GroupKey, Member};
-    use kube::runtime::watcher;
 
-    fn context() -> Arc<Context> {
+    /// A context whose client is never asked.
+    pub fn context() -> Arc<Context> {
         // Never asked: these tasks make no request.
         let (service, _handle) = tower_test::mock::pair::<
             http::Request<kube::client::Body>,
@@ -887,6 +895,15 @@ mod task_tests {
             namespaces: None,
         }))
     }
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+    use crate::runai::exchange::{GroupKey, Member};
+    use kube::runtime::watcher;
+
+    use super::task_tests_support::context;
 
     fn credential(name: &str, uid: &str) -> RunaiCredential {
         serde_json::from_value(serde_json::json!({
@@ -942,13 +959,13 @@ mod task_tests {
             .join("uid-gone", Member::namespaced("ml", "gone"), &key("b"));
         let task = tokio::spawn(prune_after_lists(ctx.clone(), vec![store], Vec::new()));
         // Woken before the store listed: an empty store prunes nothing.
-        ctx.listed_again.notify_one();
+        ctx.prune_wanted.notify_one();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(ctx.exchange.group_of("uid-live").is_some());
         assert!(ctx.exchange.group_of("uid-gone").is_some());
         // Positive control: once listed (with only "live"), "gone" goes.
         list(&mut writer, &[credential("live", "uid-live")]);
-        ctx.listed_again.notify_one();
+        ctx.prune_wanted.notify_one();
         assert!(eventually(|| ctx.exchange.group_of("uid-gone").is_none()).await);
         assert!(ctx.exchange.group_of("uid-live").is_some());
         assert_eq!(ctx.exchange.groups(), 1);
@@ -965,5 +982,35 @@ mod task_tests {
         ctx.forget("uid-gone");
         assert!(ctx.exchange.group_of("uid-gone").is_none());
         assert_eq!(ctx.exchange.groups(), 0);
+    }
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::task_tests_support::context;
+    use crate::{
+        metrics::CredentialLabels,
+        runai::exchange::{GroupKey, Member},
+    };
+
+    #[tokio::test]
+    async fn what_a_reconciliation_in_flight_keeps_of_a_deleted_credential_goes_at_its_end() {
+        let ctx = context();
+        let key = GroupKey::new("a", &None);
+        let labels = CredentialLabels::new("ml", "gone");
+        ctx.exchange
+            .join("uid-gone", Member::namespaced("ml", "gone"), &key);
+        ctx.forget("uid-gone");
+        // A reconciliation that was in flight joins again after the deletion.
+        ctx.exchange
+            .join("uid-gone", Member::namespaced("ml", "gone"), &key);
+        ctx.exchange
+            .join("uid-live", Member::namespaced("ml", "live"), &key);
+        ctx.settle("uid-gone", &labels);
+        assert!(ctx.exchange.group_of("uid-gone").is_none());
+        // Positive control: the end of a live credential's reconciliation
+        // keeps its memory.
+        ctx.settle("uid-live", &CredentialLabels::new("ml", "live"));
+        assert!(ctx.exchange.group_of("uid-live").is_some());
     }
 }

@@ -14,7 +14,7 @@ pub const MIN_REFRESH_AFTER: Duration = Duration::from_secs(5);
 /// The next refresh is never later than this after the last one, whatever the
 /// token or `refreshInterval` says (api.md, Edge cases).
 pub const MAX_REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
-pub use crate::runai::client::MAX_RETRY_AFTER;
+pub use crate::error::MAX_RETRY_AFTER;
 /// A retry is due at least this long before the current token expires, even
 /// when `Retry-After` or the backoff asks for longer (api.md, Edge cases).
 pub const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(60);

@@ -11,7 +11,7 @@ use kube::{
 use runai_token_sync::api::ClusterRunaiCredential;
 use serde_json::{Value, json};
 
-use crate::harness::{Cluster, Controller, eventually, jwt_claims, standin_with};
+use crate::harness::{Cluster, Controller, eventually, jwt_claims, standin_with, stays};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const TARGET: &str = "runai-token";
@@ -110,6 +110,11 @@ struct Fanout {
 
 impl Fanout {
     async fn start(test: &str, deletion_policy: &str) -> (Fanout, Owned) {
+        Fanout::start_with(test, deletion_policy, json!({})).await
+    }
+
+    /// [`Fanout::start`] with these annotations on the ClusterRunaiCredential.
+    async fn start_with(test: &str, deletion_policy: &str, annotations: Value) -> (Fanout, Owned) {
         let cluster = Cluster::new(test).await;
         let mut namespaces = Vec::new();
         for suffix in ["a", "b", "c", "d"] {
@@ -143,7 +148,8 @@ impl Fanout {
         let name = format!("fan-{}", cluster.namespace);
         let crc: ClusterRunaiCredential = serde_json::from_value(json!({
             "apiVersion": "tokensync.dev/v1alpha1", "kind": "ClusterRunaiCredential",
-            "metadata": {"name": name, "labels": {"tokensync.dev/e2e": cluster.namespace}},
+            "metadata": {"name": name, "labels": {"tokensync.dev/e2e": cluster.namespace},
+                         "annotations": annotations},
             "spec": {
                 "url": standin.url(),
                 "caBundle": standin.ca_pem(),
@@ -916,4 +922,33 @@ async fn an_unrelated_namespaces_change_costs_no_pass() {
     })
     .await;
     assert!(reconciliations(&f._controller).await > before);
+}
+
+/// A ClusterRunaiCredential created with a refresh request already set gets
+/// one token: the first one answers the request too.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_refresh_requested_at_creation_costs_one_token() {
+    let requested = json!({"tokensync.dev/refresh-requested-at": "r1"});
+    let (f, _owned) = Fanout::start_with("reqnew", "Delete", requested).await;
+    f.wait_status("a, b synced", |s| s["syncedNamespaces"] == 2)
+        .await;
+    stays(Duration::from_secs(5), "one token request", || async {
+        f.standin.requests("app-fan") == 1
+    })
+    .await;
+    // Positive control: a new request value gets a new token.
+    let patch = json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "r2"}}});
+    f.api
+        .patch(&f.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "a second token", || async {
+        (f.standin.requests("app-fan") == 2).then_some(())
+    })
+    .await;
+    stays(Duration::from_secs(3), "no third", || async {
+        f.standin.requests("app-fan") == 2
+    })
+    .await;
 }

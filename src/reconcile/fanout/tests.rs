@@ -534,3 +534,40 @@ fn a_namespaces_change_concerns_only_who_selects_or_served_it() {
         "not served here"
     );
 }
+
+#[test]
+fn a_newer_group_token_after_a_change_of_definition_is_not_taken_for_the_new_one() {
+    // The newest record says definition "old"; the group holds a newer
+    // token, possibly obtained before the change and never written.
+    let desired = Desired {
+        credentials_hash: Some("h".into()),
+        generation: 2,
+        refresh_request: None,
+        definition: Some("new".into()),
+    };
+    let old = TokenRecord {
+        definition: Some("old".into()),
+        ..record("2026-01-01T01:00:00Z")
+    };
+    let newer = token("2026-01-01T00:05:00Z", "2026-01-01T01:05:00Z", 2);
+    let alike = TokenRecord {
+        definition: Some("new".into()),
+        ..record("2026-01-01T01:00:00Z")
+    };
+    let plan = |newest: &TokenRecord| {
+        plan_token(&SourceFacts {
+            uid: "uid-p",
+            desired: &desired,
+            token: Some(&newer),
+            records: &[newest],
+            answered: None,
+            refresh_interval: None,
+            matched: 1,
+            now: t("2026-01-01T00:10:00Z"),
+        })
+    };
+    assert_eq!(plan(&old), Some(RefreshReason::SpecChanged));
+    // Positive control: with a newest record of today's definition, the
+    // newer group token serves as it is.
+    assert_eq!(plan(&alike), None);
+}

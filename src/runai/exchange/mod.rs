@@ -194,7 +194,10 @@ impl Exchange {
         if let Some(old) = previous.filter(|old| old != key) {
             self.leave_group(uid, &old);
         }
-        let group = self.group(key);
+        // The member is added under the lock of all groups: another
+        // member's leaving cannot drop the group in between.
+        let groups = &mut lock(&self.groups);
+        let group = groups.entry(*key).or_default();
         let mut state = lock(&group.state);
         state.members.insert(uid, member);
         state.view()
