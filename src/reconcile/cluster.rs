@@ -763,7 +763,17 @@ async fn sync_namespace(
             }
             SecretAction::Create | SecretAction::Update => {
                 ctx.ensure_acting()?;
-                act::write_secret(&secrets, found.as_ref(), desired.clone(), token).await
+                // Its echo triggers no pass of its own.
+                let own_write = ctx.cluster_writes.begin(
+                    &ctx.exchange,
+                    namespace,
+                    &desired.name_any(),
+                    Member::cluster_scoped(&name),
+                );
+                let result =
+                    act::write_secret(&secrets, found.as_ref(), desired.clone(), token).await;
+                own_write.end(result.as_ref().ok().cloned().flatten());
+                result
             }
         };
         match result {

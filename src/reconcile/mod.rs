@@ -8,6 +8,7 @@
 pub mod act;
 pub mod cluster;
 pub mod decide;
+pub mod echo;
 pub mod fanout;
 pub mod status;
 
@@ -86,10 +87,11 @@ pub struct Context {
     /// The shared token exchange: one request per group of identical
     /// credentials, and the global limit on requests in flight.
     pub exchange: Arc<Exchange>,
-    /// The resourceVersion of the last write to each target Secret
-    /// (namespace, name), so that its watch event, the echo of that write,
-    /// triggers no reconciliation.
-    own_writes: Mutex<HashMap<(String, String), OwnWrite>>,
+    /// RunaiCredentials' writes to their target Secrets, so that their
+    /// echoes trigger no reconciliation.
+    own_writes: echo::OwnWrites,
+    /// ClusterRunaiCredentials' writes, likewise.
+    cluster_writes: echo::OwnWrites,
     /// The metadata of all namespaces, when all are served: whether one is
     /// being deleted is then known without a read.
     pub namespaces: Option<
@@ -179,7 +181,8 @@ impl Context {
             api_errors: Mutex::default(),
             pending: Mutex::default(),
             exchange: parts.exchange,
-            own_writes: Mutex::default(),
+            own_writes: echo::OwnWrites::default(),
+            cluster_writes: echo::OwnWrites::default(),
             namespaces: parts.namespaces,
             namespaces_readable: std::sync::atomic::AtomicBool::new(true),
             index: Arc::default(),
@@ -213,76 +216,44 @@ impl Context {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether a Secret event is the echo of the controller's own write to
-    /// it: one that arrives while the write is in flight (its version is
-    /// checked once the write returns), or one of the version last written
-    /// (then forgotten: a later change has another version).
+    /// Whether a Secret event is the echo of a RunaiCredential's write to
+    /// it (see [`echo::OwnWrites::is_echo`]).
     pub fn is_own_echo(&self, namespace: &str, name: &str, resource_version: Option<&str>) -> bool {
-        let mut writes = lock(&self.own_writes);
-        let key = (namespace.to_owned(), name.to_owned());
-        match (writes.get_mut(&key), resource_version) {
-            (Some(OwnWrite::InFlight { seen }), Some(version)) => {
-                *seen = Some(version.to_owned());
-                true
-            }
-            (Some(OwnWrite::Done(written)), Some(version)) if written == version => {
-                writes.remove(&key);
-                true
-            }
-            _ => false,
-        }
+        self.own_writes.is_echo(namespace, name, resource_version)
+    }
+
+    /// Whether a Secret event is the echo of a ClusterRunaiCredential's
+    /// write to it.
+    pub fn is_own_cluster_echo(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> bool {
+        self.cluster_writes
+            .is_echo(namespace, name, resource_version)
     }
 
     /// Whether a write of the controller to this Secret is in flight or its
     /// echo has not arrived yet: the Secret watch may not have seen it.
     fn own_write_pending(&self, namespace: &str, name: &str) -> bool {
-        lock(&self.own_writes).contains_key(&(namespace.to_owned(), name.to_owned()))
+        self.own_writes.pending(namespace, name)
     }
 
-    /// Records that a write to the Secret `name` of `cr` begins. The record
-    /// lives as long as the returned guard: a reconciliation abandoned
-    /// mid-write (its deadline, a shutdown) drops it, and the Secret's events
-    /// are no longer taken for echoes.
-    fn begin_own_write<'c>(&'c self, cr: &RunaiCredential, name: &str) -> OwnWriteGuard<'c> {
-        let key = (cr.namespace().unwrap_or_default(), name.to_owned());
-        lock(&self.own_writes).insert(key.clone(), OwnWrite::InFlight { seen: None });
-        OwnWriteGuard {
-            ctx: self,
-            key,
-            credential: cr.name_any(),
-            ended: false,
-        }
+    /// Records that a write to the Secret `name` of `cr` begins (see
+    /// [`echo::OwnWrites::begin`]).
+    fn begin_own_write<'c>(&'c self, cr: &RunaiCredential, name: &str) -> echo::OwnWriteGuard<'c> {
+        let namespace = cr.namespace().unwrap_or_default();
+        let member = Member::namespaced(&namespace, &cr.name_any());
+        self.own_writes
+            .begin(&self.exchange, &namespace, name, member)
     }
 
-    /// Records the end of a write (the version written, `None` when it
-    /// failed or was abandoned). An event swallowed while it was in flight
-    /// that was not its echo has the RunaiCredential reconciled again.
-    fn end_own_write(&self, key: &(String, String), credential: &str, written: Option<String>) {
-        let mut writes = lock(&self.own_writes);
-        let seen = match writes.remove(key) {
-            Some(OwnWrite::InFlight { seen }) => seen,
-            _ => None,
-        };
-        match (&written, &seen) {
-            (Some(w), Some(s)) if w == s => {}
-            (Some(w), _) => {
-                writes.insert(key.clone(), OwnWrite::Done(w.clone()));
-            }
-            (None, _) => {}
-        }
-        drop(writes);
-        if seen.is_some_and(|s| written.as_deref() != Some(s.as_str())) {
-            self.exchange
-                .nudge(vec![Member::namespaced(&key.0, credential)]);
-        }
-    }
-
-    /// Forgets the finished writes whose echo has not come: called when a
-    /// Secret watch starts a new list, which may skip their versions (a
-    /// watch delivers every version otherwise). The next event of those
-    /// Secrets is then looked at, as any.
+    /// Forgets the finished writes of both kinds whose echo has not come
+    /// (see [`echo::OwnWrites::forget_unechoed`]).
     pub fn forget_unechoed_writes(&self) {
-        lock(&self.own_writes).retain(|_, write| matches!(write, OwnWrite::InFlight { .. }));
+        self.own_writes.forget_unechoed();
+        self.cluster_writes.forget_unechoed();
     }
 
     /// Stops all requests and writes at once (the leader lease is lost).
@@ -399,39 +370,6 @@ impl Context {
             Some(b) => backoffs.insert(uid.to_owned(), b),
             None => backoffs.remove(uid),
         };
-    }
-}
-
-/// The controller's own write to a target Secret, to know its echo.
-#[derive(Debug)]
-enum OwnWrite {
-    /// Under way; the version of an event that arrived meanwhile.
-    InFlight { seen: Option<String> },
-    /// Done; the version written.
-    Done(String),
-}
-
-/// A write to a target Secret under way (see [`Context::begin_own_write`]).
-struct OwnWriteGuard<'c> {
-    ctx: &'c Context,
-    key: (String, String),
-    credential: String,
-    ended: bool,
-}
-
-impl OwnWriteGuard<'_> {
-    /// The write returned: the version written, `None` when it failed.
-    fn end(mut self, written: Option<String>) {
-        self.ended = true;
-        self.ctx.end_own_write(&self.key, &self.credential, written);
-    }
-}
-
-impl Drop for OwnWriteGuard<'_> {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.ctx.end_own_write(&self.key, &self.credential, None);
-        }
     }
 }
 

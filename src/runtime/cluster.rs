@@ -62,7 +62,16 @@ fn for_secret(
     store: &Store<ClusterRunaiCredential>,
     controller_namespace: &str,
     secret: &PartialObjectMeta<Secret>,
+    ctx: &Context,
 ) -> Vec<ObjectRef<ClusterRunaiCredential>> {
+    // The echo of its own write: nothing to look at.
+    if ctx.is_own_cluster_echo(
+        &secret.namespace().unwrap_or_default(),
+        &secret.name_any(),
+        secret.resource_version().as_deref(),
+    ) {
+        return Vec::new();
+    }
     let labels = secret.labels();
     let owner = labels
         .get(MANAGED_BY_LABEL)
@@ -189,11 +198,19 @@ async fn serve(
             .collect(),
     };
     let labelled = futures::stream::select_all(scopes.into_iter().map(|secrets| {
+        let relisted = ctx.clone();
         watcher(
             secrets,
             super::paged_watch_config().labels(CLUSTER_CREDENTIAL_LABEL),
         )
         .default_backoff()
+        // A new list may skip the versions of writes whose echo is awaited.
+        .map_ok(move |event| {
+            if matches!(event, watcher::Event::Init) {
+                relisted.forget_unechoed_writes();
+            }
+            event
+        })
         .touched_objects()
         .boxed()
     }));
@@ -205,7 +222,7 @@ async fn serve(
     let (for_namespaces, for_labelled, for_credentials) =
         (store.clone(), store.clone(), store.clone());
     let controller_namespace = ctx.controller_namespace.clone();
-    let namespace_ctx = ctx.clone();
+    let (namespace_ctx, labelled_ctx, credentials_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
     let own_namespace = controller_namespace.clone();
     info!("starting the ClusterRunaiCredential controller");
     // Debounced: a burst of namespace or Secret events makes one pass, and
@@ -220,10 +237,10 @@ async fn serve(
             for_namespace(&for_namespaces, &namespace_ctx, &ns)
         })
         .watches_stream(labelled, move |secret| {
-            for_secret(&for_labelled, &controller_namespace, &secret)
+            for_secret(&for_labelled, &controller_namespace, &secret, &labelled_ctx)
         })
         .watches_stream(credentials, move |secret| {
-            for_secret(&for_credentials, &own_namespace, &secret)
+            for_secret(&for_credentials, &own_namespace, &secret, &credentials_ctx)
         })
         .reconcile_on(futures::stream::unfold(
             ctx.exchange.subscribe_cluster(),
