@@ -164,7 +164,7 @@ pub const EXIT_STATUSES: &[(u8, &str)] = &[
     ),
     (
         4,
-        "the credentials were rejected (HTTP 401/403, invalid_client)",
+        "the credentials were rejected (HTTP 401/403, or invalid_client, unauthorized_client, invalid_grant or Run:ai's code 401/403 in any status)",
     ),
     (5, "rate limited (HTTP 429)"),
     (6, "unavailable (HTTP 503)"),

@@ -534,6 +534,22 @@ fn parse_token_response_masking(
         }
         None => return Err(error_in_success(&fields, secrets)),
     };
+    // Sent as `Authorization: Bearer`: a token of another type (RFC 6749
+    // §7.1, compared without regard to case) would be refused there.
+    if let Some(kind) = ["token_type", "tokenType"]
+        .iter()
+        .find_map(|name| fields.get(*name).and_then(Value::as_str))
+        .filter(|kind| !kind.trim().eq_ignore_ascii_case("bearer"))
+    {
+        let kind: String = kind
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(40)
+            .collect();
+        return Err(Error::MalformedResponse(format!(
+            "the token type is {kind:?}, not Bearer: it cannot be sent as a bearer token"
+        )));
+    }
     // The token ends up in an HTTP header; anything else would be unusable.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::MalformedResponse(
@@ -701,30 +717,35 @@ pub fn classify_http_failure(
     // Only an error code registered by RFC 6749 (§5.2) or RFC 6750, never
     // other text from the body.
     let oauth_code = code
-        .filter(|c| OAUTH_ERROR_CODES.contains(&c.as_str()))
+        .as_deref()
+        .filter(|c| OAUTH_ERROR_CODES.contains(c))
         .map(|c| format!(": {c}"))
         .unwrap_or_default();
     let detail = || sanitize_detail(&text, secrets);
-    match status {
-        300..=399 => Error::Redirected {
+    if (300..=399).contains(&status) {
+        return Error::Redirected {
             status,
             location: redirect_host(location, endpoint, secrets),
-        },
+        };
+    }
+    // What the answer says counts, not only its status: Keycloak answers
+    // bad client credentials with 400, 401 or 403 and an OAuth2 error
+    // (RFC 6749 §5.2), Run:ai with its own `code`.
+    let says_rejected = matches!(
+        code.as_deref(),
+        Some("invalid_client" | "unauthorized_client" | "invalid_grant")
+    ) || matches!(error_body_code_number(body), Some(401 | 403));
+    if says_rejected {
+        return Error::InvalidCredentials {
+            status,
+            detail: oauth_code,
+        };
+    }
+    match status {
         401 | 403 => Error::InvalidCredentials {
             status,
             detail: oauth_code,
         },
-        // RFC 6749 answers bad client credentials with 400 invalid_client (V2).
-        400 if matches!(
-            oauth_code.as_str(),
-            ": invalid_client" | ": unauthorized_client" | ": invalid_grant"
-        ) =>
-        {
-            Error::InvalidCredentials {
-                status,
-                detail: oauth_code,
-            }
-        }
         400 => Error::RequestRejected {
             status,
             detail: oauth_code,
@@ -795,6 +816,16 @@ fn error_body(body: &[u8]) -> (Option<String>, String) {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => error_fields(&fields),
         _ => (None, String::new()),
+    }
+}
+
+/// Run:ai's numeric `code` in an error body (a number or a string of
+/// digits), if any.
+fn error_body_code_number(body: &[u8]) -> Option<i64> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => fields.get("code").and_then(lifetime_seconds),
+        _ => None,
     }
 }
 
@@ -1224,6 +1255,83 @@ mod tests {
 
     fn endpoint() -> url::Url {
         "https://acme.run.ai/api/v1/token".parse().unwrap()
+    }
+
+    #[test]
+    fn rejected_credentials_are_known_by_what_the_answer_says_in_any_status() {
+        let c = |status, body: &str| {
+            classify_http_failure(status, None, None, &endpoint(), body.as_bytes(), &[])
+        };
+        // Keycloak's answers to bad client credentials, and Run:ai's code.
+        for (status, body) in [
+            (
+                400,
+                r#"{"error":"unauthorized_client","error_description":"x"}"#,
+            ),
+            (401, r#"{"error":"invalid_client"}"#),
+            (403, r#"{"error":"invalid_grant"}"#),
+            (500, r#"{"error":"invalid_client"}"#),
+            (502, r#"{"code":401,"message":"Issuer is not familiar."}"#),
+            (404, r#"{"code":"403","message":"Forbidden"}"#),
+        ] {
+            assert!(
+                matches!(c(status, body), Error::InvalidCredentials { .. }),
+                "{status} {body}: {:?}",
+                c(status, body)
+            );
+        }
+        // Positive controls: the same statuses without those words are not.
+        assert!(matches!(
+            c(500, r#"{"error":"server_error"}"#),
+            Error::ServerError { .. }
+        ));
+        assert!(matches!(
+            c(404, r#"{"code":404}"#),
+            Error::RequestRejected { .. }
+        ));
+        assert!(matches!(c(502, ""), Error::ServerError { .. }));
+    }
+
+    #[test]
+    fn a_token_of_another_type_than_bearer_is_a_failed_refresh_naming_it() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let parse = |body: &str| parse_token_response_masking(body.as_bytes(), now, &[]);
+        for kind in ["Bearer", "bearer", "BEARER", " bearer "] {
+            let body = format!(r#"{{"access_token":"abc","token_type":"{kind}"}}"#);
+            assert!(parse(&body).is_ok(), "{kind}");
+        }
+        assert!(
+            parse(r#"{"accessToken":"abc"}"#).is_ok(),
+            "no type: Run:ai V1"
+        );
+        let err = parse(r#"{"access_token":"abc","token_type":"mac"}"#).unwrap_err();
+        assert!(matches!(err, Error::MalformedResponse(_)), "{err:?}");
+        assert!(err.to_string().contains("\"mac\""), "{err}");
+        let err = parse(r#"{"accessToken":"abc","tokenType":"DPoP"}"#).unwrap_err();
+        assert!(err.to_string().contains("\"DPoP\""), "{err}");
+    }
+
+    #[test]
+    fn jwt_payloads_are_read_with_or_without_padding() {
+        use base64::Engine as _;
+        let encode = |claims: &str, pad: bool| {
+            let engine = if pad {
+                base64::engine::general_purpose::URL_SAFE
+            } else {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+            };
+            format!("e30.{}.sig", engine.encode(claims))
+        };
+        // 34 bytes of claims: base64 needs padding.
+        let claims = r#"{"exp":2000,"iat":1000,"sub":"ab"}"#;
+        assert_ne!(claims.len() % 3, 0);
+        for pad in [false, true] {
+            assert_eq!(
+                jwt_claims(&encode(claims, pad)),
+                Some((Some(2000), Some(1000))),
+                "{pad}"
+            );
+        }
     }
 
     #[test]
