@@ -117,6 +117,18 @@ fn parse_token_api(value: &str) -> Result<TokenApi, String> {
     }
 }
 
+/// The namespaces `--namespace` names: empty entries dropped (`a,,b`, a
+/// trailing comma), surrounding spaces trimmed, and each one once, however
+/// often it is named (one watch per namespace, not two controllers racing).
+fn served_namespaces(named: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    named
+        .into_iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty() && seen.insert(ns.clone()))
+        .collect()
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Watch only these namespaces, comma-separated (default: all namespaces).
@@ -290,11 +302,7 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
             let mut settings = Settings {
-                namespaces: args
-                    .namespaces
-                    .into_iter()
-                    .filter(|ns| !ns.is_empty())
-                    .collect(),
+                namespaces: served_namespaces(args.namespaces),
                 controller_namespace: args.controller_namespace,
                 policy: Policy {
                     allow_insecure_http: args.allow_insecure_http,
@@ -443,4 +451,20 @@ fn is_about_proxies(err: &kube::config::InferConfigError) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_namespace_is_served_once() {
+        let named = ["ml", "ml", "", " ops ", "ops", "ml"]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(served_namespaces(named), ["ml", "ops"]);
+        // Positive control: distinct names all stay, in order.
+        let distinct = ["b", "a"].map(str::to_owned).to_vec();
+        assert_eq!(served_namespaces(distinct), ["b", "a"]);
+    }
 }

@@ -76,6 +76,10 @@ impl UrlPattern {
 
     /// Whether `url` is allowed by this pattern: same scheme and port, each
     /// host label equal or matched by `*`, and the path under the pattern's.
+    /// A path with an encoded slash or backslash (`%2F`, `%5C`, either case)
+    /// is never under a prefix: a server that decodes it would read `..`
+    /// segments the check did not see (dot segments themselves, also
+    /// encoded as `%2E`, are resolved by the URL parser, WHATWG URL §4.4).
     pub fn matches(&self, url: &url::Url) -> bool {
         let Some(host) = url.host_str() else {
             return false;
@@ -92,7 +96,14 @@ impl UrlPattern {
                 (want == "*" && !have.is_empty()) || have.eq_ignore_ascii_case(want)
             })
             && path.starts_with(&self.path_prefix)
+            && !has_encoded_separator(url.path())
     }
+}
+
+/// Whether `path` holds an encoded `/` or `\\` (`%2F`, `%5C`, either case).
+fn has_encoded_separator(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f") || lower.contains("%5c")
 }
 
 impl fmt::Display for UrlPattern {
@@ -188,6 +199,27 @@ mod tests {
         let root = ["https://runai.example.com/"];
         assert!(allowed(&root, "https://runai.example.com"));
         assert!(allowed(&root, "https://runai.example.com:443/a"));
+    }
+
+    #[test]
+    fn a_path_prefix_cannot_be_escaped() {
+        let p = ["https://runai.example.com/runai/"];
+        for escape in [
+            "https://runai.example.com/runai/..%2Fadmin",
+            "https://runai.example.com/runai/..%2fadmin",
+            "https://runai.example.com/runai/..%5Cadmin",
+            "https://runai.example.com/runai/..%5cadmin",
+            "https://runai.example.com/runai/%2E%2E/admin",
+            "https://runai.example.com/runai/%2e%2e/admin",
+            "https://runai.example.com/runai/../admin",
+            "https://runai.example.com/runai/./../admin",
+            "https://runai.example.com/runai\\..\\admin",
+        ] {
+            assert!(!allowed(&p, escape), "{escape}");
+        }
+        // Positive control: the same prefix with a plain path below it.
+        assert!(allowed(&p, "https://runai.example.com/runai/./tenant/"));
+        assert!(allowed(&p, "https://runai.example.com/runai/tenant%20a"));
     }
 
     #[test]
