@@ -11,6 +11,38 @@ use crate::api::{
 
 use super::secret::rfc3339;
 
+/// The characters a token may hold to be written into an `EnvFile` output:
+/// the JWT alphabet (base64url, and `.`), with `~ + / =` for other token
+/// forms. Anything else (`$`, a backtick, a quote, a space, `;`) a shell
+/// that sources the file would interpret.
+pub const ENV_FILE_TOKEN_CHARACTERS: &str = "A-Z a-z 0-9 - _ . ~ + / =";
+
+fn env_file_safe(token: &str) -> bool {
+    token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b))
+}
+
+/// Whether `token` may be written with these outputs: never into an
+/// `EnvFile` output when it holds a character outside
+/// [`ENV_FILE_TOKEN_CHARACTERS`].
+///
+/// # Errors
+///
+/// A message naming the first such output, for a failed refresh.
+pub fn check_token(outputs: &[Output], token: &str) -> Result<(), String> {
+    match outputs
+        .iter()
+        .find(|o| o.format == OutputFormat::EnvFile && !env_file_safe(token))
+    {
+        Some(output) => Err(format!(
+            "the token holds characters a shell would interpret (only {ENV_FILE_TOKEN_CHARACTERS}), so it is not written: output {:?} is an EnvFile",
+            output.key
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The value of one output key for `token` obtained from `url` (`spec.url`
 /// as written), which expires at `expires_at` (RFC 3339 in UTC, whole
 /// seconds; unknown is the empty string, `null` in `Json`).
@@ -159,6 +191,28 @@ mod tests {
                 .unwrap_err()
                 .contains("only read with format Template")
         );
+    }
+
+    #[test]
+    fn a_token_a_shell_would_interpret_never_goes_into_an_env_file() {
+        let env = output(OutputFormat::EnvFile, None);
+        let json = output(OutputFormat::Json, None);
+        for bad in ["a$(id)b", "a`id`", "a'b", "a b", "a;b", "a\\b", "a\"b"] {
+            let err = check_token(std::slice::from_ref(&env), bad).unwrap_err();
+            assert!(err.contains(&format!("{:?}", env.key)), "{err}");
+            // Other formats quote or hold it as it is.
+            assert!(
+                check_token(std::slice::from_ref(&json), bad).is_ok(),
+                "{bad}"
+            );
+        }
+        // Positive control: a JWT and the other token forms pass.
+        for good in ["eyJhbGciOi.eyJzdWIi.sig-_", "abc~+/=="] {
+            assert!(
+                check_token(std::slice::from_ref(&env), good).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]

@@ -115,6 +115,7 @@ async fn reconcile_at(
             }
         },
     };
+    let source = writable(crc, source);
     let existing = std::mem::take(&mut seen.existing);
     let (outcome, wrote) = sync_all(ctx, crc, existing, &seen.target_name, &source).await;
     clean_up(ctx, crc, &seen).await?;
@@ -543,6 +544,32 @@ fn source(
         retry_at: failure.as_ref().map(|f| f.retry_at),
         failure: failure.map(|f| f.failure),
         shared_with: u32::try_from(members.saturating_sub(1)).unwrap_or(u32::MAX),
+    }
+}
+
+/// The pass's token, unless the spec's outputs cannot hold it
+/// ([`crate::output::formats::check_token`]): then a failed refresh, and
+/// no Secret is written (each keeps what it holds).
+fn writable(crc: &ClusterRunaiCredential, source: Source) -> Source {
+    let Some(token) = &source.token else {
+        return source;
+    };
+    match crate::output::formats::check_token(&crc.spec.target.outputs, &token.access_token) {
+        Ok(()) => source,
+        Err(message) => {
+            let err = Error::MalformedResponse(message);
+            Source {
+                token: None,
+                record: None,
+                failure: Some(Failure {
+                    reason: err.reason(),
+                    message: err.to_string(),
+                    attempts: source.failure.as_ref().map_or(1, |f| f.attempts),
+                }),
+                retry_at: source.retry_at,
+                shared_with: source.shared_with,
+            }
+        }
     }
 }
 

@@ -521,6 +521,9 @@ fn write_new(
     reason: RefreshReason,
 ) -> Step {
     match &o.written {
+        None if let Some(err) = unwritable(o, &token.access_token) => {
+            member_failure(o, &err, false)
+        }
         None => unless_terminating(
             o,
             Step::WriteSecret {
@@ -613,6 +616,9 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
     if o.written.is_some() {
         return None;
     }
+    if let Some(err) = unwritable(o, &stored.access_token) {
+        return Some(member_failure(o, &err, false));
+    }
     // An answered refresh request whose annotation is gone from the spec is
     // no longer recorded: the Secret shows what the spec asks now.
     let record = TokenRecord {
@@ -636,6 +642,15 @@ fn repair(o: &Observed<'_>, managed: Option<&Secret>, stored: &StoredToken) -> O
                 },
             )
         })
+}
+
+/// Why `token` cannot be written with the spec's outputs, if it cannot
+/// ([`crate::output::formats::check_token`]): a failed refresh, the
+/// Secret left as it is.
+fn unwritable(o: &Observed<'_>, token: &str) -> Option<Error> {
+    crate::output::formats::check_token(&o.cr.spec.target.outputs, token)
+        .err()
+        .map(Error::MalformedResponse)
 }
 
 /// A repair whose write failed is reported as any refused write

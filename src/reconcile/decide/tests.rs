@@ -1024,3 +1024,29 @@ fn membership_is_decided_not_read() {
     let fresh = with_stored(observed(&cr, &k), "tok", record(&k, issued, 3600));
     assert!(!finish(decide(&fresh)).leave_group);
 }
+
+/// A token a shell would interpret is never written into an EnvFile
+/// output: a failed refresh naming the output, and no write.
+#[test]
+fn a_token_a_shell_would_interpret_is_not_written_into_an_env_file() {
+    let k = key();
+    let with_env_file: RunaiCredential = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tokensync.dev/v1alpha1", "kind": "RunaiCredential",
+        "metadata": {"name": "trainer", "namespace": "ml", "uid": "uid-1", "generation": 1},
+        "spec": {"url": "https://acme.run.ai", "clientCredentialsSecretRef": {"name": "creds"},
+                 "target": {"outputs": [{"key": "runai.env", "format": "EnvFile"}]}},
+    }))
+    .unwrap();
+    let mut o = observed(&with_env_file, &k);
+    o.namespace_terminating = Some(false);
+    give_group(&mut o, group_token("a$(id)b", now(), 3600, 1));
+    let f = finish(decide(&o));
+    assert_eq!(condition(&f, "Ready").reason, "TokenEndpointError");
+    assert!(condition(&f, "Ready").message.contains("\"runai.env\""));
+    // Positive control: without the EnvFile output, the same token is written.
+    let plain = credential();
+    let mut o = observed(&plain, &k);
+    o.namespace_terminating = Some(false);
+    give_group(&mut o, group_token("a$(id)b", now(), 3600, 1));
+    assert!(matches!(decide(&o), Step::WriteSecret { .. }));
+}
