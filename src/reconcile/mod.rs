@@ -373,6 +373,39 @@ impl Context {
     }
 }
 
+#[cfg(test)]
+impl Context {
+    /// A context for unit tests: its client is never asked (a request
+    /// would wait forever), no token is requested.
+    pub(crate) fn for_tests() -> Context {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let recorder = Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "runai-token-sync".into(),
+                instance: None,
+            },
+        );
+        Context::new(Parts {
+            client,
+            recorder,
+            token_clients: TokenClients::new(Duration::from_secs(1)),
+            hash_key: HashKey::new(vec![1; 32]),
+            metrics: Arc::new(Metrics::new()),
+            policy: Policy::default(),
+            health: Arc::default(),
+            exchange: Arc::new(Exchange::new(1)),
+            controller_namespace: "default".to_owned(),
+            scope: None,
+            namespaces: None,
+        })
+    }
+}
+
 /// What the platform team allows RunaiCredentials to do (the trust model).
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
@@ -1096,32 +1129,7 @@ mod own_write_tests {
     use super::*;
 
     fn context() -> Context {
-        // Never asked: these tests make no request.
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let client = kube::Client::new(service, "ml");
-        let recorder = kube::runtime::events::Recorder::new(
-            client.clone(),
-            kube::runtime::events::Reporter {
-                controller: "runai-token-sync".into(),
-                instance: None,
-            },
-        );
-        Context::new(Parts {
-            client,
-            recorder,
-            token_clients: TokenClients::new(Duration::from_secs(1)),
-            hash_key: secret::HashKey::new(vec![1; 32]),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            policy: Policy::default(),
-            health: Arc::default(),
-            exchange: Arc::new(Exchange::new(1)),
-            controller_namespace: "default".to_owned(),
-            scope: None,
-            namespaces: None,
-        })
+        Context::for_tests()
     }
 
     fn credential() -> RunaiCredential {

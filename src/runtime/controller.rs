@@ -868,32 +868,7 @@ mod task_tests_support {
 
     /// A context whose client is never asked.
     pub fn context() -> Arc<Context> {
-        // Never asked: these tasks make no request.
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let client = Client::new(service, "default");
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "runai-token-sync".into(),
-                instance: None,
-            },
-        );
-        Arc::new(Context::new(Parts {
-            client,
-            recorder,
-            token_clients: TokenClients::new(Duration::from_secs(1)),
-            hash_key: crate::output::secret::HashKey::new(vec![1; 32]),
-            metrics: Arc::new(Metrics::new()),
-            policy: Policy::default(),
-            health: Arc::default(),
-            exchange: Arc::new(Exchange::new(1)),
-            controller_namespace: "default".to_owned(),
-            scope: None,
-            namespaces: None,
-        }))
+        Arc::new(Context::for_tests())
     }
 }
 
