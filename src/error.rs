@@ -72,6 +72,31 @@ pub enum Error {
     )]
     RequestRejected { status: u16, detail: String },
 
+    /// The endpoint of the token API generation that was called is not
+    /// served there: HTTP 404, 405, 410 or 501, as a removed API answers
+    /// (runai-token-api.md, "Deprecation of V1"). `asked` is the
+    /// `spec.tokenApi` it was called for (`Auto` when neither generation
+    /// is served); the message says what to set instead.
+    #[error("{endpoint} answered HTTP {status}, as an API that is not served; {}", not_served_advice(.asked))]
+    TokenApiNotServed {
+        status: u16,
+        endpoint: String,
+        asked: &'static str,
+    },
+
+    /// The endpoint does not take the grant that was sent (RFC 6749 §5.2
+    /// `unsupported_grant_type`): `spec.tokenApi` (`asked`) names the
+    /// wrong generation for this Run:ai; the message says which to set.
+    #[error(
+        "spec.tokenApi: {endpoint} does not accept the {} grant (unsupported_grant_type); {}",
+        grant_of(.asked),
+        grant_advice(.asked)
+    )]
+    GrantNotSupported {
+        endpoint: String,
+        asked: &'static str,
+    },
+
     /// A 3xx answer. Redirects are never followed: the client secret would
     /// be sent again to wherever it points (an SSO gateway, typically).
     #[error(
@@ -140,6 +165,40 @@ pub enum Error {
     Startup(String),
 }
 
+/// What to set when the generation `asked` for is not served.
+fn not_served_advice(asked: &str) -> &'static str {
+    match asked {
+        "V2" => {
+            "this Run:ai may serve only /api/v1/token: set spec.tokenApi: V1 or Auto (or check spec.url)"
+        }
+        "Auto" => {
+            "/api/v2/token is not served either: check that spec.url is the Run:ai control plane, with its path prefix if it has one"
+        }
+        _ => {
+            "this Run:ai may serve only /api/v2/token: set spec.tokenApi: V2 or Auto (or check spec.url)"
+        }
+    }
+}
+
+/// The grant a generation sends.
+fn grant_of(asked: &str) -> &'static str {
+    match asked {
+        "AppToken" => "app_token",
+        _ => "client_credentials",
+    }
+}
+
+/// What to set when the grant of the generation `asked` for is refused.
+fn grant_advice(asked: &str) -> &'static str {
+    match asked {
+        "AppToken" => {
+            "Run:ai 2.19 and later take the client_credentials grant: set spec.tokenApi: Auto"
+        }
+        "V2" => "set spec.tokenApi: Auto or V1",
+        _ => "Run:ai 2.18 and older take only the app_token grant: set spec.tokenApi: AppToken",
+    }
+}
+
 fn retry_hint(retry_after: &Option<Duration>) -> String {
     match retry_after {
         Some(d) => format!("; it asks to retry after {}s", d.as_secs()),
@@ -156,7 +215,9 @@ impl Error {
             Error::SecretConflict { .. } => "SecretConflict",
             Error::SecretWriteFailed { .. } => "SecretWriteFailed",
             Error::InvalidCredentials { .. } => "InvalidCredentials",
-            Error::RateLimited { .. }
+            Error::GrantNotSupported { .. } => "InvalidSpec",
+            Error::TokenApiNotServed { .. }
+            | Error::RateLimited { .. }
             | Error::Unavailable { .. }
             | Error::RequestRejected { .. }
             | Error::Redirected { .. }
@@ -187,6 +248,8 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::RequestRejected { .. } => "client_error",
             Error::Redirected { .. } => "redirect",
+            Error::TokenApiNotServed { .. } => "not_served",
+            Error::GrantNotSupported { .. } => "unsupported_grant_type",
             Error::ServerError { .. } => "server_error",
             Error::Timeout { .. } => "timeout",
             Error::Tls { .. } => "tls",

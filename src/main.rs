@@ -55,8 +55,9 @@ struct CheckArgs {
     #[arg(long)]
     url: String,
 
-    /// Token API generation: V1, V2 or AppToken.
-    #[arg(long, default_value = "V1", value_parser = parse_token_api)]
+    /// Token API generation: Auto (V2, else V1 where V2 is not served), V1,
+    /// V2 or AppToken.
+    #[arg(long, default_value = "Auto", value_parser = parse_token_api)]
     token_api: TokenApi,
 
     /// The application's client ID.
@@ -109,12 +110,7 @@ struct RenewArgs {
 }
 
 fn parse_token_api(value: &str) -> Result<TokenApi, String> {
-    match value {
-        "V1" => Ok(TokenApi::V1),
-        "V2" => Ok(TokenApi::V2),
-        "AppToken" => Ok(TokenApi::AppToken),
-        other => Err(format!("{other:?}: use V1, V2 or AppToken")),
-    }
+    TokenApi::from_name(value).ok_or_else(|| format!("{value:?}: use Auto, V1, V2 or AppToken"))
 }
 
 /// The namespaces `--namespace` names: empty entries dropped (`a,,b`, a

@@ -598,3 +598,204 @@ async fn a_broken_ca_bundle_is_an_invalid_spec() {
         "{err:?}"
     );
 }
+
+/// Mounts an answer for one endpoint, expected `times` times.
+async fn answer_at(server: &MockServer, at: &str, template: ResponseTemplate, times: u64) {
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(template)
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
+fn v2_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "access_token": "tok-v2", "token_type": "Bearer", "expires_in": 3600
+    }))
+}
+
+fn v1_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"accessToken": "tok-v1", "expiresIn": 3600}))
+}
+
+#[tokio::test]
+async fn auto_takes_v2_where_it_is_served_without_calling_v1() {
+    let server = MockServer::start().await;
+    answer_at(&server, "/api/v2/token", v2_ok(), 1).await;
+    answer_at(&server, "/api/v1/token", v1_ok(), 0).await;
+    let issued = request(&server, TokenApi::Auto).await.unwrap();
+    assert_eq!(
+        (issued.access_token.as_str(), issued.token_api),
+        ("tok-v2", Some(TokenApi::V2))
+    );
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_v1_where_v2_is_not_served_in_every_shape() {
+    let html = ResponseTemplate::new(404)
+        .insert_header("content-type", "text/html")
+        .set_body_string("<html><body><center><h1>404 Not Found</h1></center></body></html>");
+    let shapes = [
+        ResponseTemplate::new(404).set_body_json(serde_json::json!({"code": 404})),
+        html,
+        ResponseTemplate::new(405),
+        ResponseTemplate::new(410),
+        ResponseTemplate::new(501),
+        ResponseTemplate::new(400)
+            .set_body_json(serde_json::json!({"error": "unsupported_grant_type"})),
+    ];
+    for shape in shapes {
+        let server = MockServer::start().await;
+        answer_at(&server, "/api/v2/token", shape, 1).await;
+        answer_at(&server, "/api/v1/token", v1_ok(), 1).await;
+        let issued = request(&server, TokenApi::Auto).await.unwrap();
+        assert_eq!(
+            (issued.access_token.as_str(), issued.token_api),
+            ("tok-v1", Some(TokenApi::V1))
+        );
+    }
+}
+
+#[tokio::test]
+async fn auto_never_sends_refused_credentials_to_the_other_endpoint() {
+    for (status, body) in [
+        (401, serde_json::json!({"error": "invalid_client"})),
+        (400, serde_json::json!({"error": "unauthorized_client"})),
+        (403, serde_json::json!({"error": "invalid_grant"})),
+    ] {
+        let server = MockServer::start().await;
+        answer_at(
+            &server,
+            "/api/v2/token",
+            ResponseTemplate::new(status).set_body_json(body),
+            1,
+        )
+        .await;
+        // Positive control of the count: V1 would answer, and is never asked.
+        answer_at(&server, "/api/v1/token", v1_ok(), 0).await;
+        let err = request(&server, TokenApi::Auto).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidCredentials { .. }), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn auto_calls_the_remembered_generation_first_and_detects_again_when_it_goes() {
+    let server = MockServer::start().await;
+    answer_at(&server, "/api/v1/token", v1_ok(), 1).await;
+    answer_at(&server, "/api/v2/token", v2_ok(), 0).await;
+    let url = server.uri().parse().unwrap();
+    let issued = client()
+        .request_token_after(&url, TokenApi::Auto, Some(TokenApi::V1), &creds(), now())
+        .await
+        .unwrap();
+    assert_eq!(issued.token_api, Some(TokenApi::V1));
+    server.verify().await;
+
+    // V1 removed: detected again, V2 answers.
+    server.reset().await;
+    answer_at(&server, "/api/v1/token", ResponseTemplate::new(410), 1).await;
+    answer_at(&server, "/api/v2/token", v2_ok(), 1).await;
+    let issued = client()
+        .request_token_after(&url, TokenApi::Auto, Some(TokenApi::V1), &creds(), now())
+        .await
+        .unwrap();
+    assert_eq!(issued.token_api, Some(TokenApi::V2));
+}
+
+#[tokio::test]
+async fn auto_where_neither_is_served_says_to_check_the_url() {
+    let server = MockServer::start().await;
+    answer_at(&server, "/api/v2/token", ResponseTemplate::new(404), 1).await;
+    answer_at(&server, "/api/v1/token", ResponseTemplate::new(404), 1).await;
+    let err = request(&server, TokenApi::Auto).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::TokenApiNotServed { asked: "Auto", .. })
+            && text.contains("/api/v2/token is not served either")
+            && text.contains("spec.url"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn explicit_generations_that_meet_a_removed_endpoint_say_what_to_set() {
+    for (api, removed, other, advice) in [
+        (
+            TokenApi::V1,
+            "/api/v1/token",
+            "/api/v2/token",
+            "spec.tokenApi: V2 or Auto",
+        ),
+        (
+            TokenApi::AppToken,
+            "/api/v1/token",
+            "/api/v2/token",
+            "spec.tokenApi: V2 or Auto",
+        ),
+        (
+            TokenApi::V2,
+            "/api/v2/token",
+            "/api/v1/token",
+            "spec.tokenApi: V1 or Auto",
+        ),
+    ] {
+        let server = MockServer::start().await;
+        answer_at(&server, removed, ResponseTemplate::new(404), 1).await;
+        // An explicit generation is never replaced by another.
+        answer_at(&server, other, v2_ok(), 0).await;
+        let err = request(&server, api).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("HTTP 404") && text.contains(advice),
+            "{api:?}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn v1_that_takes_only_app_token_tells_auto_to_set_app_token() {
+    let server = MockServer::start().await;
+    answer_at(&server, "/api/v2/token", ResponseTemplate::new(404), 1).await;
+    answer_at(
+        &server,
+        "/api/v1/token",
+        ResponseTemplate::new(400)
+            .set_body_json(serde_json::json!({"error": "unsupported_grant_type"})),
+        1,
+    )
+    .await;
+    let err = request(&server, TokenApi::Auto).await.unwrap_err();
+    assert_eq!(err.reason(), "InvalidSpec");
+    assert!(
+        err.to_string().contains("set spec.tokenApi: AppToken"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_deprecated_endpoint_is_used_and_its_notice_returned() {
+    let server = MockServer::start().await;
+    answer_at(
+        &server,
+        "/api/v1/token",
+        v1_ok()
+            .insert_header("Deprecation", "@1767225600")
+            .insert_header("Sunset", "Wed, 01 Jul 2026 00:00:00 GMT"),
+        1,
+    )
+    .await;
+    let issued = request(&server, TokenApi::V1).await.unwrap();
+    assert_eq!(issued.access_token, "tok-v1");
+    let notice = issued.deprecation.expect("the notice");
+    assert!(notice.endpoint.ends_with("/api/v1/token"));
+    assert_eq!(notice.sunset, Some("2026-07-01T00:00:00Z".parse().unwrap()));
+    // Positive control: an answer without the headers carries none.
+    server.reset().await;
+    answer_at(&server, "/api/v1/token", v1_ok(), 1).await;
+    assert_eq!(
+        request(&server, TokenApi::V1).await.unwrap().deprecation,
+        None
+    );
+}

@@ -169,6 +169,11 @@ pub struct ClusterRunaiCredentialStatus {
     /// this one's token exchange.
     #[serde(default)]
     pub shared_with: u32,
+
+    /// The token API generation that issued the current token (`V1`, `V2`
+    /// or `AppToken`); under `spec.tokenApi: Auto`, the one detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_api: Option<TokenApi>,
 }
 
 impl ClusterRunaiCredential {

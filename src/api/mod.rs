@@ -104,11 +104,16 @@ pub struct RunaiCredentialSpec {
     #[schemars(extend("pattern" = "^https?://\\S+$"))]
     pub url: String,
 
-    /// Which generation of the Run:ai token API to call. `V1` (default):
-    /// `POST {url}/api/v1/token` with a JSON client-credentials grant, for Run:ai
-    /// 2.19 and later. `V2`: `POST {url}/api/v2/token`, OAuth2 form-encoded, for
-    /// the newest releases. `AppToken`: the legacy `app_token` grant of Run:ai
-    /// 2.18 and older.
+    /// Which generation of the Run:ai token API to call. `Auto` (default):
+    /// `V2` first, `V1` when this Run:ai does not serve `/api/v2/token` (HTTP
+    /// 404, 405, 410 or 501); the generation that answered is remembered and
+    /// shown in `status.tokenApi`, and detected again when it stops being
+    /// served. Refused credentials never cause a fallback. `V1`:
+    /// `POST {url}/api/v1/token` with a JSON client-credentials grant, for
+    /// Run:ai 2.19 and later (deprecated since 2.25). `V2`:
+    /// `POST {url}/api/v2/token`, OAuth2 form-encoded, for the newest
+    /// releases. `AppToken`: the legacy `app_token` grant of Run:ai 2.18 and
+    /// older, never chosen by `Auto`.
     #[serde(default)]
     pub token_api: TokenApi,
 
@@ -135,11 +140,16 @@ pub struct RunaiCredentialSpec {
     pub target: Target,
 }
 
-/// Which generation of the Run:ai token API to call.
+/// Which generation of the Run:ai token API to call (runai-token-api.md:
+/// V1 deprecated in Run:ai 2.25 in favour of V2, and removable two versions
+/// later).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum TokenApi {
-    /// `POST {url}/api/v1/token` with `{"grantType":"client_credentials","clientId","clientSecret"}`.
+    /// `V2`, falling back to `V1` where V2 is not served; see
+    /// `spec.tokenApi`.
     #[default]
+    Auto,
+    /// `POST {url}/api/v1/token` with `{"grantType":"client_credentials","clientId","clientSecret"}`.
     V1,
     /// `POST {url}/api/v2/token`, form-encoded OAuth2 client-credentials grant.
     V2,
@@ -151,10 +161,24 @@ impl TokenApi {
     /// The name used in the spec, in logs and in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
+            TokenApi::Auto => "Auto",
             TokenApi::V1 => "V1",
             TokenApi::V2 => "V2",
             TokenApi::AppToken => "AppToken",
         }
+    }
+
+    /// The generation named `name` (as in the spec); `None` for another
+    /// name.
+    pub fn from_name(name: &str) -> Option<TokenApi> {
+        [
+            TokenApi::Auto,
+            TokenApi::V1,
+            TokenApi::V2,
+            TokenApi::AppToken,
+        ]
+        .into_iter()
+        .find(|api| api.as_str() == name)
     }
 }
 
@@ -338,6 +362,11 @@ pub struct RunaiCredentialStatus {
     /// 0 when none.
     #[serde(default)]
     pub shared_with: u32,
+
+    /// The token API generation that issued the current token (`V1`, `V2`
+    /// or `AppToken`); under `spec.tokenApi: Auto`, the one detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_api: Option<TokenApi>,
 }
 
 impl RunaiCredential {

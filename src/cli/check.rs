@@ -29,6 +29,7 @@ pub struct CheckRequest {
 
 /// What a successful request showed. `Debug` never shows the token.
 pub struct CheckReport {
+    /// The generation that answered (under `Auto`, the one detected).
     pub token_api: TokenApi,
     /// The endpoint that was called.
     pub endpoint: String,
@@ -88,9 +89,10 @@ pub async fn check(request: &CheckRequest) -> Result<CheckReport, Error> {
         .request_token(&url, request.token_api, &credentials, Timestamp::now())
         .await?;
     let now = Timestamp::now();
+    let answered = issued.token_api.unwrap_or(request.token_api);
     Ok(CheckReport {
-        token_api: request.token_api,
-        endpoint: token_endpoint(&url, request.token_api).to_string(),
+        token_api: answered,
+        endpoint: token_endpoint(&url, answered).to_string(),
         lifetime_seconds: issued
             .expires_at
             .map(|at| at.duration_since(now).as_secs().max(0)),
@@ -185,6 +187,14 @@ pub const EXIT_STATUSES: &[(u8, &str)] = &[
         "an answer that cannot be read (HTML, not JSON, too large)",
     ),
     (14, "an answer without an access token"),
+    (
+        15,
+        "the token API is not served there (HTTP 404, 405, 410 or 501): the message says which --token-api to use, or to check --url",
+    ),
+    (
+        16,
+        "the endpoint does not take this grant (unsupported_grant_type): the message says which --token-api to use",
+    ),
 ];
 
 /// The exit status for a failure of [`check`]; see [`EXIT_STATUSES`].
@@ -202,6 +212,8 @@ pub fn exit_status(err: &Error) -> u8 {
         Error::Connect { .. } => 12,
         Error::MalformedResponse(_) | Error::ResponseTooLarge { .. } => 13,
         Error::NoToken { .. } => 14,
+        Error::TokenApiNotServed { .. } => 15,
+        Error::GrantNotSupported { .. } => 16,
         Error::SecretConflict { .. }
         | Error::SecretWriteFailed { .. }
         | Error::Kube { .. }
@@ -271,6 +283,15 @@ mod tests {
             Error::MalformedResponse(String::new()),
             Error::NoToken {
                 detail: String::new(),
+            },
+            Error::TokenApiNotServed {
+                status: 404,
+                endpoint: String::new(),
+                asked: "V1",
+            },
+            Error::GrantNotSupported {
+                endpoint: String::new(),
+                asked: "V1",
             },
         ];
         let statuses: Vec<u8> = samples.iter().map(exit_status).collect();

@@ -61,6 +61,8 @@ const TOKEN_HASH_ANNOTATION: &str = "tokensync.dev/token-hash";
 const GENERATION_ANNOTATION: &str = "tokensync.dev/generation";
 const REFRESH_REQUEST_ANNOTATION: &str = "tokensync.dev/answered-refresh-request";
 const DEFINITION_ANNOTATION: &str = "tokensync.dev/definition-hash";
+/// The token API generation that issued the token (`V1`, `V2`, `AppToken`).
+const TOKEN_API_ANNOTATION: &str = "tokensync.dev/token-api";
 
 /// The key for the keyed hashes kept on target Secrets. A keyed hash, unlike
 /// a plain one, cannot be used to guess a weak client secret offline by
@@ -265,6 +267,10 @@ pub fn stored_token(secret: &Secret, token_key: &str, hash_key: &HashKey) -> Opt
         generation: annotations.get(GENERATION_ANNOTATION)?.parse().ok()?,
         refresh_request: annotations.get(REFRESH_REQUEST_ANNOTATION).cloned(),
         definition: annotations.get(DEFINITION_ANNOTATION).cloned(),
+        token_api: annotations
+            .get(TOKEN_API_ANNOTATION)
+            .and_then(|name| TokenApi::from_name(name))
+            .filter(|api| *api != TokenApi::Auto),
     };
     let stored_hash = annotations.get(TOKEN_HASH_ANNOTATION);
     let matches = |record: &TokenRecord| {
@@ -370,6 +376,9 @@ pub fn desired_secret_for(
     );
     if let Some(request) = &record.refresh_request {
         annotations.insert(REFRESH_REQUEST_ANNOTATION.to_owned(), request.clone());
+    }
+    if let Some(api) = record.token_api {
+        annotations.insert(TOKEN_API_ANNOTATION.to_owned(), api.as_str().to_owned());
     }
     if let Some(definition) = &record.definition {
         annotations.insert(DEFINITION_ANNOTATION.to_owned(), definition.clone());
@@ -844,6 +853,7 @@ mod tests {
             generation: 3,
             refresh_request: Some("r1".into()),
             definition: None,
+            token_api: None,
         }
     }
 
@@ -1253,6 +1263,7 @@ mod write_model_tests {
             generation: 1,
             refresh_request: None,
             definition: None,
+            token_api: None,
         };
         let mut cr = RunaiCredential::new(
             "trainer",

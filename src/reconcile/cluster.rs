@@ -296,6 +296,7 @@ fn keep_without_credentials(
             expires_at: kept.record.expires_at,
             serial: 0,
             requested: false,
+            token_api: kept.record.token_api,
         }),
         record: Some(kept.record.clone()),
         // No request is made: the count stays as it was.
@@ -477,8 +478,18 @@ async fn request_token(
     now: Timestamp,
 ) -> Exchanged {
     let uid = uid_of(crc);
-    let api = crc.spec.token_api;
     let (url, client, interval) = (&seen.spec.url, &seen.client, seen.spec.refresh_interval);
+    let request = super::TokenRequest {
+        client,
+        url,
+        api: crc.spec.token_api,
+        remembered: view.token_api.or(seen
+            .stored
+            .iter()
+            .max_by_key(|s| s.record.issued_at)
+            .and_then(|s| s.record.token_api)),
+        credentials,
+    };
     let answers = |t: &GroupToken| {
         let suits = super::decide::token_suits(t, interval, &uid, now);
         let newer = t.serial > view.serial;
@@ -491,19 +502,7 @@ async fn request_token(
             answers,
             view.failure.as_ref(),
             (now, rand::random()),
-            || async {
-                ctx.ensure_acting()?;
-                info!(
-                    reason = reason.as_str(),
-                    token_api = api.as_str(),
-                    "requesting a token for a ClusterRunaiCredential"
-                );
-                let started = std::time::Instant::now();
-                let issued = client.request_token(url, api, credentials, now).await;
-                let result = issued.as_ref().map_or_else(Error::class, |_| "success");
-                ctx.metrics.token_requested(api, result, started.elapsed());
-                issued.map(|issued| (issued, now))
-            },
+            || request.send(ctx, reason, now),
         )
         .await
 }
@@ -674,16 +673,19 @@ async fn report(
         ),
         (None, None) => now + Duration::from_secs(30),
     };
-    let status = fanout::cluster_status(
-        previous,
-        crc.meta().generation,
-        source.record.as_ref(),
-        source.failure.as_ref(),
-        outcome,
-        next_refresh,
-        source.shared_with,
-        now,
-    );
+    let status = ClusterRunaiCredentialStatus {
+        token_api: status::token_api_shown(crc.spec.token_api, source.record.as_ref()),
+        ..fanout::cluster_status(
+            previous,
+            crc.meta().generation,
+            source.record.as_ref(),
+            source.failure.as_ref(),
+            outcome,
+            next_refresh,
+            source.shared_with,
+            now,
+        )
+    };
     write_status(crc, ctx, &status, wrote).await?;
     if let Some(f) = &source.failure
         && previous.is_none_or(|p| p.failed_attempts != f.attempts)

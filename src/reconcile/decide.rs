@@ -434,6 +434,7 @@ pub fn adopt(o: &Observed<'_>, token: &GroupToken) -> PendingToken {
             generation: o.desired.generation,
             refresh_request: o.desired.refresh_request.clone(),
             definition: o.desired.definition.clone(),
+            token_api: token.token_api,
         },
     }
 }
@@ -857,7 +858,8 @@ fn shown(
     failure: Option<&Failure>,
     next: Timestamp,
 ) -> RunaiCredentialStatus {
-    with_shared(
+    let token_api = status::token_api_shown(o.cr.spec.token_api, token.map(|t| t.record));
+    let status = with_shared(
         o,
         status::token_status(
             o.cr.status.as_ref(),
@@ -868,7 +870,11 @@ fn shown(
             next,
             o.now,
         ),
-    )
+    );
+    RunaiCredentialStatus {
+        token_api,
+        ..status
+    }
 }
 
 /// Sets `sharedWith`: the other members of the group now. Right after a

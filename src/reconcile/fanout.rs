@@ -229,6 +229,7 @@ pub fn record_for(
             generation: desired.generation,
             refresh_request,
             definition: desired.definition.clone(),
+            token_api: token.token_api,
         },
     }
 }
@@ -416,6 +417,7 @@ pub fn cluster_status(
         next_refresh_time: base.next_refresh_time,
         failed_attempts: base.failed_attempts,
         shared_with,
+        token_api: base.token_api,
     }
 }
 

@@ -35,13 +35,13 @@ pub use decide::PendingToken;
 use decide::{Finish, Note, Observed, Obtained, Requeue, Step, Update, uid_of};
 
 use crate::{
-    api::{RunaiCredential, ValidSpec, validate_spec},
+    api::{RunaiCredential, TokenApi, ValidSpec, validate_spec},
     error::Error,
     metrics::{CredentialLabels, Metrics},
     output::secret::{self, HashKey, TargetSecret},
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
-    runai::client::{TokenClient, TokenClients, TrustKey},
+    runai::client::{ClientCredentials, IssuedToken, TokenClient, TokenClients, TrustKey},
     runai::exchange::{
         Exchange, Exchanged, GroupFailure, GroupKey, GroupView, Member, TokenHolder,
     },
@@ -943,6 +943,7 @@ fn offer_stored(ctx: &Context, key: &GroupKey, stored: &secret::StoredToken) -> 
         &stored.access_token,
         stored.record.issued_at,
         stored.record.expires_at,
+        stored.record.token_api,
     )
 }
 
@@ -979,6 +980,51 @@ fn refresh_group(ctx: &Context, observed: &mut Observed<'_>) {
     }
 }
 
+/// One token request of a credential of either kind.
+pub(crate) struct TokenRequest<'a> {
+    pub client: &'a TokenClient,
+    pub url: &'a url::Url,
+    /// `spec.tokenApi`.
+    pub api: TokenApi,
+    /// The generation that answered last, which `Auto` calls first.
+    pub remembered: Option<TokenApi>,
+    pub credentials: &'a ClientCredentials,
+}
+
+impl TokenRequest<'_> {
+    /// Sends it, only while this replica acts; logged (never the secret)
+    /// and counted by the generation that answered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when this replica no longer acts, and every
+    /// error of [`TokenClient::request_token_after`].
+    pub async fn send(
+        &self,
+        ctx: &Context,
+        reason: schedule::RefreshReason,
+        now: Timestamp,
+    ) -> Result<(IssuedToken, Timestamp), Error> {
+        ctx.ensure_acting()?;
+        info!(
+            reason = reason.as_str(),
+            token_api = self.api.as_str(),
+            "requesting a token"
+        );
+        let started = std::time::Instant::now();
+        let issued = self
+            .client
+            .request_token_after(self.url, self.api, self.remembered, self.credentials, now)
+            .await;
+        let (api, result) = match &issued {
+            Ok(issued) => (issued.token_api.unwrap_or(self.api), "success"),
+            Err(err) => (self.api, err.class()),
+        };
+        ctx.metrics.token_requested(api, result, started.elapsed());
+        issued.map(|issued| (issued, now))
+    }
+}
+
 /// The token request step, through the shared exchange.
 ///
 /// # Errors
@@ -996,8 +1042,17 @@ async fn obtain(
             "a token request without a checked spec and credentials".to_owned(),
         ));
     };
-    let api = o.cr.spec.token_api;
     let now = o.now;
+    let remembered = view
+        .token_api
+        .or(o.stored.as_ref().and_then(|s| s.record.token_api));
+    let request = TokenRequest {
+        client,
+        url: &spec.url,
+        api: o.cr.spec.token_api,
+        remembered,
+        credentials,
+    };
     let outcome = ctx
         .exchange
         .obtain(
@@ -1006,19 +1061,7 @@ async fn obtain(
             |token| decide::accepts(o, reason, token),
             view.failure.as_ref(),
             (now, o.jitter),
-            || async move {
-                ctx.ensure_acting()?;
-                info!(
-                    reason = reason.as_str(),
-                    token_api = api.as_str(),
-                    "requesting a token"
-                );
-                let started = std::time::Instant::now();
-                let issued = client.request_token(&spec.url, api, credentials, now).await;
-                let result = issued.as_ref().map_or_else(Error::class, |_| "success");
-                ctx.metrics.token_requested(api, result, started.elapsed());
-                issued.map(|issued| (issued, now))
-            },
+            || request.send(ctx, reason, now),
         )
         .await;
     match outcome {

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::{
     api::{
         CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED,
-        RunaiCredentialStatus,
+        RunaiCredentialStatus, TokenApi,
     },
     output::secret::rfc3339,
     token::schedule::TokenRecord,
@@ -74,7 +74,18 @@ pub fn token_status(
         failed_attempts: failure.map_or(0, |f| f.attempts),
         // Set by the caller, which knows the group.
         shared_with: 0,
+        token_api: record.and_then(|r| r.token_api),
     }
+}
+
+/// `status.tokenApi`: the generation that issued the token in place, as
+/// its record says; without one on record (a Secret written before it was
+/// kept), an explicit `spec.tokenApi`, the only one that can have issued
+/// it; under `Auto`, unknown until a request answers.
+pub fn token_api_shown(spec: TokenApi, record: Option<&TokenRecord>) -> Option<TokenApi> {
+    record
+        .and_then(|r| r.token_api)
+        .or((spec != TokenApi::Auto).then_some(spec))
 }
 
 /// `Ready`: whether the Secret holds a `valid` token (current and
@@ -374,6 +385,7 @@ mod tests {
             generation: 1,
             refresh_request: None,
             definition: None,
+            token_api: None,
         }
     }
 

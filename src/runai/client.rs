@@ -58,6 +58,11 @@ pub struct IssuedToken {
     pub access_token: String,
     /// From `expiresIn`/`expires_in`, else the JWT's `exp`, else unknown.
     pub expires_at: Option<Timestamp>,
+    /// The generation that answered (`V1`, `V2` or `AppToken`; never
+    /// `Auto`); `None` for an answer read without a request.
+    pub token_api: Option<TokenApi>,
+    /// The endpoint's notice that it is deprecated, if its answer gave one.
+    pub deprecation: Option<Deprecation>,
 }
 
 impl fmt::Debug for IssuedToken {
@@ -65,7 +70,68 @@ impl fmt::Debug for IssuedToken {
         f.debug_struct("IssuedToken")
             .field("access_token", &"[redacted]")
             .field("expires_at", &self.expires_at)
+            .field("token_api", &self.token_api)
+            .field("deprecation", &self.deprecation)
             .finish()
+    }
+}
+
+/// A token endpoint's notice that it is deprecated: a `Deprecation` header
+/// (RFC 9745), with the `Sunset` header (RFC 8594) when given.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Deprecation {
+    /// The endpoint that answered with it (`{url}/api/v1/token`).
+    pub endpoint: String,
+    /// When it stops being served, when the answer said so.
+    pub sunset: Option<Timestamp>,
+}
+
+/// Reads the `Deprecation` (RFC 9745: `@<Unix seconds>`; earlier drafts:
+/// `true` or an HTTP date) and `Sunset` (RFC 8594: an HTTP date) headers
+/// of an answer from `endpoint`. `None` without a `Deprecation` header or
+/// with `Deprecation: false`; a `Sunset` that cannot be read is left out.
+pub fn deprecation_of(
+    deprecation: Option<&str>,
+    sunset: Option<&str>,
+    endpoint: &url::Url,
+) -> Option<Deprecation> {
+    let deprecation = deprecation?.trim();
+    if deprecation.is_empty() || deprecation.eq_ignore_ascii_case("false") {
+        return None;
+    }
+    let sunset = sunset
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .and_then(|at| Timestamp::try_from(at).ok());
+    Some(Deprecation {
+        endpoint: endpoint.to_string(),
+        sunset,
+    })
+}
+
+/// The generations to call, in order, for `api` when `remembered` answered
+/// last (api.md, "Choosing the token API"): `Auto` tries V2 first (V1
+/// first when V1 answered last) and the other when the first is not
+/// served; another `api` is called alone.
+pub fn generations(api: TokenApi, remembered: Option<TokenApi>) -> &'static [TokenApi] {
+    match (api, remembered) {
+        (TokenApi::Auto, Some(TokenApi::V1)) => &[TokenApi::V1, TokenApi::V2],
+        (TokenApi::Auto, _) => &[TokenApi::V2, TokenApi::V1],
+        (TokenApi::V1, _) => &[TokenApi::V1],
+        (TokenApi::V2, _) => &[TokenApi::V2],
+        (TokenApi::AppToken, _) => &[TokenApi::AppToken],
+    }
+}
+
+/// Whether `Auto` goes on to the next generation after `err` from
+/// `generation`: only when that endpoint is not served (or, for V2, does
+/// not take the client-credentials grant). Refused credentials never
+/// qualify: the secret is not sent to a second endpoint after it was
+/// refused.
+pub fn falls_back(err: &Error, generation: TokenApi) -> bool {
+    match err {
+        Error::TokenApiNotServed { .. } => true,
+        Error::GrantNotSupported { .. } => generation == TokenApi::V2,
+        _ => false,
     }
 }
 
@@ -123,17 +189,74 @@ impl TokenClient {
         })
     }
 
+    /// Requests one token with `api`, as [`TokenClient::request_token_after`]
+    /// with nothing remembered.
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenClient::request_token_after`].
+    pub async fn request_token(
+        &self,
+        base_url: &url::Url,
+        api: TokenApi,
+        credentials: &ClientCredentials,
+        now: Timestamp,
+    ) -> Result<IssuedToken, Error> {
+        self.request_token_after(base_url, api, None, credentials, now)
+            .await
+    }
+
     /// Requests one token from `{base_url}/api/v1/token` or `/api/v2/token`
-    /// (a path prefix in `base_url` is kept). `now` is when the request is
-    /// made; the answer's lifetime is counted from when it arrives. A pooled
-    /// connection that the endpoint closed before answering is retried once on
-    /// a new one; redirects are never followed.
+    /// (a path prefix in `base_url` is kept), in the order [`generations`]
+    /// gives for `api` after `remembered`, going on only where
+    /// [`falls_back`] says so. `now` is when the request is made; the
+    /// answer's lifetime is counted from when it arrives. A pooled
+    /// connection that the endpoint closed before answering is retried once
+    /// on a new one; redirects are never followed.
     ///
     /// # Errors
     ///
     /// Every failure is one of the token-endpoint variants of [`Error`]
-    /// (see [`classify_http_failure`] and [`parse_token_response`]).
-    pub async fn request_token(
+    /// (see [`classify_http_failure`] and [`parse_token_response`]); under
+    /// `Auto`, [`Error::TokenApiNotServed`] naming `Auto` when no
+    /// generation is served.
+    pub async fn request_token_after(
+        &self,
+        base_url: &url::Url,
+        api: TokenApi,
+        remembered: Option<TokenApi>,
+        credentials: &ClientCredentials,
+        now: Timestamp,
+    ) -> Result<IssuedToken, Error> {
+        let mut last = None;
+        for &generation in generations(api, remembered) {
+            match self
+                .request_generation(base_url, generation, credentials, now)
+                .await
+            {
+                Err(err) if api == TokenApi::Auto && falls_back(&err, generation) => {
+                    tracing::info!(token_api = generation.as_str(), error = %err, "this token API is not served here; trying the other");
+                    last = Some(err);
+                }
+                Err(err) => return Err(for_spec(err, api)),
+                Ok(issued) => return Ok(issued),
+            }
+        }
+        Err(match last {
+            Some(Error::TokenApiNotServed {
+                status, endpoint, ..
+            }) => Error::TokenApiNotServed {
+                status,
+                endpoint,
+                asked: TokenApi::Auto.as_str(),
+            },
+            Some(other) => other,
+            None => Error::Startup("no token API generation to call".to_owned()),
+        })
+    }
+
+    /// One request to one generation's endpoint.
+    async fn request_generation(
         &self,
         base_url: &url::Url,
         api: TokenApi,
@@ -144,11 +267,13 @@ impl TokenClient {
         let shown_url = endpoint.as_str().to_owned();
         let request = |http: &reqwest::Client| {
             let request = match api {
-                TokenApi::V1 => http.post(endpoint.clone()).json(&serde_json::json!({
-                    "grantType": "client_credentials",
-                    "clientId": credentials.client_id,
-                    "clientSecret": credentials.client_secret,
-                })),
+                TokenApi::V1 | TokenApi::Auto => {
+                    http.post(endpoint.clone()).json(&serde_json::json!({
+                        "grantType": "client_credentials",
+                        "clientId": credentials.client_id,
+                        "clientSecret": credentials.client_secret,
+                    }))
+                }
                 TokenApi::AppToken => http.post(endpoint.clone()).json(&serde_json::json!({
                     "grantType": "app_token",
                     "AppId": credentials.client_id,
@@ -183,25 +308,36 @@ impl TokenClient {
         let retry_after = header(reqwest::header::RETRY_AFTER)
             .and_then(|v| parse_retry_after(&v, std::time::SystemTime::now()));
         let location = header(reqwest::header::LOCATION);
+        let deprecation = deprecation_of(
+            header(reqwest::header::HeaderName::from_static("deprecation")).as_deref(),
+            header(reqwest::header::HeaderName::from_static("sunset")).as_deref(),
+            &endpoint,
+        );
         let body = self.read_capped(&shown_url, response).await?;
         // Also "id:secret", which an endpoint may echo as HTTP Basic credentials.
         let basic = format!("{}:{}", credentials.client_id, credentials.client_secret);
         let secrets = [credentials.client_secret.as_str(), basic.as_str()];
+        let asked = |err| for_spec(err, api);
         if !status.is_success() {
-            return Err(classify_http_failure(
+            return Err(asked(classify_http_failure(
                 status.as_u16(),
                 retry_after,
                 location.as_deref(),
                 &endpoint,
                 &body,
                 &secrets,
-            ));
+            )));
         }
         // Lifetimes count from the answer's arrival, on the caller's clock.
         let arrived = now
             .checked_add(SignedDuration::try_from(started.elapsed()).unwrap_or_default())
             .unwrap_or(now);
-        parse_token_response_masking(&body, arrived, &secrets)
+        let issued = parse_token_response_masking(&body, arrived, &secrets).map_err(asked)?;
+        Ok(IssuedToken {
+            token_api: Some(api),
+            deprecation,
+            ..issued
+        })
     }
 
     async fn read_capped(
@@ -250,11 +386,31 @@ impl TokenClient {
     }
 }
 
-/// The endpoint of a token API generation under a base URL.
+/// An error of a request made for `spec.tokenApi: api`, with the advice
+/// its message gives naming that setting.
+fn for_spec(err: Error, api: TokenApi) -> Error {
+    match err {
+        Error::TokenApiNotServed {
+            status, endpoint, ..
+        } => Error::TokenApiNotServed {
+            status,
+            endpoint,
+            asked: api.as_str(),
+        },
+        Error::GrantNotSupported { endpoint, .. } => Error::GrantNotSupported {
+            endpoint,
+            asked: api.as_str(),
+        },
+        other => other,
+    }
+}
+
+/// The endpoint of a token API generation under a base URL (`Auto`: V2's,
+/// the one it calls first).
 pub fn token_endpoint(base_url: &url::Url, api: TokenApi) -> url::Url {
     let path = match api {
         TokenApi::V1 | TokenApi::AppToken => "api/v1/token",
-        TokenApi::V2 => "api/v2/token",
+        TokenApi::V2 | TokenApi::Auto => "api/v2/token",
     };
     let mut base = base_url.clone();
     // A base URL with a path prefix (self-hosted behind a proxy) keeps it.
@@ -573,6 +729,8 @@ fn parse_token_response_masking(
     Ok(IssuedToken {
         access_token: token,
         expires_at,
+        token_api: None,
+        deprecation: None,
     })
 }
 
@@ -739,6 +897,27 @@ pub fn classify_http_failure(
         return Error::InvalidCredentials {
             status,
             detail: oauth_code,
+        };
+    }
+    // Which generation the endpoint is; `for_spec` names the setting.
+    let asked = if endpoint.path().ends_with("/api/v2/token") {
+        "V2"
+    } else {
+        "V1"
+    };
+    if code.as_deref() == Some("unsupported_grant_type") {
+        return Error::GrantNotSupported {
+            endpoint: endpoint.to_string(),
+            asked,
+        };
+    }
+    // How a removed API answers (runai-token-api.md), also as an ingress's
+    // HTML page: the status alone says it.
+    if matches!(status, 404 | 405 | 410 | 501) {
+        return Error::TokenApiNotServed {
+            status,
+            endpoint: endpoint.to_string(),
+            asked,
         };
     }
     match status {
@@ -1287,7 +1466,7 @@ mod tests {
         ));
         assert!(matches!(
             c(404, r#"{"code":404}"#),
-            Error::RequestRejected { .. }
+            Error::TokenApiNotServed { status: 404, .. }
         ));
         assert!(matches!(c(502, ""), Error::ServerError { .. }));
     }
@@ -1359,7 +1538,7 @@ mod tests {
             c(400, r#"{"code":400,"message":"x"}"#),
             Error::RequestRejected { .. }
         ));
-        assert!(matches!(c(404, ""), Error::RequestRejected { .. }));
+        assert!(matches!(c(409, ""), Error::RequestRejected { .. }));
         assert!(matches!(c(429, ""), Error::RateLimited { .. }));
         assert!(matches!(c(503, ""), Error::Unavailable { .. }));
         assert!(matches!(c(500, ""), Error::ServerError { .. }));
@@ -1588,6 +1767,144 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_api_is_known_by_its_status_whatever_the_body() {
+        let v1: url::Url = "https://acme.run.ai/api/v1/token".parse().unwrap();
+        let v2: url::Url = "https://acme.run.ai/api/v2/token".parse().unwrap();
+        let html = "<html><head><title>404 Not Found</title></head><body>nginx</body></html>";
+        for status in [404, 405, 410, 501] {
+            for body in ["", r#"{"code":404,"message":"Not Found"}"#, html] {
+                let err = classify_http_failure(status, None, None, &v1, body.as_bytes(), &[]);
+                assert!(
+                    matches!(&err, Error::TokenApiNotServed { status: s, asked: "V1", .. } if *s == status),
+                    "{status} {body}: {err:?}"
+                );
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("HTTP {status}"))
+                        && text.contains("/api/v2/token")
+                        && text.contains("spec.tokenApi: V2 or Auto"),
+                    "{text}"
+                );
+            }
+            let err = classify_http_failure(status, None, None, &v2, b"", &[]);
+            assert!(
+                err.to_string().contains("spec.tokenApi: V1 or Auto"),
+                "{err}"
+            );
+        }
+        // Positive controls: other statuses are not a removed API.
+        for status in [400, 403, 409, 500, 502] {
+            let err = classify_http_failure(status, None, None, &v1, b"", &[]);
+            assert!(
+                !matches!(err, Error::TokenApiNotServed { .. }),
+                "{status}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unsupported_grant_names_the_setting_to_use() {
+        let v1: url::Url = "https://acme.run.ai/api/v1/token".parse().unwrap();
+        let body = br#"{"error":"unsupported_grant_type","error_description":"x"}"#;
+        let err = classify_http_failure(400, None, None, &v1, body, &[]);
+        assert_eq!(err.reason(), "InvalidSpec");
+        assert!(
+            err.is_refresh_failure(),
+            "recorded and retried, not a crash"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("spec.tokenApi:") && text.contains("spec.tokenApi: AppToken"),
+            "{text}"
+        );
+        let explicit_v2 = for_spec(err, TokenApi::V2).to_string();
+        assert!(
+            explicit_v2.contains("set spec.tokenApi: Auto or V1"),
+            "{explicit_v2}"
+        );
+        // invalid_client in the same status stays rejected credentials.
+        let rejected =
+            classify_http_failure(400, None, None, &v1, br#"{"error":"invalid_client"}"#, &[]);
+        assert!(matches!(rejected, Error::InvalidCredentials { .. }));
+    }
+
+    #[test]
+    fn auto_calls_v2_first_then_the_one_that_answered_last() {
+        use TokenApi::{AppToken, Auto, V1, V2};
+        assert_eq!(generations(Auto, None), [V2, V1]);
+        assert_eq!(generations(Auto, Some(V2)), [V2, V1]);
+        assert_eq!(generations(Auto, Some(V1)), [V1, V2]);
+        // Auto never tries AppToken by itself.
+        assert_eq!(generations(Auto, Some(AppToken)), [V2, V1]);
+        for explicit in [V1, V2, AppToken] {
+            assert_eq!(generations(explicit, Some(V1)), [explicit]);
+            assert_eq!(generations(explicit, Some(V2)), [explicit]);
+        }
+    }
+
+    #[test]
+    fn only_an_endpoint_that_is_not_served_falls_back() {
+        let not_served = Error::TokenApiNotServed {
+            status: 404,
+            endpoint: String::new(),
+            asked: "Auto",
+        };
+        let grant = Error::GrantNotSupported {
+            endpoint: String::new(),
+            asked: "Auto",
+        };
+        assert!(falls_back(&not_served, TokenApi::V2));
+        assert!(falls_back(&not_served, TokenApi::V1));
+        assert!(falls_back(&grant, TokenApi::V2));
+        // From V1, unsupported_grant_type means AppToken, which Auto never tries.
+        assert!(!falls_back(&grant, TokenApi::V1));
+        // Refused credentials never send the secret to a second endpoint.
+        for err in [
+            Error::InvalidCredentials {
+                status: 401,
+                detail: String::new(),
+            },
+            Error::InvalidCredentials {
+                status: 400,
+                detail: ": invalid_client".to_owned(),
+            },
+            Error::RateLimited {
+                retry_after: None,
+                detail: String::new(),
+            },
+            Error::ServerError {
+                status: 500,
+                detail: String::new(),
+            },
+        ] {
+            assert!(!falls_back(&err, TokenApi::V2), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn deprecation_headers_are_read_as_rfc_9745_and_8594_write_them() {
+        let endpoint: url::Url = "https://acme.run.ai/api/v1/token".parse().unwrap();
+        let found = deprecation_of(
+            Some("@1767225600"),
+            Some("Wed, 01 Jul 2026 00:00:00 GMT"),
+            &endpoint,
+        )
+        .unwrap();
+        assert_eq!(found.endpoint, "https://acme.run.ai/api/v1/token");
+        assert_eq!(found.sunset, Some("2026-07-01T00:00:00Z".parse().unwrap()));
+        // Earlier drafts: `true`, or a date; an unreadable sunset is left out.
+        assert!(deprecation_of(Some("true"), None, &endpoint).is_some());
+        let unreadable = deprecation_of(Some("true"), Some("soon"), &endpoint).unwrap();
+        assert_eq!(unreadable.sunset, None);
+        // Positive controls: no header, or `false`, is no deprecation.
+        assert_eq!(
+            deprecation_of(None, Some("Wed, 01 Jul 2026 00:00:00 GMT"), &endpoint),
+            None
+        );
+        assert_eq!(deprecation_of(Some("false"), None, &endpoint), None);
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let creds = ClientCredentials {
             client_id: "id".into(),
@@ -1596,6 +1913,8 @@ mod tests {
         let token = IssuedToken {
             access_token: "tok3n".into(),
             expires_at: None,
+            token_api: None,
+            deprecation: None,
         };
         assert!(!format!("{creds:?}").contains("s3cr3t"));
         assert!(!format!("{token:?}").contains("tok3n"));

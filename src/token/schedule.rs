@@ -45,6 +45,11 @@ pub struct TokenRecord {
     /// keys); `None` in a Secret written before it was recorded, which is
     /// then judged by `generation`.
     pub definition: Option<String>,
+    /// The token API generation that issued it (`V1`, `V2`, `AppToken`),
+    /// when known: what `Auto` calls first next time, and what
+    /// `status.tokenApi` shows. Not part of the token's hash: it only
+    /// orders the next request.
+    pub token_api: Option<crate::api::TokenApi>,
 }
 
 impl TokenRecord {
@@ -332,6 +337,7 @@ mod tests {
             generation: 1,
             refresh_request: None,
             definition: None,
+            token_api: None,
         }
     }
 

@@ -51,10 +51,9 @@ async fn odd_token_answers_are_read_or_refused_clearly() {
         standin.set_client_with(
             "app",
             StandInClient {
-                secret: secret.to_owned(),
-                lifetime: Duration::from_secs(900),
                 send_expires_in: false,
                 clock_skew_seconds: skew,
+                ..StandInClient::new(secret, Duration::from_secs(900))
             },
         );
         cluster

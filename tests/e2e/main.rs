@@ -725,10 +725,8 @@ async fn v2_and_app_token_generations() {
     standin.set_client_with(
         "app-noexp",
         StandInClient {
-            secret: "s3cr3t-noexp".into(),
-            lifetime: Duration::from_secs(1800),
             send_expires_in: false,
-            clock_skew_seconds: 0,
+            ..StandInClient::new("s3cr3t-noexp", Duration::from_secs(1800))
         },
     );
     cluster

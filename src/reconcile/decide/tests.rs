@@ -58,6 +58,7 @@ fn record(k: &HashKey, issued: Timestamp, lifetime: i64) -> TokenRecord {
         generation: 1,
         refresh_request: None,
         definition: None,
+        token_api: None,
     }
 }
 
@@ -139,6 +140,7 @@ fn group_token(token: &str, issued: Timestamp, lifetime: i64, serial: u64) -> Gr
         expires_at: Some(issued + secs(lifetime)),
         serial,
         requested: true,
+        token_api: None,
     }
 }
 

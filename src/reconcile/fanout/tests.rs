@@ -243,6 +243,7 @@ fn token(issued: &str, expires: &str, serial: u64) -> GroupToken {
         expires_at: Some(t(expires)),
         serial,
         requested: true,
+        token_api: None,
     }
 }
 
@@ -329,6 +330,7 @@ fn record(expires: &str) -> TokenRecord {
         generation: 3,
         refresh_request: None,
         definition: None,
+        token_api: None,
     }
 }
 

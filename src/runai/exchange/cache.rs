@@ -3,6 +3,8 @@
 
 use jiff::Timestamp;
 
+use crate::api::TokenApi;
+
 /// A group's token. `Debug` hides the token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GroupToken {
@@ -15,6 +17,8 @@ pub struct GroupToken {
     pub serial: u64,
     /// Obtained by a request of this process (not recovered from a Secret).
     pub requested: bool,
+    /// The token API generation that issued it, when known.
+    pub token_api: Option<TokenApi>,
 }
 
 impl std::fmt::Debug for GroupToken {
@@ -24,6 +28,7 @@ impl std::fmt::Debug for GroupToken {
             .field("expires_at", &self.expires_at)
             .field("serial", &self.serial)
             .field("requested", &self.requested)
+            .field("token_api", &self.token_api)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +80,7 @@ struct Held {
     expires_at: Option<Timestamp>,
     serial: u64,
     requested: bool,
+    token_api: Option<TokenApi>,
 }
 
 /// The fingerprint of a token's text: only ever compared with another
@@ -104,7 +110,14 @@ impl TokenCache {
             expires_at: held.expires_at,
             serial: held.serial,
             requested: held.requested,
+            token_api: held.token_api,
         })
+    }
+
+    /// The generation that issued the group's token, whether or not its
+    /// text is kept.
+    pub(super) fn token_api(&self) -> Option<TokenApi> {
+        self.held.as_ref().and_then(|held| held.token_api)
     }
 
     /// The serial of the group's token, whether or not its text is kept; 0
@@ -137,6 +150,7 @@ impl TokenCache {
         access_token: &str,
         issued_at: Timestamp,
         expires_at: Option<Timestamp>,
+        token_api: Option<TokenApi>,
         next_serial: impl FnOnce() -> u64,
     ) {
         let offered = fingerprint(access_token);
@@ -155,6 +169,7 @@ impl TokenCache {
                     expires_at,
                     serial: next_serial(),
                     requested: false,
+                    token_api,
                 });
                 self.holder = None;
             }
@@ -171,6 +186,7 @@ impl TokenCache {
             expires_at: token.expires_at,
             serial: token.serial,
             requested: true,
+            token_api: token.token_api,
         });
         self.holder = None;
     }

@@ -51,8 +51,9 @@ pub use failure::GroupFailure;
 pub use members::Member;
 
 use crate::{
+    api::TokenApi,
     error::Error,
-    runai::client::{IssuedToken, TrustKey},
+    runai::client::{Deprecation, IssuedToken, TrustKey},
     token::schedule,
 };
 
@@ -93,6 +94,11 @@ pub struct GroupView {
     pub failure: Option<GroupFailure>,
     /// How many credentials the group serves, this one included.
     pub members: usize,
+    /// The generation that issued the group's token, when known: the one
+    /// `Auto` calls first next time.
+    pub token_api: Option<TokenApi>,
+    /// The notice of deprecation that the group's last answer carried.
+    pub deprecation: Option<Deprecation>,
 }
 
 #[derive(Default)]
@@ -107,6 +113,7 @@ struct GroupState {
     cache: cache::TokenCache,
     failure: Option<GroupFailure>,
     members: members::Members,
+    deprecation: Option<Deprecation>,
 }
 
 impl GroupState {
@@ -117,6 +124,8 @@ impl GroupState {
             serial: self.cache.serial(),
             failure: self.failure.clone(),
             members: self.members.len(),
+            token_api: self.cache.token_api(),
+            deprecation: self.deprecation.clone(),
         }
     }
 }
@@ -274,12 +283,15 @@ impl Exchange {
         access_token: &str,
         issued_at: Timestamp,
         expires_at: Option<Timestamp>,
+        token_api: Option<TokenApi>,
     ) -> GroupView {
         let group = self.group(key);
         let mut state = lock(&group.state);
         state
             .cache
-            .offer(access_token, issued_at, expires_at, || self.next_serial());
+            .offer(access_token, issued_at, expires_at, token_api, || {
+                self.next_serial()
+            });
         state.view()
     }
 
@@ -370,11 +382,13 @@ impl Exchange {
                     expires_at: issued.expires_at.map(schedule::whole_seconds),
                     serial: self.next_serial(),
                     requested: true,
+                    token_api: issued.token_api,
                 };
                 let others = {
                     let mut state = lock(&group.state);
                     state.cache.requested(&token);
                     state.failure = None;
+                    state.deprecation = issued.deprecation;
                     state.members.others(uid)
                 };
                 self.wakers.wake(others);
@@ -426,6 +440,8 @@ mod tests {
             IssuedToken {
                 access_token: token.to_owned(),
                 expires_at: None,
+                token_api: None,
+                deprecation: None,
             },
             Timestamp::from_second(1_000).unwrap(),
         ))
@@ -477,7 +493,13 @@ mod tests {
         let mut told = exchange.subscribe(None);
         exchange.join("a", member("a"), &key(1));
         exchange.join("b", member("b"), &key(1));
-        exchange.offer(&key(1), "old", Timestamp::from_second(10).unwrap(), None);
+        exchange.offer(
+            &key(1),
+            "old",
+            Timestamp::from_second(10).unwrap(),
+            None,
+            None,
+        );
         let outcome = exchange
             .obtain(
                 &key(1),
@@ -641,8 +663,13 @@ mod tests {
             Some(holder.clone())
         );
         let at = Timestamp::from_second(1_000).unwrap();
-        assert!(exchange.offer(&key(1), "forged", at, None).token.is_none());
-        let back = exchange.offer(&key(1), "tok", at, None);
+        assert!(
+            exchange
+                .offer(&key(1), "forged", at, None, None)
+                .token
+                .is_none()
+        );
+        let back = exchange.offer(&key(1), "tok", at, None, None);
         let token = back.token.expect("the text is back");
         assert_eq!(
             (token.access_token.as_str(), token.serial, token.requested),
@@ -670,6 +697,7 @@ mod tests {
                 &key(group),
                 "tok",
                 Timestamp::from_second(10).unwrap(),
+                None,
                 None,
             );
             let holder = TokenHolder::new("ns", uid, "accessToken");

@@ -14,6 +14,15 @@
 //! client-credentials token with `sub`, `iat` and `exp`, a random signature;
 //! about 1.2 KB). Clients, their secrets and token lifetimes are set per
 //! test; faults can be injected; requests are counted per client.
+//!
+//! Per client, it also plays the Run:ai generations and their neighbours
+//! (see [`Client`]): a tenant that serves only V1 or only V2 (the other
+//! endpoint removed as a 404 page in JSON or HTML, a 405 or a 410), V1
+//! answers marked `Deprecation`/`Sunset` (RFC 9745, RFC 8594), Run:ai 2.18
+//! and older (V1 takes only `app_token`), Keycloak's answers to bad
+//! credentials (400, 401 or 403 with an RFC 6749 error), `token_type`
+//! variants, JWT payloads in padded base64url, and a request rate above
+//! which it answers 429 with `Retry-After`.
 
 use std::{
     collections::HashMap,
@@ -40,6 +49,78 @@ pub struct Client {
     /// Seconds the issuer's clock is ahead (positive) or behind (negative):
     /// the JWT's `iat` and `exp` are shifted by it.
     pub clock_skew_seconds: i64,
+    /// Which token endpoints exist for this client.
+    pub serves: Serves,
+    /// V1 answers carry `Deprecation: @<this Unix time>` (RFC 9745) and,
+    /// when given, `Sunset: <that time as an HTTP date>` (RFC 8594), as a
+    /// Run:ai that deprecated `/api/v1/token` might.
+    pub v1_deprecation: Option<(u64, Option<u64>)>,
+    /// Whether V1 takes only the legacy `app_token` grant (Run:ai 2.18 and
+    /// older): `client_credentials` is answered 400 `unsupported_grant_type`.
+    pub v1_app_token_only: bool,
+    /// The `token_type` of V2 answers (`Bearer`; Keycloak before Run:ai 2.15
+    /// wrote `bearer`; `None` leaves it out).
+    pub token_type: Option<String>,
+    /// How a bad secret is answered: Run:ai's own answer (`None`: V1 401
+    /// `{"code":401}`, V2 401 `invalid_client`), or Keycloak's with this
+    /// status (400, 401 or 403) and an RFC 6749 body whose `error` is
+    /// [`Client::rejected_error`].
+    pub keycloak_status: Option<u16>,
+    /// The RFC 6749 `error` of a Keycloak rejection: `invalid_client`,
+    /// `unauthorized_client`, or `invalid_grant` (a disabled account).
+    pub rejected_error: String,
+    /// The JWT payload keeps its base64url padding (`=`), and is made a
+    /// length that needs it.
+    pub padded_payload: bool,
+    /// At most this many token requests per second (a sliding window of
+    /// one second) for this client; the ones above are answered 429 with
+    /// `Retry-After: 1` and counted ([`StandIn::rate_limited`]).
+    pub max_requests_per_second: Option<u32>,
+}
+
+impl Client {
+    /// A client of today's Run:ai: both generations served, `expiresIn`
+    /// sent, clocks in step, no limit.
+    pub fn new(secret: &str, lifetime: Duration) -> Client {
+        Client {
+            secret: secret.to_owned(),
+            lifetime,
+            send_expires_in: true,
+            clock_skew_seconds: 0,
+            serves: Serves::Both,
+            v1_deprecation: None,
+            v1_app_token_only: false,
+            token_type: Some("Bearer".to_owned()),
+            keycloak_status: None,
+            rejected_error: "invalid_client".to_owned(),
+            padded_payload: false,
+            max_requests_per_second: None,
+        }
+    }
+}
+
+/// Which token endpoints a Run:ai tenant serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    /// Both (Run:ai 2.25 until V1 is removed).
+    Both,
+    /// Only `/api/v1/token` (Run:ai 2.24 and older); V2 answers as given.
+    OnlyV1(Removed),
+    /// Only `/api/v2/token` (after V1's removal); V1 answers as given.
+    OnlyV2(Removed),
+}
+
+/// How a removed endpoint answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// 404 with Run:ai's JSON error body.
+    NotFoundJson,
+    /// 404 with an ingress's HTML page.
+    NotFoundHtml,
+    /// 405 Method Not Allowed.
+    MethodNotAllowed,
+    /// 410 Gone.
+    Gone,
 }
 
 /// A failure to inject into every token answer until cleared.
@@ -93,6 +174,11 @@ struct State {
     clients: HashMap<String, Client>,
     fault: Option<Fault>,
     requests: HashMap<String, u64>,
+    /// Per client: when its recent requests were answered, for the rate.
+    recent: HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    rate_limited: HashMap<String, u64>,
+    /// Per client and path: requests that reached a removed endpoint.
+    not_served: HashMap<String, u64>,
 }
 
 /// A running stand-in. Dropping it stops the server.
@@ -177,15 +263,7 @@ impl StandIn {
 
     /// Accepts (or re-keys: the old secret is revoked at once) a client.
     pub fn set_client(&self, id: &str, secret: &str, lifetime: Duration) {
-        self.set_client_with(
-            id,
-            Client {
-                secret: secret.to_owned(),
-                lifetime,
-                send_expires_in: true,
-                clock_skew_seconds: 0,
-            },
-        );
+        self.set_client_with(id, Client::new(secret, lifetime));
     }
 
     /// Accepts a client with every setting given.
@@ -206,6 +284,18 @@ impl StandIn {
     /// Token requests received for a client ID, answered well or not.
     pub fn requests(&self, id: &str) -> u64 {
         self.lock().requests.get(id).copied().unwrap_or(0)
+    }
+
+    /// Requests of a client answered 429 because of
+    /// [`Client::max_requests_per_second`].
+    pub fn rate_limited(&self, id: &str) -> u64 {
+        self.lock().rate_limited.get(id).copied().unwrap_or(0)
+    }
+
+    /// Requests of a client to an endpoint its tenant does not serve
+    /// ([`Client::serves`]).
+    pub fn not_served(&self, id: &str) -> u64 {
+        self.lock().not_served.get(id).copied().unwrap_or(0)
     }
 
     /// Token requests received in all.
@@ -250,7 +340,7 @@ async fn answer(
         Ok(collected) => collected.to_bytes(),
         Err(_) => return bad_request(generation, "unreadable body"),
     };
-    let Some((client_id, client_secret)) = credentials_of(generation, &body) else {
+    let Some((client_id, client_secret, grant)) = credentials_of(generation, &body) else {
         return bad_request(generation, "grant type or credentials missing");
     };
 
@@ -259,6 +349,28 @@ async fn answer(
         *state.requests.entry(client_id.clone()).or_default() += 1;
         (state.clients.get(&client_id).cloned(), state.fault.clone())
     };
+    if let Some(client) = &client {
+        if let Some(removed) = removed_for(client.serves, generation) {
+            *lock(state).not_served.entry(client_id.clone()).or_default() += 1;
+            return removed_response(removed);
+        }
+        if generation == Generation::V1 && client.v1_app_token_only && grant != "app_token" {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "unsupported_grant_type", "error_description": "Unsupported grant type"}),
+                None,
+            );
+        }
+        if let Some(max) = client.max_requests_per_second
+            && !within_rate(&mut lock(state), &client_id, max)
+        {
+            return json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"code": 429, "message": "Too many requests"}),
+                Some(1),
+            );
+        }
+    }
     match fault {
         Some(Fault::Status { code, retry_after }) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -324,6 +436,9 @@ async fn answer(
     }
 
     let Some(client) = client.filter(|c| c.secret == client_secret) else {
+        if let Some(status) = client_keycloak(state, &client_id) {
+            return status;
+        }
         return match generation {
             Generation::V1 => json_response(
                 StatusCode::UNAUTHORIZED,
@@ -337,7 +452,7 @@ async fn answer(
             ),
         };
     };
-    let token = jwt(&client_id, client.lifetime, client.clock_skew_seconds);
+    let token = jwt(&client_id, &client);
     let lifetime = client.lifetime.as_secs();
     let body = match generation {
         Generation::V1 if client.send_expires_in => {
@@ -345,13 +460,98 @@ async fn answer(
         }
         Generation::V1 => json!({"accessToken": token}),
         Generation::V2 => {
-            json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": "openid"})
+            let mut body =
+                json!({"access_token": token, "expires_in": lifetime, "scope": "openid"});
+            if let Some(kind) = &client.token_type {
+                body["token_type"] = json!(kind);
+            }
+            body
         }
     };
     if fault == Some(Fault::GzipWithBom) {
         return gzip_response(&body);
     }
-    json_response(StatusCode::OK, &body, None)
+    let mut response = json_response(StatusCode::OK, &body, None);
+    if let (Generation::V1, Some((deprecated, sunset))) = (generation, client.v1_deprecation) {
+        let headers = response.headers_mut();
+        let value = |text: String| text.parse().expect("a valid header value");
+        headers.insert("deprecation", value(format!("@{deprecated}")));
+        if let Some(sunset) = sunset {
+            let at = UNIX_EPOCH + Duration::from_secs(sunset);
+            headers.insert("sunset", value(httpdate::fmt_http_date(at)));
+        }
+    }
+    response
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How `generation` answers for a tenant that serves `serves`, when it is
+/// not served.
+fn removed_for(serves: Serves, generation: Generation) -> Option<Removed> {
+    match (serves, generation) {
+        (Serves::OnlyV1(removed), Generation::V2) | (Serves::OnlyV2(removed), Generation::V1) => {
+            Some(removed)
+        }
+        _ => None,
+    }
+}
+
+fn removed_response(removed: Removed) -> Response<Full<Bytes>> {
+    match removed {
+        Removed::NotFoundJson => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"code": 404, "message": "Not Found"}),
+            None,
+        ),
+        Removed::NotFoundHtml => text_response(
+            StatusCode::NOT_FOUND,
+            "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n".to_owned(),
+        ),
+        Removed::MethodNotAllowed => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"code": 405, "message": "Method Not Allowed"}),
+            None,
+        ),
+        Removed::Gone => json_response(
+            StatusCode::GONE,
+            &json!({"code": 410, "message": "This API was removed; use /api/v2/token"}),
+            None,
+        ),
+    }
+}
+
+/// Whether one more request of `client_id` fits `max` per second (a
+/// sliding window); counts it if so, and the refusal if not.
+fn within_rate(state: &mut State, client_id: &str, max: u32) -> bool {
+    let now = std::time::Instant::now();
+    let recent = state.recent.entry(client_id.to_owned()).or_default();
+    while recent
+        .front()
+        .is_some_and(|at| now.duration_since(*at) >= Duration::from_secs(1))
+    {
+        recent.pop_front();
+    }
+    if recent.len() >= max as usize {
+        *state.rate_limited.entry(client_id.to_owned()).or_default() += 1;
+        return false;
+    }
+    recent.push_back(now);
+    true
+}
+
+/// Keycloak's answer to bad credentials of a client set up to answer as
+/// Keycloak does; `None` for Run:ai's own answer.
+fn client_keycloak(state: &Mutex<State>, client_id: &str) -> Option<Response<Full<Bytes>>> {
+    let client = lock(state).clients.get(client_id).cloned()?;
+    let status = StatusCode::from_u16(client.keycloak_status?).ok()?;
+    Some(json_response(
+        status,
+        &json!({"error": client.rejected_error, "error_description": "Invalid client or Invalid client credentials"}),
+        None,
+    ))
 }
 
 /// A JSON answer after a byte-order mark, gzip-compressed.
@@ -372,9 +572,9 @@ fn gzip_response(body: &Value) -> Response<Full<Bytes>> {
         .expect("a valid response")
 }
 
-/// Client ID and secret from a request body of either generation; `None`
-/// when the grant is not one the stand-in knows.
-fn credentials_of(generation: Generation, body: &[u8]) -> Option<(String, String)> {
+/// Client ID, secret and grant type from a request body of either
+/// generation; `None` when the grant is not one the stand-in knows.
+fn credentials_of(generation: Generation, body: &[u8]) -> Option<(String, String, &'static str)> {
     match generation {
         Generation::V1 => {
             let value: Value = serde_json::from_slice(body).ok()?;
@@ -384,12 +584,15 @@ fn credentials_of(generation: Generation, body: &[u8]) -> Option<(String, String
             };
             match value.get("grantType")?.as_str()? {
                 // The docs write clientId, the OpenAPI spec clientID.
-                "client_credentials" => {
-                    Some((text(&["clientId", "clientID"])?, text(&["clientSecret"])?))
-                }
+                "client_credentials" => Some((
+                    text(&["clientId", "clientID"])?,
+                    text(&["clientSecret"])?,
+                    "client_credentials",
+                )),
                 "app_token" => Some((
                     text(&["AppId", "appID"])?,
                     text(&["AppSecret", "appSecret"])?,
+                    "app_token",
                 )),
                 _ => None,
             }
@@ -403,6 +606,7 @@ fn credentials_of(generation: Generation, body: &[u8]) -> Option<(String, String
             Some((
                 fields.get("client_id")?.clone(),
                 fields.get("client_secret")?.clone(),
+                "client_credentials",
             ))
         }
     }
@@ -443,9 +647,10 @@ fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// A JWT-shaped token: real header and claims, a random signature of an
 /// RS256 signature's length (256 bytes, RFC 7518 section 3.3, with a 2048-bit
 /// key), so that tokens are as long as the real ones (Run:ai's are RS256);
-/// `iat` and `exp` as an issuer whose clock is `skew` seconds off would set
-/// them.
-fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
+/// `iat` and `exp` as an issuer whose clock is the client's skew off would
+/// set them; the payload padded when the client asks for it.
+fn jwt(subject: &str, client: &Client) -> String {
+    let (lifetime, skew) = (client.lifetime, client.clock_skew_seconds);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -455,31 +660,41 @@ fn jwt(subject: &str, lifetime: Duration, skew: i64) -> String {
     let header = enc.encode(json!({"alg": "RS256", "typ": "JWT"}).to_string());
     // The claims of a Keycloak client-credentials token, which Run:ai's
     // are: a token is about 1.2 KB, as long as a real one.
-    let claims = enc.encode(
-        json!({
-            "exp": now + lifetime.as_secs(),
-            "iat": now,
-            "jti": format!("{:032x}", rand::random::<u128>()),
-            "iss": "https://stand-in.local/auth/realms/runai",
-            "aud": ["runai", "account"],
-            "sub": subject,
-            "typ": "Bearer",
-            "azp": subject,
-            "session_state": format!("{:032x}", rand::random::<u128>()),
-            "acr": "1",
-            "realm_access": {"roles": ["offline_access", "uma_authorization", "default-roles-runai"]},
-            "resource_access": {"account": {"roles": ["manage-account", "view-profile"]}},
-            "scope": "openid email profile",
-            "clientId": subject,
-            "email_verified": false,
-            "clientHost": "10.0.0.1",
-            "preferred_username": format!("service-account-{subject}"),
-            "email": format!("{subject}@stand-in.local"),
-            "tenant_id": 1001,
-            "clientAddress": "10.0.0.1",
-        })
-        .to_string(),
-    );
+    let mut claims = json!({
+        "exp": now + lifetime.as_secs(),
+        "iat": now,
+        "jti": format!("{:032x}", rand::random::<u128>()),
+        "iss": "https://stand-in.local/auth/realms/runai",
+        "aud": ["runai", "account"],
+        "sub": subject,
+        "typ": "Bearer",
+        "azp": subject,
+        "session_state": format!("{:032x}", rand::random::<u128>()),
+        "acr": "1",
+        "realm_access": {"roles": ["offline_access", "uma_authorization", "default-roles-runai"]},
+        "resource_access": {"account": {"roles": ["manage-account", "view-profile"]}},
+        "scope": "openid email profile",
+        "clientId": subject,
+        "email_verified": false,
+        "clientHost": "10.0.0.1",
+        "preferred_username": format!("service-account-{subject}"),
+        "email": format!("{subject}@stand-in.local"),
+        "tenant_id": 1001,
+        "clientAddress": "10.0.0.1",
+    });
+    let claims = if client.padded_payload {
+        // A length that is no multiple of 3 needs padding in base64.
+        let mut pad = String::new();
+        while {
+            claims["pad"] = json!(pad);
+            claims.to_string().len().is_multiple_of(3)
+        } {
+            pad.push('x');
+        }
+        base64::engine::general_purpose::URL_SAFE.encode(claims.to_string())
+    } else {
+        enc.encode(claims.to_string())
+    };
     let signature = enc.encode((0..256).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
     format!("{header}.{claims}.{signature}")
 }
