@@ -99,11 +99,18 @@ struct CredentialState {
 #[derive(Debug, Default)]
 struct CredentialSeries {
     states: Mutex<HashMap<CredentialLabels, CredentialState>>,
+    /// The deprecated token endpoints each credential was answered from;
+    /// empty for all but those.
+    deprecated: Mutex<HashMap<CredentialLabels, Vec<Arc<str>>>>,
 }
 
 impl CredentialSeries {
     fn states(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialLabels, CredentialState>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deprecated(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialLabels, Vec<Arc<str>>>> {
+        self.deprecated.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -117,6 +124,29 @@ impl Collector for CredentialSeries {
         // not held while a slow scraper takes the text.
         let states: Vec<(CredentialLabels, CredentialState)> =
             self.states().iter().map(|(c, s)| (c.clone(), *s)).collect();
+        let deprecated: Vec<(CredentialLabels, Vec<Arc<str>>)> = self
+            .deprecated()
+            .iter()
+            .map(|(c, e)| (c.clone(), e.clone()))
+            .collect();
+        if !deprecated.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "token_api_deprecated",
+                "1 for each token endpoint that answered a credential with a Deprecation header (RFC 9745) since this process started",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (credential, endpoints) in &deprecated {
+                for endpoint in endpoints {
+                    let labels = [
+                        ("namespace", &*credential.namespace),
+                        ("name", &*credential.name),
+                        ("endpoint", &**endpoint),
+                    ];
+                    family.encode_family(&labels)?.encode_gauge(&1i64)?;
+                }
+            }
+        }
         if states.is_empty() {
             return Ok(());
         }
@@ -274,16 +304,35 @@ impl Metrics {
         }
     }
 
+    /// Records that `endpoint` answered `credential` with a notice of
+    /// deprecation: the series of `runai_token_sync_token_api_deprecated`.
+    /// Returns whether that is news (the first time for this credential
+    /// and endpoint while the process runs, or since it was forgotten), so
+    /// that it is announced once, never per refresh.
+    pub fn note_deprecated(&self, credential: &CredentialLabels, endpoint: &str) -> bool {
+        let mut deprecated = self.credentials.deprecated();
+        let endpoints = deprecated.entry(credential.clone()).or_default();
+        if endpoints.iter().any(|e| &**e == endpoint) {
+            return false;
+        }
+        endpoints.push(endpoint.into());
+        true
+    }
+
     /// Drops the gauges of RunaiCredentials that no longer exist.
     pub fn retain_credentials(&self, live: &HashSet<CredentialLabels>) {
         self.credentials
             .states()
+            .retain(|credential, _| live.contains(credential));
+        self.credentials
+            .deprecated()
             .retain(|credential, _| live.contains(credential));
     }
 
     /// Drops the gauges of one deleted RunaiCredential.
     pub fn forget_credential(&self, credential: &CredentialLabels) {
         self.credentials.states().remove(credential);
+        self.credentials.deprecated().remove(credential);
     }
 
     /// Sets whether this replica leads.
@@ -344,6 +393,32 @@ mod tests {
 
     fn credential(name: &str) -> CredentialLabels {
         CredentialLabels::new("ml", name)
+    }
+
+    #[test]
+    fn a_deprecated_endpoint_is_news_once_per_credential_until_forgotten() {
+        let m = Metrics::new();
+        let v1 = "https://acme.run.ai/api/v1/token";
+        assert!(!m.encode().contains("token_api_deprecated"));
+        assert!(m.note_deprecated(&credential("a"), v1));
+        assert!(!m.note_deprecated(&credential("a"), v1), "not news twice");
+        assert!(
+            m.note_deprecated(&credential("b"), v1),
+            "another credential"
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(&format!(
+                "runai_token_sync_token_api_deprecated{{namespace=\"ml\",name=\"a\",endpoint=\"{v1}\"}} 1"
+            )),
+            "{text}"
+        );
+        m.forget_credential(&credential("a"));
+        assert!(!m.encode().contains("name=\"a\",endpoint"));
+        assert!(
+            m.note_deprecated(&credential("a"), v1),
+            "news again once forgotten"
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use runai_token_sync::{
     runai::client,
     token::schedule::{
-        self, MAX_REFRESH_AFTER, MAX_RETRY_AFTER, MIN_REFRESH_AFTER, RETRY_BEFORE_EXPIRY,
+        self, MAX_REFRESH_AFTER, MAX_RETRY_AFTER, MIN_REFRESH_AFTER, REFRESH_BEFORE_EXPIRY,
+        RETRY_BEFORE_EXPIRY,
     },
 };
 
@@ -43,8 +44,31 @@ proptest! {
         {
             prop_assert!(due < expiry, "due {due} not before expiry {expiry}");
         }
-        if let Some(i) = interval {
-            prop_assert!(schedule::delay_until(now(), due) <= Duration::from_secs(i).max(MIN_REFRESH_AFTER));
+        let delay = schedule::delay_until(now(), due);
+        match lifetime {
+            // api.md, "Refresh timing for mounted Secrets": the earliest of
+            // 2/3 L, the interval and 2 min before expiry, but never
+            // before L/2 (nor sooner than the minimum spacing, nor later
+            // than the maximum).
+            Some(l) => {
+                let half = Duration::from_secs(l) / 2;
+                let mut latest = (Duration::from_secs(l) * 2 / 3)
+                    .min(Duration::from_secs(l).saturating_sub(REFRESH_BEFORE_EXPIRY));
+                if let Some(i) = interval {
+                    latest = latest.min(Duration::from_secs(i));
+                }
+                let latest = latest.max(half).max(MIN_REFRESH_AFTER).min(MAX_REFRESH_AFTER);
+                prop_assert!(delay <= latest + Duration::from_secs(1), "{delay:?} after {latest:?}");
+                prop_assert!(
+                    delay + Duration::from_secs(1) >= half.min(MAX_REFRESH_AFTER).max(MIN_REFRESH_AFTER),
+                    "{delay:?} before half of {l} s"
+                );
+            }
+            None => {
+                if let Some(i) = interval {
+                    prop_assert!(delay <= Duration::from_secs(i).max(MIN_REFRESH_AFTER));
+                }
+            }
         }
         // The credential is looked at again no later than the expiry.
         let wake = schedule::wake_at(due, expires_at, now());

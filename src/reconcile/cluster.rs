@@ -357,6 +357,15 @@ async fn obtain(
         return Ok(source(ctx, &key, view.token, record, None));
     };
     let outcome = request_token(ctx, crc, seen, credentials, &key, &view, reason, now).await;
+    if let Exchanged::Shared(token) | Exchanged::Requested(token) = &outcome {
+        let told = super::Told {
+            uid: &uid,
+            labels: CredentialLabels::new("", &crc.name_any()),
+            about: crc.object_ref(&()),
+            spec_api: crc.spec.token_api,
+        };
+        super::report_notices(ctx, &told, &key, token).await;
+    }
     let (token, failure) = match outcome {
         Exchanged::Shared(t) => (Some(t), None),
         Exchanged::Requested(t) => {

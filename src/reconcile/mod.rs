@@ -41,7 +41,9 @@ use crate::{
     output::secret::{self, HashKey, TargetSecret},
     reconcile::status::Failure,
     runai::allowed_urls::AllowedUrls,
-    runai::client::{ClientCredentials, IssuedToken, TokenClient, TokenClients, TrustKey},
+    runai::client::{
+        ClientCredentials, Deprecation, IssuedToken, TokenClient, TokenClients, TrustKey,
+    },
     runai::exchange::{
         Exchange, Exchanged, GroupFailure, GroupKey, GroupView, Member, TokenHolder,
     },
@@ -119,6 +121,9 @@ pub struct Context {
     /// The last refresh annotation value answered with a new token, by
     /// ClusterRunaiCredential uid (also when no Secret could take it).
     handled_refresh: Mutex<HashMap<String, String>>,
+    /// Credentials told that their tokens live less than
+    /// [`schedule::SHORT_LIFETIME`], by uid: told once.
+    short_lived: Mutex<std::collections::HashSet<String>>,
     /// The namespaces each ClusterRunaiCredential served in its last pass,
     /// by uid: a change of another namespace concerns it only if it selects
     /// that namespace now.
@@ -195,6 +200,7 @@ impl Context {
             controller_namespace: parts.controller_namespace,
             scope: parts.scope,
             handled_refresh: Mutex::default(),
+            short_lived: Mutex::default(),
             served: Mutex::default(),
             prune_wanted: tokio::sync::Notify::new(),
             deleted: Mutex::default(),
@@ -312,6 +318,7 @@ impl Context {
         lock(&self.api_errors).remove(uid);
         lock(&self.pending).remove(uid);
         lock(&self.handled_refresh).remove(uid);
+        lock(&self.short_lived).remove(uid);
         lock(&self.served).remove(uid);
         self.exchange.leave(uid);
     }
@@ -324,6 +331,7 @@ impl Context {
         lock(&self.api_errors).retain(|uid, _| live_uids.contains(uid));
         lock(&self.pending).retain(|uid, _| live_uids.contains(uid));
         lock(&self.handled_refresh).retain(|uid, _| live_uids.contains(uid));
+        lock(&self.short_lived).retain(|uid| live_uids.contains(uid));
         lock(&self.served).retain(|uid, _| live_uids.contains(uid));
         self.exchange.retain(live_uids);
     }
@@ -980,6 +988,86 @@ fn refresh_group(ctx: &Context, observed: &mut Observed<'_>) {
     }
 }
 
+/// Who is told about a token a credential of either kind obtained.
+pub(crate) struct Told<'a> {
+    pub uid: &'a str,
+    pub labels: CredentialLabels,
+    pub about: k8s_openapi::api::core::v1::ObjectReference,
+    /// `spec.tokenApi`.
+    pub spec_api: TokenApi,
+}
+
+/// Reports, for a credential of either kind that obtained `token` from the
+/// group `key`, what its holders should know, each once per credential
+/// while the controller runs and never once per refresh:
+///
+/// - a lifetime under [`schedule::SHORT_LIFETIME`]: a Warning Event
+///   `TokenLifetimeShort` (api.md, "Refresh timing for mounted Secrets");
+/// - a notice of deprecation on the group's last answer (api.md, "Choosing
+///   the token API"), once per endpoint: the series of
+///   `runai_token_sync_token_api_deprecated` and a Warning Event
+///   `TokenApiDeprecated` naming the endpoint and its sunset.
+pub(crate) async fn report_notices(
+    ctx: &Context,
+    told: &Told<'_>,
+    key: &GroupKey,
+    token: &crate::runai::exchange::GroupToken,
+) {
+    if schedule::lifetime_is_short(token.issued_at, token.expires_at)
+        && lock(&ctx.short_lived).insert(told.uid.to_owned())
+    {
+        let lifetime = token
+            .expires_at
+            .map_or(0, |at| at.duration_since(token.issued_at).as_secs());
+        act::publish(
+            ctx,
+            &told.about,
+            EventType::Warning,
+            "TokenLifetimeShort",
+            format!(
+                "Run:ai issues tokens that live {lifetime} s, under {} s: they are refreshed at half their lifetime, and a Pod that reads them from a volume may see one expire before the kubelet delivers the next (it takes up to 60-90 s)",
+                schedule::SHORT_LIFETIME.as_secs()
+            ),
+        )
+        .await;
+    }
+    let Some(notice) = ctx.exchange.view(key).deprecation else {
+        return;
+    };
+    let (labels, about, spec_api) = (&told.labels, &told.about, told.spec_api);
+    if ctx.metrics.note_deprecated(labels, &notice.endpoint) {
+        warn!(endpoint = %notice.endpoint, "the token endpoint is deprecated");
+        act::publish(
+            ctx,
+            about,
+            EventType::Warning,
+            "TokenApiDeprecated",
+            deprecation_message(spec_api, &notice),
+        )
+        .await;
+    }
+}
+
+/// What a `TokenApiDeprecated` Event says: the endpoint, its sunset when
+/// known, and what to do under `spec_api`.
+pub fn deprecation_message(spec_api: TokenApi, notice: &Deprecation) -> String {
+    let sunset = notice
+        .sunset
+        .map(|at| format!(", to be removed at {}", secret::rfc3339(at)))
+        .unwrap_or_default();
+    let advice = match spec_api {
+        TokenApi::Auto => {
+            "spec.tokenApi: Auto moves to the other generation by itself once this one is no longer served"
+        }
+        TokenApi::V1 | TokenApi::AppToken => "set spec.tokenApi: Auto (or V2) before it is removed",
+        TokenApi::V2 => "see Run:ai's release notes for what replaces it",
+    };
+    format!(
+        "Run:ai marks the token endpoint {} deprecated{sunset}; {advice}",
+        notice.endpoint
+    )
+}
+
 /// One token request of a credential of either kind.
 pub(crate) struct TokenRequest<'a> {
     pub client: &'a TokenClient,
@@ -1064,6 +1152,15 @@ async fn obtain(
             || request.send(ctx, reason, now),
         )
         .await;
+    if let Exchanged::Shared(token) | Exchanged::Requested(token) = &outcome {
+        let told = Told {
+            uid: &uid_of(o.cr),
+            labels: CredentialLabels::new(&o.cr.namespace().unwrap_or_default(), &o.cr.name_any()),
+            about: o.cr.object_ref(&()),
+            spec_api: o.cr.spec.token_api,
+        };
+        report_notices(ctx, &told, key, token).await;
+    }
     match outcome {
         Exchanged::Shared(token) => {
             info!(

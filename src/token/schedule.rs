@@ -22,6 +22,14 @@ pub const RETRY_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
 const JITTER_SHARE: f64 = 0.10;
 /// Largest jitter, however long the token lives.
 const MAX_JITTER: Duration = Duration::from_secs(5 * 60);
+/// A refresh is due at least this long before the token expires: the
+/// kubelet takes up to 60–90 s to deliver a changed Secret to a volume
+/// (api.md, "Refresh timing for mounted Secrets").
+pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(2 * 60);
+/// Tokens that live less than this are reported once
+/// (`TokenLifetimeShort`): a volume consumer may see them expire, since the
+/// kubelet may deliver the next one late.
+pub const SHORT_LIFETIME: Duration = Duration::from_secs(4 * 60);
 /// First retry delay after a failed refresh.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay after failed refreshes (a `Retry-After` may ask for more).
@@ -186,11 +194,15 @@ pub fn plan(
     }
 }
 
-/// When a token issued at `issued_at` is due for refresh: at 2/3 of its
-/// lifetime or `refresh_interval` after issue, whichever comes first (30 min
-/// when neither is known, never more than [`MAX_REFRESH_AFTER`], never less
-/// than [`MIN_REFRESH_AFTER`]), moved earlier by `jitter` (in `[0, 1)`) times
-/// a small share of that period, so many credentials do not refresh together.
+/// When a token issued at `issued_at` is due for refresh (api.md, "Refresh
+/// timing for mounted Secrets"): with its lifetime `L` known, at the
+/// earliest of 2/3 of `L`, `refresh_interval` after issue and
+/// [`REFRESH_BEFORE_EXPIRY`] before expiry, but never before `L/2`; with
+/// `L` unknown, `refresh_interval` or else 30 min. Never more than
+/// [`MAX_REFRESH_AFTER`] and never less than [`MIN_REFRESH_AFTER`] after
+/// issue. Moved earlier by `jitter` (in `[0, 1)`) times a small share of
+/// that period, so many credentials do not refresh together, but not
+/// before `L/2`.
 ///
 /// A token that lives less than [`MIN_REFRESH_AFTER`] expires before this
 /// deadline; the caller must look at it again at its expiry (see [`wake_at`]).
@@ -200,21 +212,33 @@ pub fn refresh_due_at(
     refresh_interval: Option<Duration>,
     jitter: f64,
 ) -> Timestamp {
-    let by_lifetime = expires_at.map(|exp| exp.duration_since(issued_at) * 2 / 3);
+    let lifetime = expires_at.map(|exp| exp.duration_since(issued_at));
     let by_interval = refresh_interval.and_then(|i| SignedDuration::try_from(i).ok());
-    let period = match (by_lifetime, by_interval) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) => a,
-        (None, Some(b)) => b,
-        (None, None) => signed(DEFAULT_REFRESH_AFTER),
+    let earliest_allowed = lifetime.map_or(SignedDuration::ZERO, |l| l / 2);
+    let period = match lifetime {
+        Some(l) => {
+            let due = (l * 2 / 3).min(l - signed(REFRESH_BEFORE_EXPIRY));
+            by_interval
+                .map_or(due, |i| due.min(i))
+                .max(earliest_allowed)
+        }
+        None => by_interval.unwrap_or(signed(DEFAULT_REFRESH_AFTER)),
     };
     let period = period
         .max(signed(MIN_REFRESH_AFTER))
         .min(signed(MAX_REFRESH_AFTER));
     let max_jitter = (period.as_secs_f64() * JITTER_SHARE).min(MAX_JITTER.as_secs_f64());
     let jitter = SignedDuration::from_secs_f64(max_jitter * jitter.clamp(0.0, 1.0));
-    let period = (period - jitter).max(signed(MIN_REFRESH_AFTER));
+    let period = (period - jitter)
+        .max(earliest_allowed.min(period))
+        .max(signed(MIN_REFRESH_AFTER));
     issued_at.saturating_add(period).unwrap_or(Timestamp::MAX)
+}
+
+/// Whether a token of this lifetime is reported as short
+/// ([`SHORT_LIFETIME`]); `false` when the expiry is unknown.
+pub fn lifetime_is_short(issued_at: Timestamp, expires_at: Option<Timestamp>) -> bool {
+    expires_at.is_some_and(|exp| exp.duration_since(issued_at) < signed(SHORT_LIFETIME))
 }
 
 /// When to retry after the `attempts`-th consecutive failure: exponential from
@@ -360,15 +384,54 @@ mod tests {
     }
 
     #[test]
-    fn interval_caps_the_lifetime() {
+    fn short_tokens_are_refreshed_two_minutes_before_expiry_but_not_before_half_their_life() {
+        let at = t("2026-01-01T00:00:00Z");
+        let due = |lifetime: i64| {
+            let due = refresh_due_at(
+                at,
+                Some(at + SignedDuration::from_secs(lifetime)),
+                None,
+                0.0,
+            );
+            due.duration_since(at).as_secs()
+        };
+        // 5 min: 2 min before expiry (3 min) is earlier than 2/3 (3 min 20 s).
+        assert_eq!(due(300), 180);
+        // 3 min: 2 min before expiry would be 1 min; half is 90 s.
+        assert_eq!(due(180), 90);
+        // 1 h: 2/3 (40 min) comes first.
+        assert_eq!(due(3600), 2400);
+        assert!(lifetime_is_short(
+            at,
+            Some(at + SignedDuration::from_secs(239))
+        ));
+        assert!(!lifetime_is_short(
+            at,
+            Some(at + SignedDuration::from_secs(240))
+        ));
+        assert!(!lifetime_is_short(at, None));
+    }
+
+    #[test]
+    fn interval_caps_the_lifetime_but_not_below_half_of_it() {
         let r = record();
         let due = refresh_due_at(
             r.issued_at,
             r.expires_at,
-            Some(Duration::from_secs(600)),
+            Some(Duration::from_secs(2100)),
             0.0,
         );
-        assert_eq!(due, t("2026-01-01T00:10:00Z"));
+        assert_eq!(due, t("2026-01-01T00:35:00Z"));
+        // Never before half the lifetime, jitter included.
+        for jitter in [0.0, 0.99] {
+            let due = refresh_due_at(
+                r.issued_at,
+                r.expires_at,
+                Some(Duration::from_secs(600)),
+                jitter,
+            );
+            assert_eq!(due, t("2026-01-01T00:30:00Z"));
+        }
         let long = refresh_due_at(
             r.issued_at,
             r.expires_at,

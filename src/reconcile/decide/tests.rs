@@ -332,10 +332,10 @@ fn a_member_that_joins_takes_the_groups_fresh_token() {
 #[test]
 fn the_shortest_refresh_interval_of_a_group_wins() {
     let (mut cr, k) = (credential(), key());
-    cr.spec.refresh_interval = Some("5m".into());
+    cr.spec.refresh_interval = Some("35m".into());
     let mut o = observed(&cr, &k);
-    // Ten minutes old: fresh for the group, due for this member.
-    give_group(&mut o, group_token("tok-g", now() - secs(600), 3600, 3));
+    // 36 minutes old: fresh for the group (due at 40), due for this member.
+    give_group(&mut o, group_token("tok-g", now() - secs(2160), 3600, 3));
     o.namespace_terminating = Some(false);
     assert!(matches!(
         decide(&o),

@@ -291,10 +291,11 @@ fn refresh_interval_caps_the_age_of_the_groups_token() {
             now: t(now),
         })
     };
-    assert_eq!(at("2026-01-01T00:05:01Z", None), None);
-    let five_minutes = Some(std::time::Duration::from_secs(300));
+    // Due at 40 min without an interval (jitter takes at most 4 off).
+    assert_eq!(at("2026-01-01T00:35:01Z", None), None);
+    let interval = Some(std::time::Duration::from_secs(35 * 60));
     assert_eq!(
-        at("2026-01-01T00:05:01Z", five_minutes),
+        at("2026-01-01T00:35:01Z", interval),
         Some(RefreshReason::Due)
     );
 }
