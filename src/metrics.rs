@@ -224,7 +224,7 @@ impl Metrics {
         let token_requests = Family::<TokenRequestLabels, Counter>::default();
         registry.register(
             "token_requests",
-            "Token requests to Run:ai, by token API and result (success or the failure class)",
+            "Token requests to Run:ai, by token API (of a success, the generation that answered; of a failure, spec.tokenApi) and result (success or the failure class)",
             token_requests.clone(),
         );
         let token_request_duration: HistogramFamily<TokenApiLabels> =

@@ -507,6 +507,7 @@ async fn request_token(
     ctx.exchange
         .obtain(
             key,
+            request.app(),
             &uid,
             answers,
             view.failure.as_ref(),

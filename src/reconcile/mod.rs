@@ -45,7 +45,7 @@ use crate::{
         ClientCredentials, Deprecation, IssuedToken, TokenClient, TokenClients, TrustKey,
     },
     runai::exchange::{
-        Exchange, Exchanged, GroupFailure, GroupKey, GroupView, Member, TokenHolder,
+        AppKey, Exchange, Exchanged, GroupFailure, GroupKey, GroupView, Member, TokenHolder,
     },
     token::schedule::{self, Backoff, Desired},
 };
@@ -1080,6 +1080,12 @@ pub(crate) struct TokenRequest<'a> {
 }
 
 impl TokenRequest<'_> {
+    /// The Run:ai application asked: its pace is shared by every group
+    /// that asks for it.
+    pub fn app(&self) -> AppKey {
+        AppKey::new(self.url.as_str(), &self.credentials.client_id)
+    }
+
     /// Sends it, only while this replica acts; logged (never the secret)
     /// and counted by the generation that answered.
     ///
@@ -1145,6 +1151,7 @@ async fn obtain(
         .exchange
         .obtain(
             key,
+            request.app(),
             &uid_of(o.cr),
             |token| decide::accepts(o, reason, token),
             view.failure.as_ref(),

@@ -73,8 +73,9 @@ async fn check_reports_success_rejection_and_an_untrusted_certificate() {
     ]);
     let out = text(&ok.stdout);
     assert_eq!(ok.status.code(), Some(0), "{out}{}", text(&ok.stderr));
-    assert!(out.contains("token API: V1 (POST "), "{out}");
-    assert!(out.contains("/api/v1/token)"), "{out}");
+    // --token-api defaults to Auto: V2 where it is served, and says so.
+    assert!(out.contains("token API: V2 (POST "), "{out}");
+    assert!(out.contains("/api/v2/token)"), "{out}");
     let lifetime: i64 = out
         .lines()
         .find_map(|l| l.strip_prefix("lifetime: "))
@@ -93,7 +94,7 @@ async fn check_reports_success_rejection_and_an_untrusted_certificate() {
         "--url",
         &url,
         "--token-api",
-        "V2",
+        "V1",
         "--client-id",
         "app-check",
         "--client-secret-file",
@@ -104,7 +105,7 @@ async fn check_reports_success_rejection_and_an_untrusted_certificate() {
     ]);
     let out = text(&shown.stdout);
     assert_eq!(shown.status.code(), Some(0), "{out}{}", text(&shown.stderr));
-    assert!(out.contains("token API: V2 (POST "), "{out}");
+    assert!(out.contains("token API: V1 (POST "), "{out}");
     let token = out
         .lines()
         .find_map(|l| l.strip_prefix("access token: "))
@@ -127,6 +128,52 @@ async fn check_reports_success_rejection_and_an_untrusted_certificate() {
     assert_eq!(rejected.status.code(), Some(4), "{err}");
     assert!(err.contains("rejected the client credentials"), "{err}");
     assert!(!err.contains("not-the-secret") && rejected.stdout.is_empty());
+
+    // Auto where only V1 is served: V1 answers, and is named.
+    standin.set_client_with(
+        "app-old",
+        runai_standin::Client {
+            serves: runai_standin::Serves::OnlyV1(runai_standin::Removed::NotFoundHtml),
+            ..runai_standin::Client::new("s3cr3t-check", Duration::from_secs(3600))
+        },
+    );
+    let old = run(&[
+        "check",
+        "--url",
+        &url,
+        "--client-id",
+        "app-old",
+        "--client-secret-file",
+        secret_path,
+        "--ca-file",
+        ca_path,
+    ]);
+    let out = text(&old.stdout);
+    assert_eq!(old.status.code(), Some(0), "{out}{}", text(&old.stderr));
+    assert!(
+        out.contains("token API: V1 (POST ") && out.contains("/api/v1/token)"),
+        "{out}"
+    );
+    // An explicit V2 there: its own status, and what to set.
+    let explicit = run(&[
+        "check",
+        "--url",
+        &url,
+        "--token-api",
+        "V2",
+        "--client-id",
+        "app-old",
+        "--client-secret-file",
+        secret_path,
+        "--ca-file",
+        ca_path,
+    ]);
+    let err = text(&explicit.stderr);
+    assert_eq!(explicit.status.code(), Some(15), "{err}");
+    assert!(
+        err.contains("HTTP 404") && err.contains("V1 or Auto"),
+        "{err}"
+    );
 
     // TLS without the CA: its own status and the hint.
     let untrusted = run(&[

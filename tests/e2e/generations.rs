@@ -485,3 +485,78 @@ async fn short_lifetimes_refresh_at_half_and_are_reported_once() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn one_application_is_asked_at_one_pace_across_groups() {
+    let cluster = Cluster::new("pace").await;
+    let standin = StandIn::start().await.unwrap();
+    // Eight credentials of one application, each with a secret of its own
+    // (a rotation in progress): eight exchange groups, one rate limit of
+    // two requests per second.
+    let secrets: Vec<String> = (0..8).map(|i| format!("s3cr3t-pace-{i}")).collect();
+    standin.set_client_with(
+        "app",
+        StandInClient {
+            max_requests_per_second: Some(2),
+            other_secrets: secrets[1..].to_vec(),
+            ..client(&secrets[0], Serves::Both)
+        },
+    );
+    for (i, secret) in secrets.iter().enumerate() {
+        cluster
+            .put_credentials(&format!("creds-{i}"), "app", secret)
+            .await;
+    }
+    let controller = cluster.start_controller();
+    for i in 0..8 {
+        let mut spec = spec_for(&standin, &format!("creds-{i}"));
+        spec["tokenApi"] = json!("V2");
+        cluster.create_credential(&format!("c{i}"), spec).await;
+    }
+    for i in 0..8 {
+        cluster
+            .wait_condition(&format!("c{i}"), "Ready", "True", Duration::from_secs(60))
+            .await;
+    }
+    // The limit was met at most once: one 429, then every group held back
+    // until its Retry-After, then spread.
+    assert!(
+        standin.rate_limited("app") <= 1,
+        "429s: {}",
+        standin.rate_limited("app")
+    );
+    assert!(
+        standin.requests("app") <= 9,
+        "requests: {}",
+        standin.requests("app")
+    );
+    let mut tokens = std::collections::HashSet::new();
+    for i in 0..8 {
+        tokens.extend(cluster.token(&format!("c{i}"), "accessToken").await);
+    }
+    assert_eq!(tokens.len(), 8, "one token per group");
+    // Positive control: the limit is live; three requests at once meet it.
+    let limited_before = standin.rate_limited("app");
+    let client = runai_token_sync::runai::client::TokenClient::new(
+        Some(standin.ca_pem()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let url = standin.url().parse().unwrap();
+    let credentials = runai_token_sync::runai::client::ClientCredentials {
+        client_id: "app".into(),
+        client_secret: secrets[0].clone(),
+    };
+    let burst = (0..3).map(|_| {
+        client.request_token(
+            &url,
+            runai_token_sync::api::TokenApi::V2,
+            &credentials,
+            jiff::Timestamp::now(),
+        )
+    });
+    futures::future::join_all(burst).await;
+    assert!(standin.rate_limited("app") > limited_before);
+    controller.assert_logs_hold_none_of(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+}

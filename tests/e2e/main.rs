@@ -15,6 +15,7 @@ mod gitops;
 mod harness;
 mod ops;
 mod plane;
+mod sdk;
 mod shared;
 mod writes;
 

@@ -697,16 +697,17 @@ async fn metrics_and_json_logs_show_what_happens() {
     assert!(value("runai_token_sync_reconciliations_total{result=\"success\"}") >= 2.0);
     assert!(value("runai_token_sync_reconcile_duration_seconds_count{result=\"success\"}") >= 2.0);
     assert_eq!(
-        value("runai_token_sync_token_requests_total{token_api=\"V1\",result=\"success\"}"),
-        1.0
+        value("runai_token_sync_token_requests_total{token_api=\"V2\",result=\"success\"}"),
+        1.0,
+        "a success is counted under the generation that answered (Auto found V2)"
     );
     assert!(
         value(
-            "runai_token_sync_token_requests_total{token_api=\"V1\",result=\"invalid_credentials\"}"
+            "runai_token_sync_token_requests_total{token_api=\"Auto\",result=\"invalid_credentials\"}"
         ) >= 1.0
     );
     assert!(
-        value("runai_token_sync_token_request_duration_seconds_count{token_api=\"V1\"}") >= 2.0
+        value("runai_token_sync_token_request_duration_seconds_count{token_api=\"V2\"}") >= 1.0
     );
     let expires: jiff::Timestamp = cluster
         .credential_status_expiry("good")

@@ -36,6 +36,7 @@
 mod cache;
 mod failure;
 mod members;
+pub mod pace;
 
 use std::{
     collections::HashMap,
@@ -49,6 +50,7 @@ use tokio::sync::{Semaphore, mpsc};
 pub use cache::{GroupToken, TokenHolder};
 pub use failure::GroupFailure;
 pub use members::Member;
+pub use pace::AppKey;
 
 use crate::{
     api::TokenApi,
@@ -152,6 +154,8 @@ pub struct Exchange {
     in_flight: Semaphore,
     serial: std::sync::atomic::AtomicU64,
     wakers: members::Wakers,
+    /// One pace per Run:ai application, across groups.
+    paces: pace::Paces,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -177,6 +181,7 @@ impl Exchange {
             in_flight: Semaphore::new(max_in_flight.max(1)),
             serial: std::sync::atomic::AtomicU64::new(0),
             wakers: members::Wakers::default(),
+            paces: pace::Paces::default(),
         }
     }
 
@@ -325,9 +330,15 @@ impl Exchange {
     /// other members are woken; a failed one becomes the group's failure,
     /// retried at the time [`schedule::retry_at`] gives from `now` (`jitter`
     /// in `[0, 1)`).
+    ///
+    /// A request waits for its turn in its Run:ai application `app` (see
+    /// [`pace`]); one held back there fails as rate limited, without being
+    /// sent, and is retried when the application's turn comes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn obtain<F, Fut>(
         &self,
         key: &GroupKey,
+        app: AppKey,
         uid: &str,
         accept: impl Fn(&GroupToken) -> bool,
         seen_failure: Option<&GroupFailure>,
@@ -350,12 +361,22 @@ impl Exchange {
         };
         let outcome = match answer {
             Some(answer) => answer,
-            None => {
-                let permit = self.in_flight.acquire().await;
-                let result = request().await;
-                drop(permit);
-                self.take_result(&group, uid, result, now, jitter)
-            }
+            None => match self.paces.admit(app).await {
+                Ok(turn) => {
+                    let permit = self.in_flight.acquire().await;
+                    let result = request().await;
+                    drop(permit);
+                    self.paces.finish(turn, &result);
+                    self.take_result(&group, uid, result, now, jitter)
+                }
+                Err(wait) => {
+                    let held = Error::RateLimited {
+                        retry_after: Some(wait),
+                        detail: ": held back, not sent: a request for the same Run:ai application (URL and client ID) was rate limited".to_owned(),
+                    };
+                    self.take_result(&group, uid, Err(held), now, jitter)
+                }
+            },
         };
         drop(flight);
         // Every member may have left while the request was in flight (a
@@ -459,6 +480,7 @@ mod tests {
                 exchange
                     .obtain(
                         &key(1),
+                        AppKey::new("https://a", "app"),
                         &format!("uid{i}"),
                         |_| true,
                         None,
@@ -503,6 +525,7 @@ mod tests {
         let outcome = exchange
             .obtain(
                 &key(1),
+                AppKey::new("https://a", "app"),
                 "a",
                 |t| t.access_token != "old",
                 None,
@@ -518,7 +541,7 @@ mod tests {
         assert!(told.try_recv().is_err(), "the requester itself is not told");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_failure_holds_back_the_group_until_seen() {
         let exchange = Exchange::new(1);
         exchange.join("a", member("a"), &key(1));
@@ -526,6 +549,7 @@ mod tests {
         let failed = exchange
             .obtain(
                 &key(1),
+                AppKey::new("https://a", "app"),
                 "a",
                 |_| false,
                 None,
@@ -547,6 +571,7 @@ mod tests {
         let held = exchange
             .obtain(
                 &key(1),
+                AppKey::new("https://a", "app"),
                 "b",
                 |_| false,
                 None,
@@ -559,6 +584,7 @@ mod tests {
         let early = exchange
             .obtain(
                 &key(1),
+                AppKey::new("https://a", "app"),
                 "b",
                 |_| false,
                 Some(&failure),
@@ -567,10 +593,13 @@ mod tests {
             )
             .await;
         assert!(matches!(early, Exchanged::HeldBack), "{early:?}");
-        // Positive control: one that saw it, at its retry time, asks again.
+        // Positive control: one that saw it, at its retry time (when the
+        // application's own hold has passed too), asks again.
+        tokio::time::advance(std::time::Duration::from_secs(91)).await;
         let retried = exchange
             .obtain(
                 &key(1),
+                AppKey::new("https://a", "app"),
                 "b",
                 |_| false,
                 Some(&failure),
@@ -593,6 +622,7 @@ mod tests {
                 exchange
                     .obtain(
                         &key(1),
+                        AppKey::new("https://a", "app"),
                         "a",
                         |_| false,
                         None,
@@ -621,6 +651,7 @@ mod tests {
         let requested = exchange
             .obtain(
                 &key(1),
+                AppKey::new("https://a", "app"),
                 "a",
                 |_| false,
                 None,

@@ -15,6 +15,11 @@
 //! about 1.2 KB). Clients, their secrets and token lifetimes are set per
 //! test; faults can be injected; requests are counted per client.
 //!
+//! It also serves `GET /api/v1/clusters`, one of Run:ai's cheap calls that
+//! need a valid token (runai-token-api.md): 200 with a list of one cluster
+//! for a bearer token it issued and that has not expired, 401 otherwise;
+//! so a real client (Run:ai's SDK) can use what the controller wrote.
+//!
 //! Per client, it also plays the Run:ai generations and their neighbours
 //! (see [`Client`]): a tenant that serves only V1 or only V2 (the other
 //! endpoint removed as a 404 page in JSON or HTML, a 405 or a 410), V1
@@ -76,6 +81,10 @@ pub struct Client {
     /// one second) for this client; the ones above are answered 429 with
     /// `Retry-After: 1` and counted ([`StandIn::rate_limited`]).
     pub max_requests_per_second: Option<u32>,
+    /// Other secrets also accepted for this client, as while a rotated
+    /// secret's predecessor is still valid: credentials that hold
+    /// different ones are different exchange groups of one application.
+    pub other_secrets: Vec<String>,
 }
 
 impl Client {
@@ -95,6 +104,7 @@ impl Client {
             rejected_error: "invalid_client".to_owned(),
             padded_payload: false,
             max_requests_per_second: None,
+            other_secrets: Vec::new(),
         }
     }
 }
@@ -179,6 +189,11 @@ struct State {
     rate_limited: HashMap<String, u64>,
     /// Per client and path: requests that reached a removed endpoint.
     not_served: HashMap<String, u64>,
+    /// The tokens issued (a hash of each) and when each expires (Unix
+    /// seconds, on the stand-in's clock).
+    issued: HashMap<u64, u64>,
+    /// API calls answered 200 and 401.
+    api_calls: (u64, u64),
 }
 
 /// A running stand-in. Dropping it stops the server.
@@ -298,6 +313,11 @@ impl StandIn {
         self.lock().not_served.get(id).copied().unwrap_or(0)
     }
 
+    /// Calls of `GET /api/v1/clusters`: (accepted, refused).
+    pub fn api_calls(&self) -> (u64, u64) {
+        self.lock().api_calls
+    }
+
     /// Token requests received in all.
     pub fn total_requests(&self) -> u64 {
         self.lock().requests.values().sum()
@@ -328,6 +348,7 @@ async fn answer(
     let generation = match (req.method().as_str(), path) {
         ("POST", "/api/v1/token") => Generation::V1,
         ("POST", "/api/v2/token") => Generation::V2,
+        ("GET", "/api/v1/clusters") => return clusters(state, &req),
         _ => {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -435,7 +456,9 @@ async fn answer(
         Some(Fault::GzipWithBom) | None => {}
     }
 
-    let Some(client) = client.filter(|c| c.secret == client_secret) else {
+    let Some(client) =
+        client.filter(|c| c.secret == client_secret || c.other_secrets.contains(&client_secret))
+    else {
         if let Some(status) = client_keycloak(state, &client_id) {
             return status;
         }
@@ -454,6 +477,15 @@ async fn answer(
     };
     let token = jwt(&client_id, &client);
     let lifetime = client.lifetime.as_secs();
+    let expires = unix_now().saturating_add(lifetime);
+    {
+        let mut state = lock(state);
+        if state.issued.len() >= 100_000 {
+            let now = unix_now();
+            state.issued.retain(|_, expires| *expires > now);
+        }
+        state.issued.insert(token_hash(&token), expires);
+    }
     let body = match generation {
         Generation::V1 if client.send_expires_in => {
             json!({"accessToken": token, "expiresIn": lifetime, "idToken": "", "refreshToken": ""})
@@ -482,6 +514,56 @@ async fn answer(
         }
     }
     response
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn token_hash(token: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `GET /api/v1/clusters`: one cluster for a token this stand-in issued
+/// that has not expired, else 401 as Run:ai answers it.
+fn clusters<B>(state: &Mutex<State>, req: &Request<B>) -> Response<Full<Bytes>> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let mut state = lock(state);
+    let valid = token
+        .and_then(|t| state.issued.get(&token_hash(t)).copied())
+        .is_some_and(|expires| expires > unix_now());
+    if !valid {
+        state.api_calls.1 += 1;
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"code": 401, "message": "Issuer is not familiar."}),
+            None,
+        );
+    }
+    state.api_calls.0 += 1;
+    json_response(
+        StatusCode::OK,
+        &json!([{
+            "uuid": "9d7c4b6e-0d3a-4c43-9b1e-3f2a1c5e7b10",
+            "name": "stand-in-cluster",
+            "status": {"connectivity": "Connected"},
+        }]),
+        None,
+    )
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
