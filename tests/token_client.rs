@@ -799,3 +799,31 @@ async fn a_deprecated_endpoint_is_used_and_its_notice_returned() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_ca_bundle_holding_the_servers_own_certificate_says_so() {
+    let standin = runai_standin::StandIn::start().await.unwrap();
+    standin.set_client("app-id", "s3cr3t-value", Duration::from_secs(3600));
+    let url = standin.url().parse().unwrap();
+    let leaf = TokenClient::new(Some(standin.server_cert_pem()), Duration::from_secs(2)).unwrap();
+    let err = leaf
+        .request_token(&url, TokenApi::V2, &creds(), now())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+    assert!(
+        text.contains("the server's own certificate")
+            && text.contains("issued by CN=runai-standin CA")
+            && text.contains("subject CN=")
+            && !text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    // Positive control: the issuer's certificate in its place is trusted.
+    let ca = TokenClient::new(Some(standin.ca_pem()), Duration::from_secs(2)).unwrap();
+    assert!(
+        ca.request_token(&url, TokenApi::V2, &creds(), now())
+            .await
+            .is_ok()
+    );
+}

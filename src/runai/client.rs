@@ -472,6 +472,57 @@ struct TrustedRoots {
     bundle: Option<Arc<WebPkiServerVerifier>>,
     system: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The bundle's certificates that are no CA (a server's own), to name
+    /// them when a server presents one; empty for most bundles.
+    leaves: Vec<LeafInBundle>,
+}
+
+/// A certificate of a `caBundle` that is not a CA: a server's own
+/// certificate pasted where its issuer belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInBundle {
+    /// The DER of its subject, to match the certificate a server presents.
+    subject_der: Vec<u8>,
+    /// Its subject and issuer, as RFC 4514 strings.
+    subject: String,
+    issuer: String,
+}
+
+impl LeafInBundle {
+    /// The refusal of a server that presents this certificate: it says
+    /// what the bundle holds and which certificate belongs there instead.
+    fn refusal(&self) -> rustls::Error {
+        rustls::Error::General(format!(
+            "spec.caBundle holds the server's own certificate (subject {}, issued by {}), not a CA: put the certificate of its issuer, {}, in spec.caBundle instead",
+            self.subject, self.issuer, self.issuer
+        ))
+    }
+}
+
+/// The certificates of `bundle` (DER) that are not CAs (no
+/// basicConstraints `cA`, RFC 5280 §4.2.1.9) and not self-issued: a
+/// self-signed server certificate can be its own trust anchor, one issued
+/// by another cannot.
+pub fn leaves_in_bundle(bundle: &[Vec<u8>]) -> Vec<LeafInBundle> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    bundle
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, cert)| cert))
+        .filter(|cert| !cert.is_ca() && cert.subject().as_raw() != cert.issuer().as_raw())
+        .map(|cert| LeafInBundle {
+            subject_der: cert.subject().as_raw().to_vec(),
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+        })
+        .collect()
+}
+
+/// The subject (DER) of a certificate, if it can be read.
+fn subject_of(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    X509Certificate::from_der(cert)
+        .ok()
+        .map(|(_, cert)| cert.subject().as_raw().to_vec())
 }
 
 impl ServerCertVerifier for TrustedRoots {
@@ -491,10 +542,29 @@ impl ServerCertVerifier for TrustedRoots {
                 rustls::CertificateError::UnknownIssuer,
             ))
         };
-        match (
+        let presented_leaf = || {
+            let subject = subject_of(end_entity)?;
+            self.leaves.iter().find(|leaf| leaf.subject_der == subject)
+        };
+        let (bundle, system) = (
             self.bundle.as_ref().map(verify),
             self.system.as_ref().map(verify),
-        ) {
+        );
+        let unknown_to_bundle = matches!(
+            bundle,
+            Some(Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )))
+        );
+        // The bundle holds the very certificate the server presents, where
+        // its issuer belongs: say so, not "unknown issuer".
+        if unknown_to_bundle
+            && !matches!(system, Some(Ok(_)))
+            && let Some(leaf) = presented_leaf()
+        {
+            return Err(leaf.refusal());
+        }
+        match (bundle, system) {
             (Some(Ok(v)), _) | (_, Some(Ok(v))) => Ok(v),
             // The more telling of two refusals: an expired or misnamed
             // certificate of the bundle's CA says more than "unknown issuer".
@@ -554,7 +624,7 @@ impl ServerCertVerifier for TrustedRoots {
 /// The reason, when the bundle's certificates cannot be used as roots.
 fn tls_config(bundle: &[Vec<u8>]) -> Result<rustls::ClientConfig, String> {
     let provider = crypto_provider();
-    let bundle = if bundle.is_empty() {
+    let bundle_verifier = if bundle.is_empty() {
         None
     } else {
         let mut roots = rustls::RootCertStore::empty();
@@ -570,9 +640,10 @@ fn tls_config(bundle: &[Vec<u8>]) -> Result<rustls::ClientConfig, String> {
         )
     };
     let verifier = TrustedRoots {
-        bundle,
+        bundle: bundle_verifier,
         system: system_verifier(),
         provider: provider.clone(),
+        leaves: leaves_in_bundle(bundle),
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

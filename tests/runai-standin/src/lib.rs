@@ -200,6 +200,7 @@ struct State {
 pub struct StandIn {
     addr: SocketAddr,
     ca_pem: String,
+    server_pem: String,
     state: Arc<Mutex<State>>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -222,7 +223,7 @@ impl StandIn {
 
     /// Starts on `addr` with `options`.
     pub async fn start_on_with(addr: SocketAddr, options: Options) -> std::io::Result<StandIn> {
-        let (ca_pem, tls) = tls_config(options.intermediate_ca);
+        let (ca_pem, server_pem, tls) = tls_config(options.intermediate_ca);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
@@ -261,6 +262,7 @@ impl StandIn {
         Ok(StandIn {
             addr,
             ca_pem,
+            server_pem,
             state,
             _shutdown: shutdown,
         })
@@ -274,6 +276,12 @@ impl StandIn {
     /// The PEM of the CA that signed the server certificate, for `spec.caBundle`.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The PEM of the server's own certificate (not a CA): what a user
+    /// might paste into `spec.caBundle` by mistake.
+    pub fn server_cert_pem(&self) -> &str {
+        &self.server_pem
     }
 
     /// Accepts (or re-keys: the old secret is revoked at once) a client.
@@ -784,7 +792,7 @@ fn jwt(subject: &str, client: &Client) -> String {
 /// A fresh CA and a server certificate for 127.0.0.1 and localhost; with
 /// `intermediate`, signed through an intermediate CA, and the PEM to trust
 /// holds both CAs the way users paste them (CRLF, text around the blocks).
-fn tls_config(intermediate: bool) -> (String, rustls::ServerConfig) {
+fn tls_config(intermediate: bool) -> (String, String, rustls::ServerConfig) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let ca_params = |name: &str| {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("valid CA parameters");
@@ -835,5 +843,5 @@ fn tls_config(intermediate: bool) -> (String, rustls::ServerConfig) {
             rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key"),
         )
         .expect("a valid certificate and key");
-    (ca_pem, config)
+    (ca_pem, cert.pem(), config)
 }
