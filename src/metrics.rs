@@ -99,9 +99,12 @@ struct CredentialState {
 #[derive(Debug, Default)]
 struct CredentialSeries {
     states: Mutex<HashMap<CredentialLabels, CredentialState>>,
-    /// The deprecated token endpoints each credential was answered from;
-    /// empty for all but those.
+    /// The deprecated token endpoint each credential's last answer came
+    /// from; empty for all but those.
     deprecated: Mutex<HashMap<CredentialLabels, Vec<Arc<str>>>>,
+    /// The deprecated endpoints already announced per credential (kept
+    /// when the series goes, so that an Event is never repeated).
+    announced: Mutex<HashMap<CredentialLabels, Vec<Arc<str>>>>,
 }
 
 impl CredentialSeries {
@@ -111,6 +114,10 @@ impl CredentialSeries {
 
     fn deprecated(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialLabels, Vec<Arc<str>>>> {
         self.deprecated.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn announced(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialLabels, Vec<Arc<str>>>> {
+        self.announced.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -304,18 +311,28 @@ impl Metrics {
         }
     }
 
-    /// Records that `endpoint` answered `credential` with a notice of
-    /// deprecation: the series of `runai_token_sync_token_api_deprecated`.
-    /// Returns whether that is news (the first time for this credential
-    /// and endpoint while the process runs, or since it was forgotten), so
-    /// that it is announced once, never per refresh.
-    pub fn note_deprecated(&self, credential: &CredentialLabels, endpoint: &str) -> bool {
-        let mut deprecated = self.credentials.deprecated();
-        let endpoints = deprecated.entry(credential.clone()).or_default();
-        if endpoints.iter().any(|e| &**e == endpoint) {
+    /// Records which deprecated endpoint (RFC 9745 `Deprecation` header)
+    /// answered `credential` last: the series of
+    /// `runai_token_sync_token_api_deprecated`, which goes once an answer
+    /// comes without one (`None`). Returns whether that is news (the first
+    /// time for this credential and endpoint while the process runs, or
+    /// since it was forgotten), so that it is announced once, never per
+    /// refresh.
+    pub fn note_deprecated(&self, credential: &CredentialLabels, endpoint: Option<&str>) -> bool {
+        let Some(endpoint) = endpoint else {
+            self.credentials.deprecated().remove(credential);
+            return false;
+        };
+        let endpoint: Arc<str> = endpoint.into();
+        self.credentials
+            .deprecated()
+            .insert(credential.clone(), vec![endpoint.clone()]);
+        let mut announced = self.credentials.announced();
+        let endpoints = announced.entry(credential.clone()).or_default();
+        if endpoints.contains(&endpoint) {
             return false;
         }
-        endpoints.push(endpoint.into());
+        endpoints.push(endpoint);
         true
     }
 
@@ -327,12 +344,16 @@ impl Metrics {
         self.credentials
             .deprecated()
             .retain(|credential, _| live.contains(credential));
+        self.credentials
+            .announced()
+            .retain(|credential, _| live.contains(credential));
     }
 
     /// Drops the gauges of one deleted RunaiCredential.
     pub fn forget_credential(&self, credential: &CredentialLabels) {
         self.credentials.states().remove(credential);
         self.credentials.deprecated().remove(credential);
+        self.credentials.announced().remove(credential);
     }
 
     /// Sets whether this replica leads.
@@ -398,7 +419,7 @@ mod tests {
     #[test]
     fn a_deprecated_endpoint_is_news_once_per_credential_until_forgotten() {
         let m = Metrics::new();
-        let v1 = "https://acme.run.ai/api/v1/token";
+        let v1 = Some("https://acme.run.ai/api/v1/token");
         assert!(!m.encode().contains("token_api_deprecated"));
         assert!(m.note_deprecated(&credential("a"), v1));
         assert!(!m.note_deprecated(&credential("a"), v1), "not news twice");
@@ -408,11 +429,17 @@ mod tests {
         );
         let text = m.encode();
         assert!(
-            text.contains(&format!(
-                "runai_token_sync_token_api_deprecated{{namespace=\"ml\",name=\"a\",endpoint=\"{v1}\"}} 1"
-            )),
+            text.contains(
+                "runai_token_sync_token_api_deprecated{namespace=\"ml\",name=\"a\",endpoint=\"https://acme.run.ai/api/v1/token\"} 1"
+            ),
             "{text}"
         );
+        // An answer without the header: the series goes; the announcement
+        // is not repeated when the header comes back.
+        assert!(!m.note_deprecated(&credential("b"), None));
+        assert!(!m.encode().contains("name=\"b\",endpoint"));
+        assert!(!m.note_deprecated(&credential("b"), v1));
+        assert!(m.encode().contains("name=\"b\",endpoint"));
         m.forget_credential(&credential("a"));
         assert!(!m.encode().contains("name=\"a\",endpoint"));
         assert!(

@@ -827,3 +827,54 @@ async fn a_ca_bundle_holding_the_servers_own_certificate_says_so() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn an_error_in_a_200_says_the_same_as_in_any_other_status() {
+    // invalid_grant (a disabled account) in a 200: rejected credentials.
+    let server = MockServer::start().await;
+    answer_at(
+        &server,
+        "/api/v2/token",
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({"error": "invalid_grant"})),
+        1,
+    )
+    .await;
+    answer_at(&server, "/api/v1/token", v1_ok(), 0).await;
+    let err = request(&server, TokenApi::Auto).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCredentials { status: 200, .. }),
+        "{err:?}"
+    );
+
+    // unsupported_grant_type in a 200 from V2: not served, V1 answers.
+    let server = MockServer::start().await;
+    answer_at(
+        &server,
+        "/api/v2/token",
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"error": "unsupported_grant_type"})),
+        1,
+    )
+    .await;
+    answer_at(&server, "/api/v1/token", v1_ok(), 1).await;
+    let issued = request(&server, TokenApi::Auto).await.unwrap();
+    assert_eq!(issued.token_api, Some(TokenApi::V1));
+}
+
+#[tokio::test]
+async fn auto_after_v1_remembered_where_neither_is_served_names_v1s_answer() {
+    let server = MockServer::start().await;
+    answer_at(&server, "/api/v1/token", ResponseTemplate::new(410), 1).await;
+    answer_at(&server, "/api/v2/token", ResponseTemplate::new(404), 1).await;
+    let url = server.uri().parse().unwrap();
+    let err = client()
+        .request_token_after(&url, TokenApi::Auto, Some(TokenApi::V1), &creds(), now())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("/api/v1/token answered HTTP 410")
+            && text.contains("/api/v2/token is not served either"),
+        "{text}"
+    );
+}

@@ -66,7 +66,9 @@ pub struct ClusterRunaiCredentialSpec {
     pub url: String,
 
     /// Which generation of the Run:ai token API to call, as in a
-    /// RunaiCredential: `V1` (default), `V2` or `AppToken`.
+    /// RunaiCredential: `Auto` (default: V2, else V1 where V2 is not served),
+    /// `V1`, `V2` or `AppToken`; the generation that answered is shown in
+    /// `status.tokenApi`.
     #[serde(default)]
     pub token_api: TokenApi,
 

@@ -492,11 +492,11 @@ async fn request_token(
         client,
         url,
         api: crc.spec.token_api,
-        remembered: view.token_api.or(seen
-            .stored
-            .iter()
-            .max_by_key(|s| s.record.issued_at)
-            .and_then(|s| s.record.token_api)),
+        // The records of this group's definition are those whose
+        // credentials hash keys this group.
+        remembered: super::remembered_api(view, seen.stored.iter().map(|s| &s.record), |r| {
+            GroupKey::new(&r.credentials_hash, &seen.trust) == *key
+        }),
         credentials,
     };
     let answers = |t: &GroupToken| {

@@ -1031,11 +1031,12 @@ pub(crate) async fn report_notices(
         )
         .await;
     }
-    let Some(notice) = ctx.exchange.view(key).deprecation else {
-        return;
-    };
+    let notice = ctx.exchange.view(key).deprecation;
     let (labels, about, spec_api) = (&told.labels, &told.about, told.spec_api);
-    if ctx.metrics.note_deprecated(labels, &notice.endpoint) {
+    let news = ctx
+        .metrics
+        .note_deprecated(labels, notice.as_ref().map(|n| n.endpoint.as_str()));
+    if let Some(notice) = notice.filter(|_| news) {
         warn!(endpoint = %notice.endpoint, "the token endpoint is deprecated");
         act::publish(
             ctx,
@@ -1066,6 +1067,26 @@ pub fn deprecation_message(spec_api: TokenApi, notice: &Deprecation) -> String {
         "Run:ai marks the token endpoint {} deprecated{sunset}; {advice}",
         notice.endpoint
     )
+}
+
+/// The generation `Auto` calls first, for a credential of either kind: the
+/// one that answered its group last, else the one that issued the newest
+/// token it holds (`records`) that `of_this_group` says was obtained for
+/// the group's definition (url, `tokenApi` and credentials), never one
+/// obtained under another `tokenApi`: a switch from `V1` to `Auto` starts
+/// with V2.
+pub(crate) fn remembered_api<'r>(
+    view: &GroupView,
+    records: impl IntoIterator<Item = &'r schedule::TokenRecord>,
+    of_this_group: impl Fn(&schedule::TokenRecord) -> bool,
+) -> Option<TokenApi> {
+    view.token_api.or_else(|| {
+        records
+            .into_iter()
+            .filter(|r| of_this_group(r))
+            .max_by_key(|r| r.issued_at)
+            .and_then(|r| r.token_api)
+    })
 }
 
 /// One token request of a credential of either kind.
@@ -1137,9 +1158,12 @@ async fn obtain(
         ));
     };
     let now = o.now;
-    let remembered = view
-        .token_api
-        .or(o.stored.as_ref().and_then(|s| s.record.token_api));
+    let remembered = remembered_api(view, o.stored.as_ref().map(|s| &s.record), |r| {
+        o.desired
+            .credentials_hash
+            .as_deref()
+            .is_some_and(|hash| secret::hashes_equal(hash, &r.credentials_hash))
+    });
     let request = TokenRequest {
         client,
         url: &spec.url,
@@ -1324,5 +1348,52 @@ mod own_write_tests {
         // A write still under way is kept: its end says what it wrote.
         assert!(ctx.is_own_echo("ml", "other", Some("3")));
         drop(in_flight);
+    }
+}
+
+#[cfg(test)]
+mod remembered_tests {
+    use super::*;
+
+    fn record(hash: &str, issued: i64, api: Option<TokenApi>) -> schedule::TokenRecord {
+        schedule::TokenRecord {
+            issued_at: Timestamp::from_second(issued).unwrap(),
+            expires_at: None,
+            credentials_hash: hash.into(),
+            generation: 1,
+            refresh_request: None,
+            definition: None,
+            token_api: api,
+        }
+    }
+
+    #[test]
+    fn auto_remembers_only_what_answered_its_own_definition() {
+        let of_auto = |r: &schedule::TokenRecord| r.credentials_hash == "auto";
+        let empty = GroupView::default();
+        // A token obtained under an explicit V1 (another hash) is not a
+        // memory of Auto's: after a switch to Auto, V2 comes first.
+        let under_v1 = [record("v1", 10, Some(TokenApi::V1))];
+        assert_eq!(remembered_api(&empty, &under_v1, of_auto), None);
+        // Positive control: the same record under Auto's own definition.
+        let under_auto = [
+            record("auto", 10, Some(TokenApi::V2)),
+            record("auto", 20, Some(TokenApi::V1)),
+            record("v1", 30, Some(TokenApi::V2)),
+        ];
+        assert_eq!(
+            remembered_api(&empty, &under_auto, of_auto),
+            Some(TokenApi::V1),
+            "the newest of its own"
+        );
+        // What answered the group last comes first.
+        let answered = GroupView {
+            token_api: Some(TokenApi::V2),
+            ..GroupView::default()
+        };
+        assert_eq!(
+            remembered_api(&answered, &under_auto, of_auto),
+            Some(TokenApi::V2)
+        );
     }
 }

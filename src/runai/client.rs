@@ -228,7 +228,9 @@ impl TokenClient {
         credentials: &ClientCredentials,
         now: Timestamp,
     ) -> Result<IssuedToken, Error> {
-        let mut last = None;
+        // V1's refusal, when Auto got to it: V2 refused too, so the
+        // message is V1's status with "V2 is not served either".
+        let mut v1_refusal = None;
         for &generation in generations(api, remembered) {
             match self
                 .request_generation(base_url, generation, credentials, now)
@@ -236,13 +238,15 @@ impl TokenClient {
             {
                 Err(err) if api == TokenApi::Auto && falls_back(&err, generation) => {
                     tracing::info!(token_api = generation.as_str(), error = %err, "this token API is not served here; trying the other");
-                    last = Some(err);
+                    if generation == TokenApi::V1 {
+                        v1_refusal = Some(err);
+                    }
                 }
                 Err(err) => return Err(for_spec(err, api)),
                 Ok(issued) => return Ok(issued),
             }
         }
-        Err(match last {
+        Err(match v1_refusal {
             Some(Error::TokenApiNotServed {
                 status, endpoint, ..
             }) => Error::TokenApiNotServed {
@@ -251,7 +255,7 @@ impl TokenClient {
                 asked: TokenApi::Auto.as_str(),
             },
             Some(other) => other,
-            None => Error::Startup("no token API generation to call".to_owned()),
+            None => Error::Startup("no token API generation answered".to_owned()),
         })
     }
 
@@ -332,7 +336,15 @@ impl TokenClient {
         let arrived = now
             .checked_add(SignedDuration::try_from(started.elapsed()).unwrap_or_default())
             .unwrap_or(now);
-        let issued = parse_token_response_masking(&body, arrived, &secrets).map_err(asked)?;
+        let issued = parse_token_response_masking(&body, arrived, &secrets)
+            .map_err(|err| match err {
+                Error::GrantNotSupported { asked, .. } => Error::GrantNotSupported {
+                    endpoint: endpoint.to_string(),
+                    asked,
+                },
+                other => other,
+            })
+            .map_err(asked)?;
         Ok(IssuedToken {
             token_api: Some(api),
             deprecation,
@@ -805,23 +817,46 @@ fn parse_token_response_masking(
     })
 }
 
-/// What a 2xx answer without a token says instead.
+/// What an error body says, whatever the HTTP status it came with (api.md,
+/// "Choosing the token API"): an RFC 6749 §5.2 `error`, or Run:ai's own
+/// numeric `code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodySays {
+    /// `invalid_client`, `unauthorized_client` or `invalid_grant` (Keycloak
+    /// answers bad client credentials so, in 400, 401 or 403), or Run:ai's
+    /// `code` 401/403.
+    Rejected,
+    /// `unsupported_grant_type`: another generation's grant is expected.
+    UnsupportedGrant,
+    Nothing,
+}
+
+fn body_says(code: Option<&str>, numeric_code: Option<i64>) -> BodySays {
+    match (code, numeric_code) {
+        (Some("invalid_client" | "unauthorized_client" | "invalid_grant"), _)
+        | (_, Some(401 | 403)) => BodySays::Rejected,
+        (Some("unsupported_grant_type"), _) => BodySays::UnsupportedGrant,
+        _ => BodySays::Nothing,
+    }
+}
+
+/// What a 2xx answer without a token says instead, read as a failed answer
+/// is ([`body_says`]); an unsupported grant names no endpoint yet (the
+/// request fills it in).
 fn error_in_success(fields: &serde_json::Map<String, Value>, secrets: &[&str]) -> Error {
     let (code, text) = error_fields(fields);
     let numeric_code = fields.get("code").and_then(lifetime_seconds);
     let detail = sanitize_detail(&text, secrets);
-    let says_unauthorized = matches!(numeric_code, Some(401 | 403))
-        || matches!(
-            code.as_deref(),
-            Some("invalid_client" | "unauthorized_client")
-        );
-    if says_unauthorized {
-        Error::InvalidCredentials {
+    match body_says(code.as_deref(), numeric_code) {
+        BodySays::Rejected => Error::InvalidCredentials {
             status: 200,
             detail,
-        }
-    } else {
-        Error::NoToken { detail }
+        },
+        BodySays::UnsupportedGrant => Error::GrantNotSupported {
+            endpoint: String::new(),
+            asked: "V1",
+        },
+        BodySays::Nothing => Error::NoToken { detail },
     }
 }
 
@@ -960,27 +995,26 @@ pub fn classify_http_failure(
     // What the answer says counts, not only its status: Keycloak answers
     // bad client credentials with 400, 401 or 403 and an OAuth2 error
     // (RFC 6749 §5.2), Run:ai with its own `code`.
-    let says_rejected = matches!(
-        code.as_deref(),
-        Some("invalid_client" | "unauthorized_client" | "invalid_grant")
-    ) || matches!(error_body_code_number(body), Some(401 | 403));
-    if says_rejected {
-        return Error::InvalidCredentials {
-            status,
-            detail: oauth_code,
-        };
-    }
     // Which generation the endpoint is; `for_spec` names the setting.
     let asked = if endpoint.path().ends_with("/api/v2/token") {
         "V2"
     } else {
         "V1"
     };
-    if code.as_deref() == Some("unsupported_grant_type") {
-        return Error::GrantNotSupported {
-            endpoint: endpoint.to_string(),
-            asked,
-        };
+    match body_says(code.as_deref(), error_body_code_number(body)) {
+        BodySays::Rejected => {
+            return Error::InvalidCredentials {
+                status,
+                detail: oauth_code,
+            };
+        }
+        BodySays::UnsupportedGrant => {
+            return Error::GrantNotSupported {
+                endpoint: endpoint.to_string(),
+                asked,
+            };
+        }
+        BodySays::Nothing => {}
     }
     // How a removed API answers (runai-token-api.md), also as an ingress's
     // HTML page: the status alone says it.
@@ -1136,7 +1170,12 @@ fn closed_before_answer(err: &reqwest::Error) -> bool {
 
 fn find_tls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-        return Some(tls.to_string());
+        return Some(match tls {
+            // Our own verifier's words (LeafInBundle::refusal), without
+            // rustls's "unexpected error" before them.
+            rustls::Error::General(message) => message.clone(),
+            other => other.to_string(),
+        });
     }
     // `io::Error::source` skips the error it wraps, so look inside explicitly.
     if let Some(inner) = err

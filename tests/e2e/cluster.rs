@@ -225,6 +225,9 @@ async fn one_token_reaches_every_matched_namespace() {
     assert_eq!(s["failedNamespaces"][0]["namespace"], d.as_str());
     assert_eq!(s["failedNamespaces"][0]["reason"], "SecretConflict");
     assert_eq!(s["namespaces"], "2/3");
+    // tokenApi defaults to Auto; the generation that answered is shown,
+    // and recorded in each Secret.
+    assert_eq!(s["tokenApi"], "V2");
     let crc = f.api.get(&f.name).await.unwrap();
     assert_eq!(crc.condition("Stalled").unwrap().status, "True");
     let (health, message) = crate::gitops::argocd_health_of(&serde_json::to_value(&crc).unwrap());
@@ -243,6 +246,7 @@ async fn one_token_reaches_every_matched_namespace() {
         in_a.labels()["tokensync.dev/cluster-credential"],
         f.name.as_str()
     );
+    assert_eq!(in_a.annotations()["tokensync.dev/token-api"], "V2");
     let owner = &in_a.owner_references()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.controller),

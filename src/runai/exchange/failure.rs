@@ -51,6 +51,21 @@ pub(super) fn after(
     }
 }
 
+/// The group's failure while its application holds its request back
+/// (`err` says why) until `until`: retried then, and no attempt is counted,
+/// since none was made (a group that had not failed shows one, to be seen
+/// failing).
+pub(super) fn held(previous: Option<&GroupFailure>, err: &Error, until: Timestamp) -> GroupFailure {
+    GroupFailure {
+        failure: Failure {
+            reason: err.reason(),
+            message: err.to_string(),
+            attempts: previous.map_or(1, |f| f.failure.attempts.max(1)),
+        },
+        retry_at: until,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

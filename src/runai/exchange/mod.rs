@@ -374,7 +374,14 @@ impl Exchange {
                         retry_after: Some(wait),
                         detail: ": held back, not sent: a request for the same Run:ai application (URL and client ID) was rate limited".to_owned(),
                     };
-                    self.take_result(&group, uid, Err(held), now, jitter)
+                    // Counted from when the wait ended, not from the
+                    // caller's `now`, taken before the locks.
+                    let until = Timestamp::now()
+                        .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
+                        .unwrap_or(now);
+                    let mut state = lock(&group.state);
+                    state.failure = Some(failure::held(state.failure.as_ref(), &held, until));
+                    Exchanged::Failed(held)
                 }
             },
         };

@@ -5,11 +5,13 @@
 //! `Retry-After`:
 //!
 //! - every request for it is held back until then, not only the group's;
-//! - after that, its requests are spread: one per `spacing`, where the
-//!   spacing is the `Retry-After` window shared among the requests that
-//!   succeeded within that window just before (an estimate of what the
-//!   limit lets through), with a margin. So a rate limit is met once, not
-//!   once per group, and not again when the held requests resume.
+//! - after a 429 (a rate limit; a 503 is an outage, which only holds), its
+//!   requests are spread: one per `spacing`, where the spacing is the
+//!   `Retry-After` window shared among the requests that succeeded within
+//!   that window just before (an estimate of what the limit lets through),
+//!   with a margin, at most [`MAX_SPACING`], for at most [`MAX_PACED`]. So
+//!   a rate limit is met once, not once per group, and not again when the
+//!   held requests resume.
 //!
 //! Only applications that were rate limited keep a pace; the others keep
 //! nothing once their request ends. The successes that the estimate counts
@@ -34,8 +36,16 @@ pub const RECENT_SUCCESSES: usize = 512;
 const SPACING_MARGIN: f64 = 1.25;
 
 /// How many `Retry-After` windows an application stays paced after its
-/// last rate limit.
+/// last rate limit (at most [`MAX_PACED`]).
 const PACED_WINDOWS: u32 = 20;
+
+/// The longest an application stays paced after its last rate limit.
+pub const MAX_PACED: Duration = Duration::from_secs(10 * 60);
+
+/// The widest spacing of a paced application's requests: a long
+/// `Retry-After` with little let through before must not starve its
+/// credentials for hours.
+pub const MAX_SPACING: Duration = Duration::from_secs(30);
 
 /// The longest a request waits for its turn in a paced application;
 /// beyond that it is held back (a failed attempt, retried at its turn).
@@ -115,7 +125,12 @@ impl Paces {
     /// request may be made before then.
     pub async fn admit(&self, app: AppKey) -> Result<Turn, Duration> {
         let entry = lock(&self.apps).entry(app).or_default().clone();
-        let guard = entry.turn.clone().lock_owned().await;
+        // Many groups of one application queue here: the wait is bounded
+        // like a turn's, so that a reconciliation ends in time.
+        let Ok(guard) = tokio::time::timeout(MAX_TURN_WAIT, entry.turn.clone().lock_owned()).await
+        else {
+            return Err(MAX_TURN_WAIT);
+        };
         let now = Instant::now();
         let wait = {
             let mut state = lock(&entry.state);
@@ -160,24 +175,29 @@ impl Paces {
             }
             Err(err @ (Error::RateLimited { .. } | Error::Unavailable { .. })) => {
                 if let Some(retry_after) = err.retry_after() {
-                    self.slow_down(&turn, retry_after, now);
+                    let rate_limited = matches!(err, Error::RateLimited { .. });
+                    self.slow_down(&turn, retry_after, rate_limited, now);
                 }
             }
             Err(_) => {}
         }
-        let Turn { app, entry, _guard } = turn;
-        drop(_guard);
-        let mut apps = lock(&self.apps);
-        // Nobody else waits for it (the map's and this one's references)
-        // and it is not paced: nothing to keep.
-        if Arc::strong_count(&entry) == 2 && !lock(&entry.state).paced(now) {
-            apps.remove(&app);
-        }
+        drop(turn);
+        // What nobody uses (only the map holds it) and is not paced goes:
+        // this one's, and any left by a request that was cancelled.
+        lock(&self.apps)
+            .retain(|_, entry| Arc::strong_count(entry) > 1 || lock(&entry.state).paced(now));
     }
 
-    /// Holds `turn`'s application back for `retry_after`, and paces it
-    /// from then on by what the limit let through in the window before.
-    fn slow_down(&self, turn: &Turn, retry_after: Duration, now: Instant) {
+    /// Holds `turn`'s application back for `retry_after`; after a rate
+    /// limit, paces it from then on by what the limit let through in the
+    /// window before.
+    fn slow_down(&self, turn: &Turn, retry_after: Duration, rate_limited: bool, now: Instant) {
+        let until = now + retry_after;
+        let mut state = lock(&turn.entry.state);
+        state.hold_until = Some(until);
+        if !rate_limited {
+            return;
+        }
         let window = retry_after.max(Duration::from_secs(1));
         let let_through = lock(&self.recent)
             .iter()
@@ -185,12 +205,9 @@ impl Paces {
             .count()
             .max(1);
         let spacing = window.mul_f64(SPACING_MARGIN) / u32::try_from(let_through).unwrap_or(1);
-        let until = now + retry_after;
-        let mut state = lock(&turn.entry.state);
-        state.hold_until = Some(until);
-        state.spacing = spacing;
+        state.spacing = spacing.min(MAX_SPACING);
         state.next_slot = Some(until);
-        state.paced_until = Some(until + window * PACED_WINDOWS);
+        state.paced_until = Some(until + (window * PACED_WINDOWS).min(MAX_PACED));
     }
 
     /// How many applications keep a pace (for tests and memory checks).
@@ -270,21 +287,63 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_turn_too_far_away_is_held_back_not_waited_for() {
+    async fn a_long_retry_after_paces_no_slower_than_the_widest_spacing() {
         let paces = Paces::default();
         let app = AppKey::new("https://a.run.ai", "app");
         let turn = paces.admit(app).await.unwrap();
-        // Nothing let through before: a turn per 1.25 windows of 40 s.
-        paces.finish(turn, &limited(40));
-        tokio::time::advance(Duration::from_secs(40)).await;
+        // Nothing let through before an hour-long Retry-After: the spacing
+        // would be 75 min; it is 30 s.
+        paces.finish(turn, &limited(3600));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let start = Instant::now();
+        for _ in 0..3 {
+            let turn = paces.admit(app).await.unwrap();
+            paces.finish(turn, &Ok::<(), Error>(()));
+        }
+        assert_eq!(Instant::now() - start, MAX_SPACING * 2);
+        // And paced no longer than MAX_PACED after the hold.
+        tokio::time::advance(MAX_PACED).await;
         let turn = paces.admit(app).await.unwrap();
         paces.finish(turn, &Ok::<(), Error>(()));
-        let held = paces
-            .admit(app)
-            .await
-            .err()
-            .expect("the next turn is 50 s away");
-        assert!(held > MAX_TURN_WAIT, "{held:?}");
+        assert!(paces.is_empty(), "no pace left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_holds_but_does_not_pace() {
+        let paces = Paces::default();
+        let app = AppKey::new("https://a.run.ai", "app");
+        let turn = paces.admit(app).await.unwrap();
+        paces.finish(
+            turn,
+            &Err::<(), _>(Error::Unavailable {
+                retry_after: Some(Duration::from_secs(600)),
+                detail: String::new(),
+            }),
+        );
+        assert!(paces.admit(app).await.is_err(), "held for the Retry-After");
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let start = Instant::now();
+        for _ in 0..3 {
+            let turn = paces.admit(app).await.unwrap();
+            paces.finish(turn, &Ok::<(), Error>(()));
+        }
+        assert_eq!(Instant::now(), start, "no spacing after an outage");
+        assert!(paces.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_for_one_application_is_waited_for_no_longer_than_a_turn() {
+        let paces = Arc::new(Paces::default());
+        let app = AppKey::new("https://a.run.ai", "app");
+        let first = paces.admit(app).await.unwrap();
+        let second = {
+            let paces = paces.clone();
+            tokio::spawn(async move { paces.admit(app).await.err() })
+        };
+        tokio::time::advance(MAX_TURN_WAIT + Duration::from_secs(1)).await;
+        assert_eq!(second.await.unwrap(), Some(MAX_TURN_WAIT));
+        paces.finish(first, &Ok::<(), Error>(()));
+        assert!(paces.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
