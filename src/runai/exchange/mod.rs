@@ -170,6 +170,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether the group's still-valid token expires within
+/// [`schedule::RETRY_BEFORE_EXPIRY`] (and a few seconds) of `now`: its
+/// request then goes whatever its application's pace says, as a retry is
+/// never held past that point by a `Retry-After` (api.md, Edge cases).
+fn urgent(group: &Group, now: Timestamp) -> bool {
+    let margin = schedule::RETRY_BEFORE_EXPIRY + std::time::Duration::from_secs(5);
+    lock(&group.state)
+        .cache
+        .valid_until(now)
+        .is_some_and(|until| schedule::delay_until(now, until) <= margin)
+}
+
 impl Exchange {
     /// An exchange allowing at most `max_in_flight` token requests at once
     /// (at least 1).
@@ -361,7 +373,7 @@ impl Exchange {
         };
         let outcome = match answer {
             Some(answer) => answer,
-            None => match self.paces.admit(app).await {
+            None => match self.paces.admit(app, urgent(&group, now)).await {
                 Ok(turn) => {
                     let permit = self.in_flight.acquire().await;
                     let result = request().await;

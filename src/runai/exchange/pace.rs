@@ -116,14 +116,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Paces {
-    /// Waits for the turn of a request for `app`.
+    /// Waits for the turn of a request for `app`. An `urgent` request (one
+    /// whose still-valid token is about to expire) waits only for the
+    /// request in flight, not for a hold or a slot: no `Retry-After` lets a
+    /// valid token expire (api.md, Edge cases), whoever it held back.
     ///
     /// # Errors
     ///
     /// How long the application is still held back (by a `Retry-After`, or
-    /// because its next turn is more than [`MAX_TURN_WAIT`] away): no
-    /// request may be made before then.
-    pub async fn admit(&self, app: AppKey) -> Result<Turn, Duration> {
+    /// because its next turn, or the request in flight, is more than
+    /// [`MAX_TURN_WAIT`] away): no request may be made before then.
+    pub async fn admit(&self, app: AppKey, urgent: bool) -> Result<Turn, Duration> {
         let entry = lock(&self.apps).entry(app).or_default().clone();
         // Many groups of one application queue here: the wait is bounded
         // like a turn's, so that a reconciliation ends in time.
@@ -132,7 +135,9 @@ impl Paces {
             return Err(MAX_TURN_WAIT);
         };
         let now = Instant::now();
-        let wait = {
+        let wait = if urgent {
+            Duration::ZERO
+        } else {
             let mut state = lock(&entry.state);
             if let Some(until) = state.hold_until.filter(|until| *until > now) {
                 return Err(until - now);
@@ -238,7 +243,7 @@ mod tests {
     async fn an_application_without_a_limit_keeps_nothing() {
         let paces = Paces::default();
         let app = AppKey::new("https://a.run.ai", "app");
-        let turn = paces.admit(app).await.unwrap();
+        let turn = paces.admit(app, false).await.unwrap();
         assert_eq!(paces.len(), 1, "kept while in flight");
         paces.finish(turn, &Ok::<(), Error>(()));
         assert!(paces.is_empty());
@@ -252,20 +257,20 @@ mod tests {
         // Four requests let through within the second, then a 429 asking
         // for one second.
         for _ in 0..4 {
-            let turn = paces.admit(app).await.unwrap();
+            let turn = paces.admit(app, false).await.unwrap();
             paces.finish(turn, &Ok::<(), Error>(()));
         }
-        let turn = paces.admit(app).await.unwrap();
+        let turn = paces.admit(app, false).await.unwrap();
         paces.finish(turn, &limited(1));
         // Held back, whichever group asks (the key ignores a trailing /).
         let held = paces
-            .admit(AppKey::new("https://a.run.ai", "app"))
+            .admit(AppKey::new("https://a.run.ai", "app"), false)
             .await
             .err()
             .expect("held back");
         assert!(held <= Duration::from_secs(1) && held > Duration::from_millis(900));
         // Positive control: another application is not held.
-        let turn = paces.admit(other).await.unwrap();
+        let turn = paces.admit(other, false).await.unwrap();
         paces.finish(turn, &Ok::<(), Error>(()));
 
         // After the hold: one request per 1.25 s / 4 = 312.5 ms.
@@ -273,7 +278,7 @@ mod tests {
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..5 {
-            let turn = paces.admit(app).await.unwrap();
+            let turn = paces.admit(app, false).await.unwrap();
             times.push(Instant::now() - start);
             paces.finish(turn, &Ok::<(), Error>(()));
         }
@@ -290,20 +295,20 @@ mod tests {
     async fn a_long_retry_after_paces_no_slower_than_the_widest_spacing() {
         let paces = Paces::default();
         let app = AppKey::new("https://a.run.ai", "app");
-        let turn = paces.admit(app).await.unwrap();
+        let turn = paces.admit(app, false).await.unwrap();
         // Nothing let through before an hour-long Retry-After: the spacing
         // would be 75 min; it is 30 s.
         paces.finish(turn, &limited(3600));
         tokio::time::advance(Duration::from_secs(3600)).await;
         let start = Instant::now();
         for _ in 0..3 {
-            let turn = paces.admit(app).await.unwrap();
+            let turn = paces.admit(app, false).await.unwrap();
             paces.finish(turn, &Ok::<(), Error>(()));
         }
         assert_eq!(Instant::now() - start, MAX_SPACING * 2);
         // And paced no longer than MAX_PACED after the hold.
         tokio::time::advance(MAX_PACED).await;
-        let turn = paces.admit(app).await.unwrap();
+        let turn = paces.admit(app, false).await.unwrap();
         paces.finish(turn, &Ok::<(), Error>(()));
         assert!(paces.is_empty(), "no pace left");
     }
@@ -312,7 +317,7 @@ mod tests {
     async fn an_outage_holds_but_does_not_pace() {
         let paces = Paces::default();
         let app = AppKey::new("https://a.run.ai", "app");
-        let turn = paces.admit(app).await.unwrap();
+        let turn = paces.admit(app, false).await.unwrap();
         paces.finish(
             turn,
             &Err::<(), _>(Error::Unavailable {
@@ -320,11 +325,24 @@ mod tests {
                 detail: String::new(),
             }),
         );
-        assert!(paces.admit(app).await.is_err(), "held for the Retry-After");
+        assert!(
+            paces.admit(app, false).await.is_err(),
+            "held for the Retry-After"
+        );
+        // A token about to expire is not held: its request goes.
+        let urgent = paces
+            .admit(app, true)
+            .await
+            .expect("an urgent request goes");
+        paces.finish(urgent, &Ok::<(), Error>(()));
+        assert!(
+            paces.admit(app, false).await.is_err(),
+            "the others still wait"
+        );
         tokio::time::advance(Duration::from_secs(600)).await;
         let start = Instant::now();
         for _ in 0..3 {
-            let turn = paces.admit(app).await.unwrap();
+            let turn = paces.admit(app, false).await.unwrap();
             paces.finish(turn, &Ok::<(), Error>(()));
         }
         assert_eq!(Instant::now(), start, "no spacing after an outage");
@@ -335,10 +353,10 @@ mod tests {
     async fn a_queue_for_one_application_is_waited_for_no_longer_than_a_turn() {
         let paces = Arc::new(Paces::default());
         let app = AppKey::new("https://a.run.ai", "app");
-        let first = paces.admit(app).await.unwrap();
+        let first = paces.admit(app, false).await.unwrap();
         let second = {
             let paces = paces.clone();
-            tokio::spawn(async move { paces.admit(app).await.err() })
+            tokio::spawn(async move { paces.admit(app, false).await.err() })
         };
         tokio::time::advance(MAX_TURN_WAIT + Duration::from_secs(1)).await;
         assert_eq!(second.await.unwrap(), Some(MAX_TURN_WAIT));
@@ -350,16 +368,18 @@ mod tests {
     async fn requests_of_one_application_go_one_at_a_time() {
         let paces = Arc::new(Paces::default());
         let app = AppKey::new("https://a.run.ai", "app");
-        let first = paces.admit(app).await.unwrap();
+        let first = paces.admit(app, false).await.unwrap();
         let second = {
             let paces = paces.clone();
-            tokio::spawn(async move { paces.admit(app).await.is_ok() })
+            tokio::spawn(async move { paces.admit(app, false).await.is_ok() })
         };
         tokio::time::advance(Duration::from_millis(10)).await;
         tokio::task::yield_now().await;
         assert!(!second.is_finished(), "waits for the first to end");
         // Positive control: another application is not kept waiting.
-        let other = paces.admit(AppKey::new("https://a.run.ai", "b")).await;
+        let other = paces
+            .admit(AppKey::new("https://a.run.ai", "b"), false)
+            .await;
         assert!(other.is_ok());
         paces.finish(first, &Ok::<(), Error>(()));
         assert!(second.await.unwrap());
