@@ -268,6 +268,12 @@ impl Context {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
+    /// Requests and writes are allowed again (this replica leads again).
+    pub fn resume_acting(&self) {
+        self.acting
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// [`Error::LeaseLost`] once [`Context::stop_acting`] was called.
     fn ensure_acting(&self) -> Result<(), Error> {
         if self.acting.load(std::sync::atomic::Ordering::Acquire) {

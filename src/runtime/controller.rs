@@ -403,7 +403,10 @@ async fn watch_namespaces(client: &Client) -> Option<Store<PartialObjectMeta<Nam
 }
 
 /// Waits for the leader lease, runs the controllers while holding it, and
-/// releases it once they have stopped.
+/// campaigns again when it is lost (all work stops at once: no request and
+/// no write until it leads again); releases it once they have stopped at
+/// shutdown. A replica that lost the lease never stays running without
+/// campaigning (api.md, "Talking to the API server: faults").
 async fn run_elected(
     client: &Client,
     namespaces: &[Option<String>],
@@ -429,45 +432,53 @@ async fn run_elected(
     ctx.metrics.set_leader(false);
     info!(lease = %election.lease_name, identity = %election.identity, "waiting to become the leader");
 
-    let became_leader = tokio::select! {
-        changed = leading.wait_for(|lead| *lead) => changed.is_ok(),
-        _ = wait_until_true(&mut stopping) => false,
-    };
-    let result = if became_leader {
+    loop {
+        let became_leader = tokio::select! {
+            changed = leading.wait_for(|lead| *lead) => changed.is_ok(),
+            _ = wait_until_true(&mut stopping) => false,
+        };
+        if !became_leader {
+            break;
+        }
         info!("became the leader");
+        ctx.resume_acting();
         health.set_leading(true);
         ctx.metrics.set_leader(true);
-        let metrics = ctx.metrics.clone();
         let mut stop = stopping.clone();
+        let mut lost = leading.clone();
         let acting = ctx.clone();
         let stop_or_lost = async move {
             tokio::select! {
                 _ = wait_until_true(&mut stop) => {}
-                _ = leading.wait_for(|lead| !*lead) => {
+                _ = lost.wait_for(|lead| !*lead) => {
                     // Another replica may lead already: the reconciliations
                     // under way make no further request or write.
                     acting.stop_acting();
                 }
             }
         };
-        run_controllers(client, namespaces, settings, ctx, health, stop_or_lost).await;
-        metrics.set_leader(false);
+        run_controllers(
+            client,
+            namespaces,
+            settings,
+            ctx.clone(),
+            health,
+            stop_or_lost,
+        )
+        .await;
+        ctx.metrics.set_leader(false);
         health.set_leading(false);
         if *stopping.borrow() {
-            Ok(())
-        } else {
-            // Kubernetes restarts the Pod, which then rejoins the election.
-            Err(Error::Startup("lost the leader lease; exiting".to_owned()))
+            break;
         }
-    } else {
-        Ok(())
-    };
+        warn!(lease = %election.lease_name, "lost the leader lease: the work stopped; campaigning again");
+    }
     // Released only now that the reconciliations under way are done.
     let _ = release.send(true);
     if let Err(e) = lease_task.await {
         warn!(error = %e, "the leader election task failed");
     }
-    result
+    Ok(())
 }
 
 /// Resolves once the channel holds `true` (or its sender is gone).

@@ -167,8 +167,11 @@ fn spec_for(
 /// Holds (or waits for) the Lease `name` in `leases`' namespace as `identity`,
 /// publishing on `leading` whether this replica leads, until `release` turns
 /// true; a leader then releases the Lease so that a successor takes over at
-/// once. A leader that cannot renew within `timing.renew_deadline` publishes
-/// `false` and keeps trying as a follower.
+/// once. A leader that cannot renew within `timing.renew_deadline` (a
+/// renewal that hangs included: each attempt is bounded by the time left)
+/// publishes `false` and keeps trying as a follower. A write that lost a
+/// race (409) is no proof that another replica leads: the Lease is read
+/// again at once, and only a read that shows another holder steps down.
 pub async fn hold(
     leases: Api<Lease>,
     name: String,
@@ -184,25 +187,49 @@ pub async fn hold(
         if *release.borrow() {
             break;
         }
-        let outcome = attempt(&leases, &name, &identity, &timing, &mut observed).await;
+        // A leader's attempt may take only what is left of its renew
+        // deadline; a follower's, a lease duration.
+        let bound = match renewed.filter(|_| *leading.borrow()) {
+            Some(at) => timing
+                .renew_deadline
+                .saturating_sub(at.elapsed())
+                .max(Duration::from_millis(100)),
+            None => timing.lease_duration,
+        };
+        let outcome = tokio::time::timeout(
+            bound,
+            attempt(&leases, &name, &identity, &timing, &mut observed),
+        )
+        .await;
         let now = Instant::now();
-        let failed = outcome.is_err();
-        match outcome {
-            Ok(true) => {
+        // Neither a hang nor a lost race settles who holds the Lease: both
+        // are retried at once, a leader keeping the lead until its deadline.
+        let unsettled = match &outcome {
+            Err(_) => Some(format!("no answer within {} ms", bound.as_millis())),
+            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Ok(Outcome::Raced)) => {
+                Some("the Lease changed while it was being written (HTTP 409)".to_owned())
+            }
+            Ok(Ok(_)) => None,
+        };
+        let failed = unsettled.is_some();
+        match (outcome, unsettled) {
+            (Ok(Ok(Outcome::Holds)), _) => {
                 renewed = Some(now);
                 if !*leading.borrow() {
                     info!(lease = %name, "took the leader lease");
                 }
                 leading.send_replace(true);
             }
-            Ok(false) => {
+            (Ok(Ok(Outcome::Another)), _) => {
                 if *leading.borrow() {
                     warn!(lease = %name, "another replica holds the leader lease; stepping down");
                 }
                 renewed = None;
                 leading.send_replace(false);
             }
-            Err(e) => {
+            (_, e) => {
+                let e = e.unwrap_or_default();
                 if *leading.borrow() {
                     if renewed
                         .is_some_and(|at| now.saturating_duration_since(at) < timing.renew_deadline)
@@ -236,28 +263,52 @@ pub async fn hold(
     }
     if *leading.borrow() {
         leading.send_replace(false);
-        match give_up(&leases, &name, &identity).await {
-            Ok(()) => info!(lease = %name, "released the leader lease"),
-            Err(e) => warn!(error = %e, "could not release the leader lease"),
+        // A courtesy to the successor (it need not wait a lease duration):
+        // bounded, so that a connection that hangs cannot hold the exit.
+        match tokio::time::timeout(RELEASE_TIMEOUT, give_up(&leases, &name, &identity)).await {
+            Ok(Ok(())) => info!(lease = %name, "released the leader lease"),
+            Ok(Err(e)) => warn!(error = %e, "could not release the leader lease"),
+            Err(_) => warn!(
+                timeout_seconds = RELEASE_TIMEOUT.as_secs(),
+                "could not release the leader lease in time; the successor takes it after a lease duration"
+            ),
         }
     }
 }
 
-/// One read and at most one conditional write. Returns whether this replica
-/// holds the lease afterwards.
+/// How long a leader that stops tries to release its Lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What one attempt on the Lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// This replica holds it.
+    Holds,
+    /// Another replica holds it.
+    Another,
+    /// The write lost a race with another writer (409): who holds it is
+    /// known only from the next read.
+    Raced,
+}
+
+/// One read and at most one conditional write: what it found.
+///
+/// # Errors
+///
+/// The API server's, when it does not answer or refuses.
 async fn attempt(
     leases: &Api<Lease>,
     name: &str,
     identity: &str,
     timing: &Timing,
     observed: &mut Option<Observed>,
-) -> Result<bool, kube::Error> {
+) -> Result<Outcome, kube::Error> {
     let lease = leases.get_opt(name).await?;
     let read = lease.as_ref().map(|l| Record::of(l, timing.lease_duration));
     let (step, next) = decide(identity, read, observed.take(), Instant::now());
     *observed = next;
     let result = match (step, lease) {
-        (Step::Wait, _) => return Ok(false),
+        (Step::Wait, _) => return Ok(Outcome::Another),
         (Step::Create, _) => {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -271,7 +322,7 @@ async fn attempt(
                 .await
                 .map(|_| ())
         }
-        (Step::Renew | Step::Take, None) => return Ok(false),
+        (Step::Renew | Step::Take, None) => return Ok(Outcome::Raced),
         (step, Some(mut lease)) => {
             let taking = step == Step::Take;
             let spec = lease.spec.take();
@@ -291,9 +342,9 @@ async fn attempt(
         }
     };
     match result {
-        Ok(()) => Ok(true),
-        // Another replica wrote first (409) or created first: read again.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Ok(()) => Ok(Outcome::Holds),
+        // Another writer came first (409): the next read says who holds it.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Outcome::Raced),
         Err(e) => Err(e),
     }
 }

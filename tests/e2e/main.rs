@@ -9,7 +9,9 @@
 mod chaos;
 mod cli;
 mod cluster;
+mod crds;
 mod edge;
+mod faults;
 mod generations;
 mod gitops;
 mod harness;

@@ -37,6 +37,8 @@ struct Release {
 }
 
 impl Release {
+    /// Installs the chart, without its CRDs: the shared plane has them
+    /// already, and they outlive any one test.
     fn install(cluster: &Cluster, extra: &[&str]) -> Release {
         let name = format!("rts{:04x}", rand::random::<u16>());
         let status = Command::new("helm")
@@ -46,6 +48,7 @@ impl Release {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/runai-token-sync"),
             ])
             .args(["--namespace", &cluster.namespace])
+            .args(["--set", "crds.enabled=false"])
             .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .stdout(Stdio::null())
@@ -464,7 +467,7 @@ async fn watch_namespaces_confine_the_controller() {
 }
 
 /// The leader gauge of a controller, from its /metrics.
-async fn leads(controller: &Controller) -> bool {
+pub(crate) async fn leads(controller: &Controller) -> bool {
     controller
         .probe("/metrics")
         .await
@@ -763,7 +766,7 @@ async fn metrics_and_json_logs_show_what_happens() {
 }
 
 /// The API server's address, from the test cluster's kubeconfig.
-fn api_server_address(cluster: &Cluster) -> SocketAddr {
+pub(crate) fn api_server_address(cluster: &Cluster) -> SocketAddr {
     let config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
     let server = config.clusters[0]
         .cluster
@@ -781,7 +784,7 @@ fn api_server_address(cluster: &Cluster) -> SocketAddr {
 
 /// A copy of the test cluster's kubeconfig that reaches the API server
 /// through `relay`.
-fn kubeconfig_through(cluster: &Cluster, relay: SocketAddr) -> PathBuf {
+pub(crate) fn kubeconfig_through(cluster: &Cluster, relay: SocketAddr) -> PathBuf {
     let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
     for named in &mut config.clusters {
         if let Some(c) = named.cluster.as_mut() {
@@ -864,13 +867,13 @@ async fn not_ready_until_the_api_server_answers() {
 /// A TCP relay to the API server that can black-hole every connection, open
 /// or new: bytes stop flowing both ways and nothing is closed, as with a
 /// half-open connection or a dead network path.
-struct BlackHole {
-    address: SocketAddr,
+pub(crate) struct BlackHole {
+    pub(crate) address: SocketAddr,
     holding: Arc<AtomicBool>,
 }
 
 impl BlackHole {
-    async fn start(upstream: SocketAddr) -> BlackHole {
+    pub(crate) async fn start(upstream: SocketAddr) -> BlackHole {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -913,7 +916,7 @@ impl BlackHole {
         BlackHole { address, holding }
     }
 
-    fn hold(&self, holding: bool) {
+    pub(crate) fn hold(&self, holding: bool) {
         self.holding.store(holding, Ordering::Release);
     }
 }

@@ -1,0 +1,185 @@
+//! The API server's bad days (api.md, "Talking to the API server:
+//! faults"): the leader lease through hangs and theft.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
+use crate::ops::{BlackHole, api_server_address, kubeconfig_through, leads};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Asks for a refresh of `name` (a new value of the annotation).
+async fn ask_refresh(cluster: &Cluster, name: &str, value: &str) {
+    let patch = json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}});
+    cluster
+        .credentials()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_stolen_lease_stops_all_work_and_is_led_again_after() {
+    let cluster = Cluster::new("stolen-lease").await;
+    let standin = standin_with("app", "s3cr3t-lease", HOUR).await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-lease")
+        .await;
+    let args = ["--leader-elect", "--lease-duration-seconds", "10"];
+    let controller = Controller::start(&cluster.kubeconfig, &cluster.namespace, &args);
+    cluster
+        .create_credential("kept", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("kept").await;
+    assert!(leads(&controller).await);
+    let secret_version = || async {
+        cluster
+            .secret("kept")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+    };
+
+    // Another identity takes the Lease and keeps renewing it for 20 s.
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let steal = |lease: &mut Lease| {
+        let spec = lease.spec.as_mut().unwrap();
+        spec.holder_identity = Some("thief".to_owned());
+        spec.lease_duration_seconds = Some(10);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    };
+    let mut lease = leases.get("runai-token-sync").await.unwrap();
+    steal(&mut lease);
+    let mut lease = leases
+        .replace("runai-token-sync", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the controller steps down",
+        || async { (!leads(&controller).await).then_some(()) },
+    )
+    .await;
+    let (requests, version) = (standin.requests("app"), secret_version().await);
+    // A refresh asked for meanwhile is not answered: no request, no write.
+    ask_refresh(&cluster, "kept", "during-theft").await;
+    let stolen = Instant::now();
+    while stolen.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        steal(&mut lease);
+        lease = leases
+            .replace("runai-token-sync", &PostParams::default(), &lease)
+            .await
+            .unwrap();
+        assert!(
+            !leads(&controller).await,
+            "led while another held the Lease"
+        );
+        assert_eq!(
+            standin.requests("app"),
+            requests,
+            "a token request while not leading"
+        );
+        assert_eq!(
+            secret_version().await,
+            version,
+            "a Secret write while not leading"
+        );
+    }
+
+    // The thief stops renewing: the same process leads again (it did not
+    // exit) and answers the refresh asked for meanwhile.
+    eventually(
+        Duration::from_secs(30),
+        "the controller leads again",
+        || async { leads(&controller).await.then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the refresh is answered",
+        || async { (standin.requests("app") > requests).then_some(()) },
+    )
+    .await;
+    cluster.wait_ready("kept").await;
+    assert!(
+        controller.logs().contains("campaigning again"),
+        "{}",
+        controller.logs()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn the_lease_survives_a_short_hang_and_a_long_one_stops_work_until_it_ends() {
+    let cluster = Cluster::new("hung-lease").await;
+    let hole = BlackHole::start(api_server_address(&cluster)).await;
+    let relayed = kubeconfig_through(&cluster, hole.address);
+    let standin = standin_with("app", "s3cr3t-hang", HOUR).await;
+    cluster.put_credentials("creds", "app", "s3cr3t-hang").await;
+    // Lease 15 s: renew deadline 10 s.
+    let args = ["--leader-elect", "--lease-duration-seconds", "15"];
+    let mut controller = Controller::start(&relayed, &cluster.namespace, &args);
+    cluster
+        .create_credential("kept", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("kept").await;
+    eventually(Duration::from_secs(10), "the controller leads", || async {
+        leads(&controller).await.then_some(())
+    })
+    .await;
+
+    // A hang of 5 s, shorter than the renew deadline: still leading, and
+    // running.
+    hole.hold(true);
+    stays(
+        Duration::from_secs(5),
+        "leads through a short hang",
+        || async { leads(&controller).await },
+    )
+    .await;
+    hole.hold(false);
+    stays(Duration::from_secs(5), "still leads after it", || async {
+        leads(&controller).await
+    })
+    .await;
+
+    // A hang of 25 s, longer than the lease: the leader steps down within
+    // its renew deadline (plus a renew period), not after minutes.
+    hole.hold(true);
+    let hung = Instant::now();
+    eventually(Duration::from_secs(15), "the leader steps down", || async {
+        (!leads(&controller).await).then_some(())
+    })
+    .await;
+    assert!(
+        hung.elapsed() < Duration::from_secs(14),
+        "stepped down {:?} into the hang",
+        hung.elapsed()
+    );
+    while hung.elapsed() < Duration::from_secs(25) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    hole.hold(false);
+    // The same process leads again once the API server answers.
+    eventually(
+        Duration::from_secs(40),
+        "the controller leads again",
+        || async { leads(&controller).await.then_some(()) },
+    )
+    .await;
+    let before = standin.requests("app");
+    ask_refresh(&cluster, "kept", "after-the-hang").await;
+    eventually(Duration::from_secs(30), "work goes on", || async {
+        (standin.requests("app") > before).then_some(())
+    })
+    .await;
+    assert!(controller.stop(), "the controller exits cleanly on SIGTERM");
+}
