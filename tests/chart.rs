@@ -556,3 +556,28 @@ fn checkov_finds_nothing_in_the_chart_but_its_documented_exceptions() {
     }
     let _ = std::fs::remove_dir_all(scratch_root);
 }
+
+#[test]
+fn the_argocd_settings_carry_the_scripts_as_they_are() {
+    let docs = format!("{CHART}/docs");
+    let cm: Value = serde_yaml::from_str(&read(&format!("{docs}/argocd-cm.yaml"))).unwrap();
+    let health = read(&format!("{docs}/argocd-health.lua"));
+    let action = read(&format!("{docs}/argocd-refresh-action.lua"));
+    let discovery = read(&format!("{docs}/argocd-refresh-discovery.lua"));
+    for kind in ["RunaiCredential", "ClusterRunaiCredential"] {
+        let data = &cm["data"];
+        assert_eq!(
+            data[format!("resource.customizations.health.tokensync.dev_{kind}")],
+            health.as_str()
+        );
+        let actions: Value = serde_yaml::from_str(
+            data[format!("resource.customizations.actions.tokensync.dev_{kind}")]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(actions["discovery.lua"], discovery.as_str());
+        assert_eq!(actions["definitions"][0]["name"], "refresh");
+        assert_eq!(actions["definitions"][0]["action.lua"], action.as_str());
+    }
+}

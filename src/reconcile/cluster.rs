@@ -705,16 +705,15 @@ async fn report(
             f.reason,
         )
     {
-        let note = format!(
-            "refresh failed {} time(s) in a row: {}",
-            f.attempts, f.message
-        );
+        // The failure's words alone, as a RunaiCredential's Warning: with
+        // no counter in it, repeats are one Event with a series (api.md,
+        // "Talking to the API server: faults").
         act::publish(
             ctx,
             &crc.object_ref(&()),
             EventType::Warning,
             f.reason,
-            note,
+            f.message.clone(),
         )
         .await;
     }

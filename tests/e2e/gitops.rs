@@ -16,6 +16,8 @@ use crate::harness::{Cluster, eventually, spec_for, standin_with};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const HEALTH_SCRIPT: &str = "deploy/helm/runai-token-sync/docs/argocd-health.lua";
+const REFRESH_ACTION: &str = "deploy/helm/runai-token-sync/docs/argocd-refresh-action.lua";
+const REFRESH_DISCOVERY: &str = "deploy/helm/runai-token-sync/docs/argocd-refresh-discovery.lua";
 
 /// The value of `key` in Secret `name`.
 async fn value(cluster: &Cluster, name: &str, key: &str) -> String {
@@ -331,6 +333,10 @@ async fn gitops_tools_tell_working_waiting_and_stuck_apart() {
         ("True".to_owned(), "TokenEndpointError".to_owned())
     );
     assert!(retrying.condition("Stalled").is_none());
+    // A transient failure being retried is progress, not a failed sync.
+    let (health, message) = argocd_health(&retrying);
+    assert_eq!(health, "Progressing", "{message}");
+    assert!(message.starts_with("TokenEndpointError"), "{message}");
 
     // Degraded: the token is valid, refreshing fails.
     cluster.wait_ready("degraded").await;
@@ -352,9 +358,14 @@ async fn gitops_tools_tell_working_waiting_and_stuck_apart() {
     assert_eq!(condition(&degraded, "Ready").0, "True");
     assert!(degraded.condition("Reconciling").is_none());
     assert!(degraded.condition("Stalled").is_none());
+    // Healthy while the token in place is valid; the message says that
+    // refreshing fails and until when it stays valid.
     let (health, message) = argocd_health(&degraded);
-    assert_eq!(health, "Degraded");
-    assert!(message.contains("valid until"), "{message}");
+    assert_eq!(health, "Healthy", "{message}");
+    assert!(
+        message.contains("refreshing fails") && message.contains("valid until"),
+        "{message}"
+    );
 
     // The Ready metric: one series at 1 per credential, gone with it.
     let metric = |name: &str, condition: &str| {
@@ -431,4 +442,158 @@ async fn the_crds_apply_without_warnings() {
         stderr.contains("Warning") && stderr.contains("uint32"),
         "an unknown format must draw a warning:\n{stderr}"
     );
+}
+
+/// Runs the chart's `refresh` action on `object` with Lua 5.1, as Argo CD
+/// does, and returns the value it set on the refresh annotation.
+fn argocd_refresh(object: &Value) -> String {
+    let script = std::fs::read_to_string(REFRESH_ACTION).expect("the action script");
+    let discovery = std::fs::read_to_string(REFRESH_DISCOVERY).expect("the discovery script");
+    let program = format!(
+        "local obj = {}\nlocal actions = (function()\n{discovery}\nend)()\nassert(actions.refresh ~= nil and not actions.refresh.disabled)\nlocal out = (function()\n{script}\nend)()\nio.write(out.metadata.annotations[\"tokensync.dev/refresh-requested-at\"])\n",
+        lua(object)
+    );
+    let path = std::env::temp_dir().join(format!(
+        "argocd-refresh-{}-{}.lua",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::write(&path, program).unwrap();
+    let out = Command::new("lua5.1")
+        .arg(&path)
+        .output()
+        .expect("lua5.1 runs (hack/tools.sh installs it)");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "the action failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn the_argocd_health_script_reads_every_state_and_the_refresh_action_refreshes() {
+    // Every state, on objects of both kinds as the API server returns them,
+    // and conditions without a reason or a message.
+    let object = |kind: &str, generation: i64, observed: Option<i64>, conditions: Value| {
+        json!({
+            "apiVersion": "tokensync.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": "x", "generation": generation},
+            "status": {"observedGeneration": observed, "conditions": conditions},
+        })
+    };
+    for kind in ["RunaiCredential", "ClusterRunaiCredential"] {
+        let cases = [
+            (object(kind, 1, None, json!([])), "Progressing"),
+            (
+                object(
+                    kind,
+                    2,
+                    Some(1),
+                    json!([{"type": "Ready", "status": "True"}]),
+                ),
+                "Progressing",
+            ),
+            (
+                object(
+                    kind,
+                    1,
+                    Some(1),
+                    json!([{"type": "Ready", "status": "True"}]),
+                ),
+                "Healthy",
+            ),
+            (
+                object(
+                    kind,
+                    1,
+                    Some(1),
+                    json!([
+                        {"type": "Ready", "status": "True", "reason": "TokenReady"},
+                        {"type": "Degraded", "status": "True", "reason": "TokenEndpointError"},
+                    ]),
+                ),
+                "Healthy",
+            ),
+            (
+                object(
+                    kind,
+                    1,
+                    Some(1),
+                    json!([
+                        {"type": "Ready", "status": "False"},
+                        {"type": "Reconciling", "status": "True"},
+                    ]),
+                ),
+                "Progressing",
+            ),
+            (
+                object(
+                    kind,
+                    1,
+                    Some(1),
+                    json!([{"type": "Ready", "status": "False"}]),
+                ),
+                "Degraded",
+            ),
+            (
+                object(
+                    kind,
+                    1,
+                    Some(1),
+                    json!([{"type": "Ready", "status": "Unknown"}]),
+                ),
+                "Progressing",
+            ),
+        ];
+        for (object, expected) in cases {
+            let (health, message) = argocd_health_of(&object);
+            assert_eq!(health, expected, "{object}: {message}");
+        }
+        let (_, message) = argocd_health_of(&object(
+            kind,
+            1,
+            Some(1),
+            json!([{"type": "Ready", "status": "False"}]),
+        ));
+        assert_eq!(message, "Ready=False");
+    }
+
+    // The refresh action on a live object: applied as Argo CD would, it
+    // gets a new token.
+    let cluster = Cluster::new("argocd-refresh").await;
+    let standin = standin_with("app-action", "s3cr3t-action", HOUR).await;
+    cluster
+        .put_credentials("runai-client", "app-action", "s3cr3t-action")
+        .await;
+    let _controller = cluster.start_controller();
+    cluster
+        .create_credential("refreshed", spec_for(&standin, "runai-client"))
+        .await;
+    cluster.wait_ready("refreshed").await;
+    let before = cluster.token("refreshed", "accessToken").await.unwrap();
+    let live = serde_json::to_value(cluster.credentials().get("refreshed").await.unwrap()).unwrap();
+    let value = argocd_refresh(&live);
+    let at: jiff::Timestamp = value.parse().expect("an RFC 3339 time");
+    assert!(value.ends_with('Z'), "{value}");
+    assert!(
+        jiff::Timestamp::now().duration_since(at).abs() < jiff::SignedDuration::from_secs(5),
+        "{value}"
+    );
+    cluster
+        .patch_credential(
+            "refreshed",
+            json!({"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": value}}}),
+        )
+        .await;
+    eventually(Duration::from_secs(20), "a new token", || async {
+        cluster
+            .token("refreshed", "accessToken")
+            .await
+            .filter(|t| *t != before)
+    })
+    .await;
+    assert_eq!(standin.requests("app-action"), 2);
 }

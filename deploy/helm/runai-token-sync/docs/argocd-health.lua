@@ -2,19 +2,24 @@
 -- (group tokensync.dev). Argo CD runs it in Lua 5.1 with the object as `obj`;
 -- install it under resource.customizations.health.tokensync.dev_RunaiCredential
 -- and resource.customizations.health.tokensync.dev_ClusterRunaiCredential in
--- the argocd-cm ConfigMap (see the README, "For platform teams").
+-- the argocd-cm ConfigMap (docs/argocd-cm.yaml has both, with the refresh
+-- action).
 --
---   Healthy      Ready=True and refreshing works
---   Degraded     Stalled=True (only a person can fix it: the message says what),
---                or Degraded=True (refreshing fails; the current token is still
---                valid until the time the message gives)
---   Progressing  anything else: no status yet, a generation not observed yet,
---                or Reconciling=True (a token is being obtained or retried)
+--   Progressing  no status yet, a generation not observed yet, or
+--                Reconciling=True (a token is being obtained, or a transient
+--                failure retried)
+--   Healthy      Ready=True, also while Degraded=True: the token in place is
+--                valid, and the message says that refreshing fails and until
+--                when the token stays valid
+--   Degraded     Ready=False (and not Reconciling): only a change can move it
+--                on, and the message says which
+--
+-- A condition without a reason or a message is read as it is, never an error.
 local hs = { status = "Progressing", message = "Waiting for the controller" }
 
 local function find(conditions, wanted)
   for _, c in ipairs(conditions) do
-    if c.type == wanted then
+    if type(c) == "table" and c.type == wanted then
       return c
     end
   end
@@ -22,10 +27,21 @@ local function find(conditions, wanted)
 end
 
 local function say(c)
-  return (c.reason or "") .. ": " .. (c.message or "")
+  local reason = c.reason or ""
+  local message = c.message or ""
+  if reason == "" and message == "" then
+    return tostring(c.type) .. "=" .. tostring(c.status)
+  end
+  if reason == "" then
+    return message
+  end
+  if message == "" then
+    return reason
+  end
+  return reason .. ": " .. message
 end
 
-if obj.status == nil or obj.status.conditions == nil then
+if obj.status == nil or type(obj.status.conditions) ~= "table" then
   return hs
 end
 local generation = obj.metadata and obj.metadata.generation
@@ -36,23 +52,26 @@ if generation ~= nil and (observed == nil or observed < generation) then
 end
 
 local conditions = obj.status.conditions
+local reconciling = find(conditions, "Reconciling")
 local ready = find(conditions, "Ready")
-local stalled = find(conditions, "Stalled")
 local degraded = find(conditions, "Degraded")
 
-if stalled ~= nil and stalled.status == "True" then
-  hs.status = "Degraded"
-  hs.message = say(stalled)
-  return hs
-end
-if degraded ~= nil and degraded.status == "True" then
-  hs.status = "Degraded"
-  hs.message = say(degraded)
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.message = say(reconciling)
   return hs
 end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = ready.message or ""
+  if degraded ~= nil and degraded.status == "True" then
+    hs.message = "The token in place is valid, but refreshing fails: " .. say(degraded)
+  else
+    hs.message = ready.message or ""
+  end
+  return hs
+end
+if ready ~= nil and ready.status == "False" then
+  hs.status = "Degraded"
+  hs.message = say(ready)
   return hs
 end
 if ready ~= nil then
