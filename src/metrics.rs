@@ -41,6 +41,11 @@ struct TokenApiLabels {
     token_api: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrdLabels {
+    crd: String,
+}
+
 /// Identifies one RunaiCredential in the per-credential gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
@@ -77,6 +82,7 @@ pub struct Metrics {
     token_request_duration: HistogramFamily<TokenApiLabels>,
     credentials: Arc<CredentialSeries>,
     leader: Gauge,
+    crd_missing_fields: Family<CrdLabels, Gauge>,
 }
 
 /// What the per-credential series of one RunaiCredential show.
@@ -249,6 +255,12 @@ impl Metrics {
             "1 while this replica holds the leader lease (or runs without leader election), else 0",
             leader.clone(),
         );
+        let crd_missing_fields = Family::<CrdLabels, Gauge>::default();
+        registry.register(
+            "crd_missing_fields",
+            "Fields (and enum values) the controller knows that the installed CRD lacks; 0 when it is current",
+            crd_missing_fields.clone(),
+        );
         Metrics {
             registry,
             reconciliations,
@@ -257,6 +269,7 @@ impl Metrics {
             token_request_duration,
             credentials,
             leader,
+            crd_missing_fields,
         }
     }
 
@@ -354,6 +367,16 @@ impl Metrics {
         self.credentials.states().remove(credential);
         self.credentials.deprecated().remove(credential);
         self.credentials.announced().remove(credential);
+    }
+
+    /// Sets how many fields (and enum values) the installed CRD `crd`
+    /// lacks of the controller's (see [`crate::api::gaps`]).
+    pub fn set_crd_missing_fields(&self, crd: &str, missing: usize) {
+        self.crd_missing_fields
+            .get_or_create(&CrdLabels {
+                crd: crd.to_owned(),
+            })
+            .set(i64::try_from(missing).unwrap_or(i64::MAX));
     }
 
     /// Sets whether this replica leads.

@@ -15,6 +15,7 @@ pub const SECRET_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 pub mod cluster;
+pub mod gaps;
 pub mod template;
 
 pub use cluster::{

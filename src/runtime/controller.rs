@@ -317,6 +317,20 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             return Ok(());
         }
     }
+    // What the installed CRDs lack of ours is said at start and whenever
+    // one changes.
+    tokio::spawn(super::crds::report_gaps(
+        client.clone(),
+        metrics.clone(),
+        crate::api::crd(),
+    ));
+    if settings.cluster_credentials {
+        tokio::spawn(super::crds::report_gaps(
+            client.clone(),
+            metrics.clone(),
+            crate::api::cluster_crd(),
+        ));
+    }
     let hash_key = load_or_create_hash_key(&client, &settings.controller_namespace).await?;
     let reporter = Reporter {
         controller: "runai-token-sync".to_owned(),

@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod cluster;
 pub mod controller;
+pub mod crds;
 pub mod leader;
 pub mod proxy;
 pub mod server;

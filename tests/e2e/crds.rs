@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -15,6 +16,7 @@ use kube::{
 use serde_json::Value;
 
 use crate::chaos::OwnPlane;
+use crate::harness::{Controller, eventually};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/runai-token-sync");
 
@@ -119,6 +121,26 @@ async fn helm_upgrade_updates_an_older_crd_and_uninstall_keeps_it() {
         "V1"
     );
 
+    // The controller names what the installed CRD lacks, and counts it.
+    let controller = Controller::start_raw(&kubeconfig, &["--controller-namespace", "default"]);
+    let series = "runai_token_sync_crd_missing_fields{crd=\"runaicredentials.tokensync.dev\"}";
+    let metric = || async {
+        let (_, text) = controller.probe("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<u32>().ok())
+    };
+    eventually(Duration::from_secs(20), "the gaps are counted", || async {
+        (metric().await == Some(2)).then_some(())
+    })
+    .await;
+    let logs = controller.logs();
+    for said in [
+        "status.tokenApi is dropped",
+        "spec.tokenApi: Auto is refused",
+    ] {
+        assert!(logs.contains(said), "{said} in {logs}");
+    }
+
     helm(
         &kubeconfig,
         &["upgrade", "rts", CHART, "--namespace", "default"],
@@ -130,6 +152,16 @@ async fn helm_upgrade_updates_an_older_crd_and_uninstall_keeps_it() {
         "helm upgrade updated the CRD"
     );
     assert!(schema(&upgraded)["status"]["properties"]["tokenApi"].is_object());
+    // Seen by the running controller: nothing lacks any more.
+    eventually(Duration::from_secs(20), "no gap left", || async {
+        (metric().await == Some(0)).then_some(())
+    })
+    .await;
+    assert!(
+        controller
+            .logs()
+            .contains("now has every field the controller knows")
+    );
     assert!(
         crd(&client, "clusterrunaicredentials.tokensync.dev")
             .await

@@ -183,3 +183,68 @@ async fn the_lease_survives_a_short_hang_and_a_long_one_stops_work_until_it_ends
     .await;
     assert!(controller.stop(), "the controller exits cleanly on SIGTERM");
 }
+
+/// The Event objects about `name` of `reason` in the test's namespace, with
+/// their notes and series counts.
+async fn events_of(cluster: &Cluster, name: &str, reason: &str) -> Vec<(String, i32)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn repeated_failures_aggregate_into_few_events_without_counters() {
+    let cluster = Cluster::new("event-flood").await;
+    let standin = standin_with("app", "s3cr3t-flood", HOUR).await;
+    standin.set_fault(Some(runai_standin::Fault::Status {
+        code: 503,
+        retry_after: None,
+    }));
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-flood")
+        .await;
+    let _controller = cluster.start_controller();
+    cluster
+        .create_credential("failing", spec_for(&standin, "creds"))
+        .await;
+    // Backoff 5, 10, 20 s: four attempts in about 40 s, Warnings at the
+    // 1st, 2nd and 4th.
+    eventually(Duration::from_secs(60), "four attempts", || async {
+        let cr = cluster.credentials().get("failing").await.ok()?;
+        (cr.status?.failed_attempts >= 4).then_some(())
+    })
+    .await;
+    let events = eventually(Duration::from_secs(10), "the Warnings", || async {
+        let events = events_of(&cluster, "failing", "TokenEndpointError").await;
+        (events.iter().map(|(_, count)| count).sum::<i32>() >= 3).then_some(events)
+    })
+    .await;
+    assert!(
+        events.len() <= 3,
+        "at most 3 Event objects per credential and reason: {events:?}"
+    );
+    let this_year = format!("{}-", jiff::Timestamp::now().strftime("%Y"));
+    for (note, _) in &events {
+        assert!(
+            !note.contains("time(s)") && !note.contains("attempt") && !note.contains(&this_year),
+            "an Event message with a counter or a time: {note}"
+        );
+    }
+    // Positive control: the repeats were published (the series counts them).
+    assert!(
+        events.iter().map(|(_, count)| count).sum::<i32>() >= 3,
+        "{events:?}"
+    );
+}
