@@ -2,12 +2,50 @@
 //! leadership, recorded by the controller and read by the listener.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-/// Default of how long the leader may make no progress (no reconciliation
-/// succeeds and the API server does not answer) while it has
+/// When the API server last answered one of the controller's watch
+/// requests, shared between the Kubernetes client (which records it) and
+/// the liveness probe (which reads it). Each watch request is ended by the
+/// API server after at most `WATCH_TIMEOUT_SECONDS` and made again, so a
+/// controller whose watches work is answered at least that often; one
+/// whose watches are dead or never came back after an outage is not, even
+/// while the API server answers other calls.
+#[derive(Clone, Debug, Default)]
+pub struct WatchPulse(Arc<Mutex<Option<Instant>>>);
+
+impl WatchPulse {
+    /// A watch request was answered (its response began) now.
+    pub fn beat(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Time since the last answer (or restart); `None` before either.
+    pub fn since_last(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|at| at.elapsed())
+    }
+}
+
+/// How long the controller's watches may go unanswered before liveness
+/// stops counting the API server's answers as progress: two watch requests
+/// (2 × 50 s), so that a watch that silently died is replaced (65 s read
+/// timeout) and answered again with room to spare, while one that never
+/// comes back is noticed.
+pub const WATCHES_SILENT_LIMIT: Duration = Duration::from_secs(100);
+
+/// Default of how long the leader may make no progress (the API server does
+/// not answer, or the controller's watches are not answered) while it has
 /// RunaiCredentials to keep, before `/healthz` fails and the kubelet restarts
 /// it: several times the 30 s probe period, so that a short API-server outage
 /// is waited out.
@@ -47,6 +85,15 @@ impl Default for Health {
     }
 }
 
+/// Whether a liveness probe saw progress: the API server answered it, and
+/// one of the controller's watches was answered (or started) at most
+/// [`WATCHES_SILENT_LIMIT`] ago (`watches_silent`: the time since; `None`
+/// before any).
+#[must_use]
+pub fn is_progress(api_server_answered: bool, watches_silent: Option<Duration>) -> bool {
+    api_server_answered && watches_silent.is_some_and(|silent| silent <= WATCHES_SILENT_LIMIT)
+}
+
 /// Whether a controller is stuck: it leads, has work, and has made no
 /// progress for longer than `limit`.
 pub fn is_stalled(
@@ -72,7 +119,8 @@ impl Health {
         self.stall_limit
     }
 
-    /// Something moved: a reconciliation succeeded or the API server answered.
+    /// Something moved: the watches synced, or the API server answered and
+    /// the controller's watches are being answered.
     pub fn record_progress(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_progress_ms.store(ms, Ordering::Release);
@@ -123,5 +171,34 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_needs_both_the_api_server_and_answered_watches() {
+        let recent = Some(Duration::from_secs(3));
+        assert!(is_progress(true, recent));
+        assert!(is_progress(true, Some(WATCHES_SILENT_LIMIT)));
+        assert!(
+            !is_progress(false, recent),
+            "the API server does not answer"
+        );
+        assert!(
+            !is_progress(true, Some(WATCHES_SILENT_LIMIT + Duration::from_secs(1))),
+            "it answers, but the watches never came back"
+        );
+        assert!(!is_progress(true, None), "no watch ever answered");
+    }
+
+    #[test]
+    fn the_pulse_counts_from_its_last_beat() {
+        let pulse = WatchPulse::default();
+        assert_eq!(pulse.since_last(), None);
+        pulse.beat();
+        assert!(pulse.since_last().unwrap() < Duration::from_secs(5));
     }
 }

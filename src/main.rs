@@ -9,11 +9,13 @@ use runai_token_sync::{
     Error,
     api::{TokenApi, cluster_crd_yaml, crd_yaml},
     cli::{check, renew},
+    health::WatchPulse,
     reconcile::Policy,
     runai::allowed_urls::AllowedUrls,
     runtime::controller::{self, LeaderElection, Settings},
     runtime::proxy,
     runtime::telemetry::{LogFormat, init_logging},
+    runtime::watch_pulse::PulseLayer,
 };
 
 #[derive(Parser)]
@@ -320,6 +322,7 @@ async fn run(cli: Cli) -> ExitCode {
                 api_server: String::new(),
                 cluster_credentials: args.cluster_credentials,
                 cluster_credentials_selector: args.cluster_credentials_selector,
+                watch_pulse: WatchPulse::default(),
             };
             let inferred = match kube::Config::infer().await {
                 Err(e) if is_about_proxies(&e) => {
@@ -334,11 +337,16 @@ async fn run(cli: Cli) -> ExitCode {
                     config.proxy_url =
                         proxy::api_server_proxy(&config.cluster_url, config.proxy_url);
                     // Every call has a timeout: a half-open connection must
-                    // not stall the controller. Reads outlast the 290 s after
-                    // which the API server ends a watch.
+                    // not stall the controller. Reads outlast the time after
+                    // which the API server ends a watch request.
                     config.connect_timeout = Some(Duration::from_secs(10));
-                    config.read_timeout = Some(Duration::from_secs(295));
-                    match kube::Client::try_from(config) {
+                    config.read_timeout = Some(runai_token_sync::runtime::WATCH_READ_TIMEOUT);
+                    let client = kube::client::ClientBuilder::try_from(config).map(|builder| {
+                        builder
+                            .with_layer(&PulseLayer(settings.watch_pulse.clone()))
+                            .build()
+                    });
+                    match client {
                         Ok(client) => controller::run(client, settings).await,
                         Err(e) => Err(Error::Startup(format!(
                             "cannot build a Kubernetes client for {}: {e}",

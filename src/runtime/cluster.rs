@@ -149,13 +149,13 @@ async fn serve(
 ) {
     ctx.serve_clusters();
     let api: Api<ClusterRunaiCredential> = Api::all(client.clone());
-    let mut config = watcher::Config::default().any_semantic();
+    let mut config = super::cached_watch_config();
     if let Some(selector) = selector {
         config = config.labels(selector);
     }
     let (released, listed) = (ctx.clone(), ctx.clone());
     let changes = watcher(api, config)
-        .default_backoff()
+        .backoff(super::watch_backoff())
         .modify(|crc: &mut ClusterRunaiCredential| {
             super::strip_for_cache(&mut crc.metadata);
         })
@@ -185,8 +185,8 @@ async fn serve(
             PredicateConfig::default().ttl(std::time::Duration::from_secs(25 * 3600)),
         );
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-    let namespace_changes = watcher(namespaces, watcher::Config::default().any_semantic())
-        .default_backoff()
+    let namespace_changes = watcher(namespaces, super::cached_watch_config())
+        .backoff(super::watch_backoff())
         .touched_objects();
     // Its Secrets, in every namespace served (one watch each with
     // `--namespace`, where only those may be read).
@@ -203,7 +203,7 @@ async fn serve(
             secrets,
             super::paged_watch_config().labels(CLUSTER_CREDENTIAL_LABEL),
         )
-        .default_backoff()
+        .backoff(super::watch_backoff())
         // A new list may skip the versions of writes whose echo is awaited.
         .map_ok(move |event| {
             if matches!(event, watcher::Event::Init) {
@@ -216,8 +216,8 @@ async fn serve(
     }));
     let own: Api<PartialObjectMeta<Secret>> =
         Api::namespaced(client.clone(), &ctx.controller_namespace);
-    let credentials = watcher(own, watcher::Config::default().any_semantic())
-        .default_backoff()
+    let credentials = watcher(own, super::cached_watch_config())
+        .backoff(super::watch_backoff())
         .touched_objects();
     let (for_namespaces, for_labelled, for_credentials) =
         (store.clone(), store.clone(), store.clone());

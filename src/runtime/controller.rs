@@ -28,6 +28,7 @@ use crate::{
     api::RunaiCredential,
     cache::index::SecretIndex,
     error::Error,
+    health::{WATCHES_SILENT_LIMIT, WatchPulse, is_progress},
     metrics::{CredentialLabels, Metrics},
     output::secret::{CREDENTIAL_LABEL, CREDENTIALS_LABEL, HashKey, MANAGED_BY, MANAGED_BY_LABEL},
     reconcile::{self, Context, FIELD_MANAGER, Parts, Policy},
@@ -71,6 +72,9 @@ pub struct Settings {
     pub cluster_credentials: bool,
     /// Serve only the ClusterRunaiCredentials this label selector matches.
     pub cluster_credentials_selector: Option<String>,
+    /// When the API server last answered one of the controller's watches:
+    /// beaten by the Kubernetes client's [`super::watch_pulse::PulseLayer`].
+    pub watch_pulse: WatchPulse,
 }
 
 /// Leader election on a `coordination.k8s.io` Lease.
@@ -405,8 +409,8 @@ async fn watch_namespaces(client: &Client) -> Option<Store<PartialObjectMeta<Nam
         .ok()?;
     let (store, writer) = reflector::store();
     tokio::spawn(
-        watcher(namespaces_api, watcher::Config::default().any_semantic())
-            .default_backoff()
+        watcher(namespaces_api, super::cached_watch_config())
+            .backoff(super::watch_backoff())
             .modify(|ns: &mut PartialObjectMeta<Namespace>| {
                 super::strip_for_cache(&mut ns.metadata)
             })
@@ -540,7 +544,14 @@ async fn run_controllers(
         stores.clone(),
         cluster_store.into_iter().collect(),
     ));
-    let probing = tokio::spawn(probe_liveness(client.clone(), health.clone(), stores));
+    // The watches just started: their first answers are awaited from now.
+    settings.watch_pulse.beat();
+    let probing = tokio::spawn(probe_liveness(
+        client.clone(),
+        health.clone(),
+        settings.watch_pulse.clone(),
+        stores,
+    ));
     futures::future::join(futures::future::join_all(controllers), cluster_run).await;
     readiness.abort();
     pruning.abort();
@@ -618,7 +629,7 @@ fn credential_changes(
     let triggers = Arc::new(TriggerMemory::default());
     let (deleted, listed, filtered) = (triggers.clone(), triggers.clone(), triggers);
     watcher(credentials, super::paged_watch_config())
-        .default_backoff()
+        .backoff(super::watch_backoff())
         .modify(move |cr: &mut RunaiCredential| {
             super::strip_for_cache(&mut cr.metadata);
             // Thousands of RunaiCredentials often carry the same bundle:
@@ -800,13 +811,18 @@ fn prune(
     );
 }
 
-/// Liveness: records progress whenever the API server answers, and whether
-/// there are RunaiCredentials to keep; see `Settings::stall_limit`. Several
-/// probes within the stall limit, so that one lost answer does not fail the
-/// liveness probe.
+/// Liveness: records progress when the API server answers and the
+/// controller's watches are being answered (within
+/// [`WATCHES_SILENT_LIMIT`]), and whether there are RunaiCredentials to
+/// keep; see `Settings::stall_limit`. An API server that answers `/version`
+/// is not enough: after an outage, a controller whose watches never came
+/// back is not working, and must not look healthy (api.md, "Talking to the
+/// API server: faults"). Several probes within the stall limit, so that
+/// one lost answer does not fail the liveness probe.
 pub async fn probe_liveness(
     client: Client,
     health: Arc<Health>,
+    watches: WatchPulse,
     stores: Vec<Store<RunaiCredential>>,
 ) {
     let period = (health.stall_limit() / 4).clamp(Duration::from_secs(1), LIVENESS_PROBE);
@@ -816,8 +832,15 @@ pub async fn probe_liveness(
         health.set_has_work(stores.iter().any(|s| !s.is_empty()));
         let answered =
             tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await;
-        if matches!(answered, Ok(Ok(_))) {
+        let api_server_answered = matches!(answered, Ok(Ok(_)));
+        if is_progress(api_server_answered, watches.since_last()) {
             health.record_progress();
+        } else if api_server_answered {
+            warn!(
+                silent_seconds = watches.since_last().map(|d| d.as_secs()),
+                "the API server answers but none of the controller's watches has been answered for {} s; not counted as progress",
+                WATCHES_SILENT_LIMIT.as_secs()
+            );
         }
     }
 }

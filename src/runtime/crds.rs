@@ -21,9 +21,13 @@ pub async fn report_gaps(client: Client, metrics: Arc<Metrics>, ours: CustomReso
     let name = ours.metadata.name.clone().unwrap_or_default();
     let ours = serde_json::to_value(&ours).unwrap_or_default();
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let config = super::cached_watch_config().fields(&format!("metadata.name={name}"));
     let mut said: Option<Vec<gaps::Gap>> = None;
-    let mut events = std::pin::pin!(watcher(crds, config).default_backoff().applied_objects());
+    let mut events = std::pin::pin!(
+        watcher(crds, config)
+            .backoff(super::watch_backoff())
+            .applied_objects()
+    );
     while let Some(event) = events.next().await {
         match event {
             Ok(installed) => {

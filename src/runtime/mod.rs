@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod server;
 pub mod telemetry;
 pub mod triggers;
+pub mod watch_pulse;
 
 /// The watch configuration for what may number in the thousands
 /// (RunaiCredentials, Secrets): the first list, and any list after the watch
@@ -25,8 +26,55 @@ pub mod triggers;
 /// start. Source: Kubernetes API concepts, "Retrieving large results sets in
 /// chunks" and "Semantics for get and list".
 pub(crate) fn paged_watch_config() -> kube::runtime::watcher::Config {
-    kube::runtime::watcher::Config::default()
+    kube::runtime::watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS)
 }
+
+/// The configuration of the watches of small, unpaged lists (the "any"
+/// list semantic, from the API server's cache), with the same timeout.
+pub(crate) fn cached_watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default()
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_SECONDS)
+}
+
+/// How long a failing watch waits before it tries again: from 0.8 s,
+/// doubling, up to [`WATCH_RETRY_MAX`] plus a random jitter of up to as
+/// much again, and from the start after two minutes without a failure.
+/// kube-runtime's default goes up to 30 s plus as much jitter, which could
+/// leave the controller idle a minute after the API server came back; this
+/// keeps it within 30 s, however many outages came before (api.md,
+/// "Talking to the API server: faults").
+pub(crate) fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(800))
+        .with_max_delay(WATCH_RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        kube::runtime::watcher::ExponentialBackoff::from(delays),
+        std::time::Duration::from_secs(120),
+    )
+}
+
+/// The longest delay of [`watch_backoff`] before its jitter (seconds): with
+/// the jitter, a watch tries again at most 20 s after it failed.
+pub const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the API server keeps each watch request open (seconds), so
+/// that a live watch answers within it: the API server ends the request
+/// and the watch goes on with a new one from where it was. A watch whose
+/// connection silently stopped delivering (a load balancer that dropped it
+/// without closing it) then fails by the client's read timeout,
+/// [`WATCH_READ_TIMEOUT`], and is replaced, instead of leaving the caches
+/// stale for good (api.md, "Talking to the API server: faults": replaced
+/// within 90 s).
+pub const WATCH_TIMEOUT_SECONDS: u32 = 50;
+
+/// The Kubernetes client's read timeout: a little more than
+/// [`WATCH_TIMEOUT_SECONDS`], since a watch request is the longest read
+/// the controller makes; every other call answers far sooner.
+pub const WATCH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(65);
 
 /// Drops from an object's metadata what no decision reads before its cache
 /// keeps it: `managedFields` (emptied lists keep their allocation, so the

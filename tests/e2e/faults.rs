@@ -9,7 +9,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
-use crate::ops::{BlackHole, api_server_address, kubeconfig_through, leads};
+use crate::ops::{api_server_address, kubeconfig_through, leads};
+use crate::proxy::{FaultProxy, Mode};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -120,7 +121,7 @@ async fn a_stolen_lease_stops_all_work_and_is_led_again_after() {
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn the_lease_survives_a_short_hang_and_a_long_one_stops_work_until_it_ends() {
     let cluster = Cluster::new("hung-lease").await;
-    let hole = BlackHole::start(api_server_address(&cluster)).await;
+    let hole = FaultProxy::start(api_server_address(&cluster)).await;
     let relayed = kubeconfig_through(&cluster, hole.address);
     let standin = standin_with("app", "s3cr3t-hang", HOUR).await;
     cluster.put_credentials("creds", "app", "s3cr3t-hang").await;
@@ -138,14 +139,14 @@ async fn the_lease_survives_a_short_hang_and_a_long_one_stops_work_until_it_ends
 
     // A hang of 5 s, shorter than the renew deadline: still leading, and
     // running.
-    hole.hold(true);
+    hole.set(Mode::Hang);
     stays(
         Duration::from_secs(5),
         "leads through a short hang",
         || async { leads(&controller).await },
     )
     .await;
-    hole.hold(false);
+    hole.set(Mode::Pass);
     stays(Duration::from_secs(5), "still leads after it", || async {
         leads(&controller).await
     })
@@ -153,7 +154,7 @@ async fn the_lease_survives_a_short_hang_and_a_long_one_stops_work_until_it_ends
 
     // A hang of 25 s, longer than the lease: the leader steps down within
     // its renew deadline (plus a renew period), not after minutes.
-    hole.hold(true);
+    hole.set(Mode::Hang);
     let hung = Instant::now();
     eventually(Duration::from_secs(15), "the leader steps down", || async {
         (!leads(&controller).await).then_some(())
@@ -167,7 +168,7 @@ async fn the_lease_survives_a_short_hang_and_a_long_one_stops_work_until_it_ends
     while hung.elapsed() < Duration::from_secs(25) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    hole.hold(false);
+    hole.set(Mode::Pass);
     // The same process leads again once the API server answers.
     eventually(
         Duration::from_secs(40),
@@ -247,4 +248,115 @@ async fn repeated_failures_aggregate_into_few_events_without_counters() {
         events.iter().map(|(_, count)| count).sum::<i32>() >= 3,
         "{events:?}"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_watch_that_silently_stops_delivering_is_replaced_within_two_minutes() {
+    let cluster = Cluster::new("dead-watch").await;
+    let hole = FaultProxy::start(api_server_address(&cluster)).await;
+    let relayed = kubeconfig_through(&cluster, hole.address);
+    let standin = standin_with("app", "s3cr3t-dead", HOUR).await;
+    standin.set_client("app-rotated", "s3cr3t-rotated", HOUR);
+    cluster.put_credentials("creds", "app", "s3cr3t-dead").await;
+    let controller = Controller::start(&relayed, &cluster.namespace, &[]);
+    cluster
+        .create_credential("kept", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("kept").await;
+    // Every idle connection the controller has (its watches among them)
+    // stops delivering, without being closed; new connections work.
+    hole.set(Mode::BlackHoleWhenIdle);
+    tokio::time::sleep(crate::proxy::IDLE * 3).await;
+    hole.set(Mode::Pass);
+    // A rotation of the credentials, and an edit of the credential.
+    cluster
+        .put_credentials("creds", "app-rotated", "s3cr3t-rotated")
+        .await;
+    let changed = Instant::now();
+    eventually(
+        Duration::from_secs(120),
+        "the rotation takes effect through a replaced watch",
+        || async { (standin.requests("app-rotated") >= 1).then_some(()) },
+    )
+    .await;
+    let took = changed.elapsed();
+    cluster.wait_ready("kept").await;
+    assert!(took < Duration::from_secs(120), "{took:?}");
+    assert!(
+        controller
+            .logs()
+            .lines()
+            .filter(|l| l.contains("became the leader")
+                || l.contains("starting the RunaiCredential controller"))
+            .count()
+            <= 1,
+        "no restart"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn after_five_outages_in_a_row_it_works_within_30_s_of_the_last() {
+    let cluster = Cluster::new("outages").await;
+    let proxy = FaultProxy::start(api_server_address(&cluster)).await;
+    let relayed = kubeconfig_through(&cluster, proxy.address);
+    let standin = standin_with("app", "s3cr3t-outages", HOUR).await;
+    standin.set_client("app-after", "s3cr3t-after", HOUR);
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-outages")
+        .await;
+    cluster
+        .put_credentials("after-creds", "app-after", "s3cr3t-after")
+        .await;
+    // Lease 10 s: each outage outlasts its renew deadline, so the lease is
+    // lost and taken again each time.
+    let args = [
+        "--leader-elect",
+        "--lease-duration-seconds",
+        "10",
+        "--stall-timeout-seconds",
+        "20",
+    ];
+    let mut controller = Controller::start(&relayed, &cluster.namespace, &args);
+    cluster
+        .create_credential("kept", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("kept").await;
+    for _ in 0..5 {
+        // Down: connecting is refused, open connections are reset.
+        proxy.set(Mode::Refuse);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        proxy.set(Mode::Pass);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(
+        controller.logs().contains("campaigning again"),
+        "the outages cost the lease: {}",
+        controller.logs()
+    );
+    // Since the last outage ended: a new credential and a refresh asked for.
+    let back = Instant::now();
+    cluster
+        .create_credential("after", spec_for(&standin, "after-creds"))
+        .await;
+    let before = standin.requests("app");
+    ask_refresh(&cluster, "kept", "after-the-outages").await;
+    eventually(
+        Duration::from_secs(30),
+        "both are done within 30 s of the last outage",
+        || async {
+            let after = cluster.credentials().get("after").await.ok()?;
+            let ready = after.condition("Ready")?.status == "True";
+            (ready && standin.requests("app") > before).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        back.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(controller.probe("/healthz").await.0, 200);
+    assert!(controller.is_running(), "no restart, no exit");
 }

@@ -17,6 +17,7 @@ mod gitops;
 mod harness;
 mod ops;
 mod plane;
+mod proxy;
 mod sdk;
 mod shared;
 mod writes;

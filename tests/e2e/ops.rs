@@ -5,10 +5,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -25,6 +21,7 @@ use runai_token_sync::RunaiCredential;
 use serde_json::json;
 
 use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
+use crate::proxy::{FaultProxy, Mode};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -799,45 +796,12 @@ pub(crate) fn kubeconfig_through(cluster: &Cluster, relay: SocketAddr) -> PathBu
     relayed
 }
 
-/// A TCP relay to the API server whose traffic can be held back.
-struct Relay {
-    address: SocketAddr,
-    paused: Arc<AtomicBool>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let paused = Arc::new(AtomicBool::new(true));
-        let gate = paused.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let gate = gate.clone();
-                tokio::spawn(async move {
-                    // Held connections simply wait: TLS is relayed untouched.
-                    while gate.load(Ordering::Acquire) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Relay { address, paused }
-    }
-
-    fn resume(&self) {
-        self.paused.store(false, Ordering::Release);
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn not_ready_until_the_api_server_answers() {
     let cluster = Cluster::new("readyz").await;
-    let relay = Relay::start(api_server_address(&cluster)).await;
+    let relay = FaultProxy::start(api_server_address(&cluster)).await;
+    relay.set(Mode::Hang);
     let relayed = kubeconfig_through(&cluster, relay.address);
 
     let controller = Controller::start(&relayed, &cluster.namespace, &[]);
@@ -854,7 +818,7 @@ async fn not_ready_until_the_api_server_answers() {
         || async { controller.probe("/readyz").await.0 == 503 },
     )
     .await;
-    relay.resume();
+    relay.set(Mode::Pass);
     eventually(
         Duration::from_secs(20),
         "ready once the watches synced",
@@ -864,68 +828,11 @@ async fn not_ready_until_the_api_server_answers() {
     assert!(controller.logs().contains("watches synced"));
 }
 
-/// A TCP relay to the API server that can black-hole every connection, open
-/// or new: bytes stop flowing both ways and nothing is closed, as with a
-/// half-open connection or a dead network path.
-pub(crate) struct BlackHole {
-    pub(crate) address: SocketAddr,
-    holding: Arc<AtomicBool>,
-}
-
-impl BlackHole {
-    pub(crate) async fn start(upstream: SocketAddr) -> BlackHole {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let holding = Arc::new(AtomicBool::new(false));
-        let gate = holding.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let (in_read, in_write) = inbound.into_split();
-                let (out_read, out_write) = outbound.into_split();
-                for (mut from, mut to, gate) in [
-                    (
-                        Box::new(in_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                        Box::new(out_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-                        gate.clone(),
-                    ),
-                    (Box::new(out_read), Box::new(in_write), gate.clone()),
-                ] {
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16384];
-                        loop {
-                            let n = match from.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            // Held: what was read is never delivered.
-                            while gate.load(Ordering::Acquire) {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            if to.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        BlackHole { address, holding }
-    }
-
-    pub(crate) fn hold(&self, holding: bool) {
-        self.holding.store(holding, Ordering::Release);
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run hack/test.sh"]
 async fn liveness_fails_when_the_api_server_is_black_holed() {
     let cluster = Cluster::new("stall").await;
-    let hole = BlackHole::start(api_server_address(&cluster)).await;
+    let hole = FaultProxy::start(api_server_address(&cluster)).await;
     let relayed = kubeconfig_through(&cluster, hole.address);
 
     let standin = standin_with("app", "s3cr3t-stall", HOUR).await;
@@ -949,7 +856,7 @@ async fn liveness_fails_when_the_api_server_is_black_holed() {
     )
     .await;
 
-    hole.hold(true);
+    hole.set(Mode::Hang);
     let started = Instant::now();
     let body = eventually(Duration::from_secs(30), "/healthz fails", || async {
         let (status, body) = controller.probe("/healthz").await;
@@ -962,7 +869,7 @@ async fn liveness_fails_when_the_api_server_is_black_holed() {
         "not before the limit"
     );
 
-    hole.hold(false);
+    hole.set(Mode::Pass);
     eventually(Duration::from_secs(30), "/healthz recovers", || async {
         (controller.probe("/healthz").await.0 == 200).then_some(())
     })
