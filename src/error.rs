@@ -34,8 +34,9 @@ pub enum Error {
     SecretConflict { secret: String },
 
     /// The API server refused to write the target Secret (a quota, an
-    /// admission webhook, missing rights): HTTP 400, 403 or 422. `message`
-    /// is the API server's, with the token masked.
+    /// admission webhook's denial, missing rights: HTTP 400, 403 or 422), or
+    /// an admission webhook on Secrets failed or timed out (HTTP 500 naming
+    /// it). `message` is the API server's, with the token masked.
     #[error("the API server refused to write Secret {secret} (HTTP {status}): {message}")]
     SecretWriteFailed {
         secret: String,

@@ -15,6 +15,7 @@ use runai_token_sync::{
     runtime::controller::{self, LeaderElection, Settings},
     runtime::proxy,
     runtime::telemetry::{LogFormat, init_logging},
+    runtime::token_file::{TokenFile, TokenFileLayer},
     runtime::watch_pulse::PulseLayer,
 };
 
@@ -341,17 +342,36 @@ async fn run(cli: Cli) -> ExitCode {
                     // which the API server ends a watch request.
                     config.connect_timeout = Some(Duration::from_secs(10));
                     config.read_timeout = Some(runai_token_sync::runtime::WATCH_READ_TIMEOUT);
-                    let client = kube::client::ClientBuilder::try_from(config).map(|builder| {
-                        builder
-                            .with_layer(&PulseLayer(settings.watch_pulse.clone()))
-                            .build()
+                    // A token file is read here, again as it rotates (see
+                    // token_file); a static token stays kube's to send.
+                    let token_file = match config.auth_info.token_file.take() {
+                        Some(path) if config.auth_info.token.is_none() => {
+                            Some(TokenFile::open(std::path::Path::new(&path)))
+                        }
+                        kept => {
+                            config.auth_info.token_file = kept;
+                            None
+                        }
+                    }
+                    .transpose();
+                    let client = token_file.and_then(|token_file| {
+                        kube::client::ClientBuilder::try_from(config)
+                            .map(|builder| {
+                                builder
+                                    .with_layer(&TokenFileLayer(token_file))
+                                    .with_layer(&PulseLayer(settings.watch_pulse.clone()))
+                                    .build()
+                            })
+                            .map_err(|e| {
+                                Error::Startup(format!(
+                                    "cannot build a Kubernetes client for {}: {e}",
+                                    settings.api_server
+                                ))
+                            })
                     });
                     match client {
                         Ok(client) => controller::run(client, settings).await,
-                        Err(e) => Err(Error::Startup(format!(
-                            "cannot build a Kubernetes client for {}: {e}",
-                            settings.api_server
-                        ))),
+                        Err(e) => Err(e),
                     }
                 }
                 Err((e, fallback)) => Err(Error::Startup(format!(

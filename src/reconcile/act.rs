@@ -129,9 +129,23 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
 /// # Errors
 ///
 /// [`Error::SecretConflict`] when another object took the name,
-/// [`Error::SecretWriteFailed`] when the API server refuses the write (400,
-/// 403, 422), [`Error::Kube`] otherwise (a changed Secret, an outage).
+/// [`Error::SecretWriteFailed`] when the API server refuses the write (see
+/// [`is_refusal`]), [`Error::Kube`] otherwise (a changed Secret, an outage).
 /// Returns the resourceVersion of the Secret written.
+/// Whether the API server's answer to a Secret write judges that write
+/// (the same write would meet the same answer), rather than an outage: 400,
+/// 403 and 422 (a quota, an admission webhook's denial, missing rights),
+/// and a 500 from an admission webhook that could not be called or did not
+/// answer in time (failurePolicy Fail: the API server's message begins
+/// "failed calling webhook" and names it; k8s.io/apiserver, admission
+/// webhook errors). These are reported as such (`SecretWriteFailed`), with
+/// the token kept for the retries.
+#[must_use]
+pub fn is_refusal(status: u16, message: &str) -> bool {
+    matches!(status, 400 | 403 | 422)
+        || (status == 500 && message.contains("failed calling webhook"))
+}
+
 pub(super) async fn write_secret(
     secrets: &Api<Secret>,
     existing: Option<&Secret>,
@@ -140,7 +154,7 @@ pub(super) async fn write_secret(
 ) -> Result<Option<String>, Error> {
     let name = desired.metadata.name.clone().unwrap_or_default();
     let refused = |err: kube::Error| match err {
-        kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => {
+        kube::Error::Api(status) if is_refusal(status.code, &status.message) => {
             Error::SecretWriteFailed {
                 secret: name.clone(),
                 status: status.code,
@@ -309,5 +323,33 @@ pub(super) async fn publish(
     // An Event is a courtesy: failing to publish one must not fail the work.
     if let Err(err) = ctx.recorder.publish(&event, about).await {
         warn!(error = %err, "could not publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::is_refusal;
+
+    #[test]
+    fn webhooks_that_fail_or_time_out_are_refusals_and_outages_are_not() {
+        // What a 1.37 API server says when a webhook outlasts its timeout.
+        let slow = r#"Internal error occurred: failed calling webhook "slow.e2e.tokensync.dev": failed to call webhook: Post "https://127.0.0.1:4443/validate?timeout=1s": context deadline exceeded"#;
+        assert!(is_refusal(500, slow));
+        assert!(is_refusal(
+            400,
+            "admission webhook \"x\" denied the request"
+        ));
+        assert!(is_refusal(403, "secrets is forbidden"));
+        assert!(is_refusal(422, "Secret is invalid"));
+        assert!(
+            !is_refusal(500, "etcdserver: request timed out"),
+            "an outage"
+        );
+        assert!(
+            !is_refusal(503, "failed calling webhook"),
+            "unavailable: an outage"
+        );
+        assert!(!is_refusal(409, "the object has been modified"));
+        assert!(!is_refusal(429, "too many requests"));
     }
 }

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod token_file;
 pub mod triggers;
 pub mod watch_pulse;
 

@@ -1,16 +1,20 @@
 //! The API server's bad days (api.md, "Talking to the API server:
 //! faults"): the leader lease through hangs and theft.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
 use serde_json::json;
 
 use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
 use crate::ops::{api_server_address, kubeconfig_through, leads};
 use crate::proxy::{FaultProxy, Mode};
+use crate::webhook::SlowWebhook;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -359,4 +363,213 @@ async fn after_five_outages_in_a_row_it_works_within_30_s_of_the_last() {
     );
     assert_eq!(controller.probe("/healthz").await.0, 200);
     assert!(controller.is_running(), "no restart, no exit");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_slow_webhook_fails_only_the_writes_it_judges_and_costs_no_token() {
+    let cluster = Cluster::new("webhook").await;
+    if !api_server_address(&cluster).ip().is_loopback() {
+        eprintln!("skipped: the API server cannot reach a webhook served by this test");
+        return;
+    }
+    // Judges the Secrets labelled `judged=yes` and answers after 3 s, past
+    // its 1 s timeout.
+    let webhook = SlowWebhook::register(&cluster, "judged", Duration::from_secs(3)).await;
+    let standin = standin_with("app-judged", "s3cr3t-judged", HOUR).await;
+    // Refreshed every ~12 s: its schedule shows while the other fails.
+    standin.set_client("app-free", "s3cr3t-free", Duration::from_secs(24));
+    cluster
+        .put_credentials("judged-creds", "app-judged", "s3cr3t-judged")
+        .await;
+    cluster
+        .put_credentials("free-creds", "app-free", "s3cr3t-free")
+        .await;
+    let controller = Controller::start(&cluster.kubeconfig, &cluster.namespace, &[]);
+    let mut judged = spec_for(&standin, "judged-creds");
+    judged["target"] = json!({"labels": {"judged": "yes"}});
+    cluster.create_credential("judged", judged).await;
+    cluster
+        .create_credential("free", spec_for(&standin, "free-creds"))
+        .await;
+    cluster.wait_ready("free").await;
+    let free_requests = standin.requests("app-free");
+
+    let failing = eventually(
+        Duration::from_secs(60),
+        "the judged credential fails its writes, retried",
+        || async {
+            let cr = cluster.credentials().get("judged").await.ok()?;
+            let ready = cr.condition("Ready")?.clone();
+            let attempts = cr.status.as_ref()?.failed_attempts;
+            (ready.reason == "SecretWriteFailed" && attempts >= 2).then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(failing.status, "False");
+    assert!(
+        failing.message.contains(&webhook.name),
+        "names the webhook: {}",
+        failing.message
+    );
+    assert!(webhook.calls() >= 2, "the webhook was asked each time");
+    assert_eq!(
+        standin.requests("app-judged"),
+        1,
+        "the token obtained first is kept for the retries"
+    );
+    // The other credential kept its schedule meanwhile.
+    eventually(
+        Duration::from_secs(30),
+        "the other credential is refreshed on schedule",
+        || async { (standin.requests("app-free") > free_requests).then_some(()) },
+    )
+    .await;
+    cluster.wait_ready("free").await;
+
+    // The webhook answers in time again: the kept token is written.
+    webhook.set_delay(Duration::ZERO);
+    let retries_before = webhook.calls();
+    cluster.wait_ready("judged").await;
+    assert!(webhook.calls() > retries_before);
+    assert!(cluster.token("judged", "accessToken").await.is_some());
+    assert_eq!(standin.requests("app-judged"), 1, "still the first token");
+    controller.assert_logs_hold_none_of(&["s3cr3t-judged", "s3cr3t-free"]);
+}
+
+/// A kubeconfig for the test's API server whose user is the token in
+/// `token_file` (read by the controller as it changes).
+fn kubeconfig_with_token_file(cluster: &Cluster, token_file: &std::path::Path) -> PathBuf {
+    let mut config = Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.token = None;
+            auth.token_file = Some(token_file.display().to_string());
+        }
+    }
+    let path = std::env::temp_dir().join(format!(
+        "rts-e2e-token-file-{}.kubeconfig",
+        rand::random::<u64>()
+    ));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// Runs kubectl against the test's API server; its standard output.
+fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Replaces `path`'s content at once (a rename), as the kubelet's atomic
+/// writer does.
+fn swap_file(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn a_rotated_token_file_is_read_again_and_an_empty_one_keeps_the_last_token() {
+    let cluster = Cluster::new("token-file").await;
+    let ns = cluster.namespace.clone();
+    // Two service accounts, each allowed everything in the namespace.
+    for account in ["first", "second"] {
+        kubectl(&cluster, &["-n", &ns, "create", "serviceaccount", account]).unwrap();
+        kubectl(
+            &cluster,
+            &[
+                "-n",
+                &ns,
+                "create",
+                "rolebinding",
+                account,
+                "--clusterrole=cluster-admin",
+                &format!("--serviceaccount={ns}:{account}"),
+            ],
+        )
+        .unwrap();
+    }
+    let token_of = |account: &str| {
+        kubectl(
+            &cluster,
+            &["-n", &ns, "create", "token", account, "--duration=1h"],
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    };
+    let (first, second) = (token_of("first"), token_of("second"));
+    let token_path = std::env::temp_dir().join(format!("rts-e2e-token-{}", rand::random::<u64>()));
+    std::fs::write(&token_path, &first).unwrap();
+    let kubeconfig = kubeconfig_with_token_file(&cluster, &token_path);
+
+    let standin = standin_with("app", "s3cr3t-token-file", HOUR).await;
+    cluster
+        .put_credentials("creds", "app", "s3cr3t-token-file")
+        .await;
+    let controller = Controller::start(&kubeconfig, &ns, &[]);
+    cluster
+        .create_credential("kept", spec_for(&standin, "creds"))
+        .await;
+    cluster.wait_ready("kept").await;
+
+    // The file now holds the second account's token, and the first
+    // account is gone.
+    swap_file(&token_path, &second);
+    kubectl(&cluster, &["-n", &ns, "delete", "serviceaccount", "first"]).unwrap();
+    // Positive control: the first token no longer opens anything.
+    let refused = eventually(
+        Duration::from_secs(15),
+        "the first account's token is refused",
+        || async { kubectl(&cluster, &["--token", &first, "-n", &ns, "get", "secrets"]).err() },
+    )
+    .await;
+    assert!(refused.contains("Unauthorized"), "{refused}");
+    let before = standin.requests("app");
+    ask_refresh(&cluster, "kept", "after-the-rotation").await;
+    eventually(
+        Duration::from_secs(30),
+        "work goes on with the second account's token",
+        || async { (standin.requests("app") > before).then_some(()) },
+    )
+    .await;
+    cluster.wait_ready("kept").await;
+
+    // Emptied for a while (longer than a re-read): the last good token
+    // is kept.
+    swap_file(&token_path, "");
+    eventually(
+        Duration::from_secs(30),
+        "the empty file was read",
+        || async {
+            controller
+                .logs()
+                .contains("cannot use the API server token file")
+                .then_some(())
+        },
+    )
+    .await;
+    let before = standin.requests("app");
+    ask_refresh(&cluster, "kept", "while-empty").await;
+    eventually(
+        Duration::from_secs(30),
+        "work goes on while the file is empty",
+        || async { (standin.requests("app") > before).then_some(()) },
+    )
+    .await;
+    cluster.wait_ready("kept").await;
+    swap_file(&token_path, &second);
+    controller.assert_logs_hold_none_of(&[&first, &second, "s3cr3t-token-file"]);
+    let _ = std::fs::remove_file(&token_path);
+    let _ = std::fs::remove_file(&kubeconfig);
 }

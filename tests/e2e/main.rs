@@ -20,6 +20,7 @@ mod plane;
 mod proxy;
 mod sdk;
 mod shared;
+mod webhook;
 mod writes;
 
 use std::time::Duration;
