@@ -573,3 +573,164 @@ async fn a_rotated_token_file_is_read_again_and_an_empty_one_keeps_the_last_toke
     let _ = std::fs::remove_file(&token_path);
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+/// Deletes cluster-wide objects by kubectl when dropped (also when the
+/// test failed).
+struct Cleanup {
+    kubeconfig: PathBuf,
+    objects: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "--ignore-not-found", "--wait=false"])
+            .args(&self.objects)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The API server's count of requests its priority level `level` rejected.
+fn rejected_by(cluster: &Cluster, level: &str) -> u64 {
+    let metrics = kubectl(cluster, &["get", "--raw", "/metrics"]).unwrap();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_flowcontrol_rejected_requests_total{")
+                && l.contains(&format!("priority_level=\"{level}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum()
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run hack/test.sh"]
+async fn priority_and_fairness_rejections_are_retried_and_cost_no_token() {
+    let cluster = Cluster::new("apf").await;
+    let ns = cluster.namespace.clone();
+    // The controller runs as a service account (an administrator's
+    // requests are exempt from Priority and Fairness), whose requests a
+    // FlowSchema sends to a priority level of the smallest share that
+    // rejects what it cannot serve at once.
+    kubectl(
+        &cluster,
+        &["-n", &ns, "create", "serviceaccount", "limited"],
+    )
+    .unwrap();
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "rolebinding",
+            "limited",
+            "--clusterrole=cluster-admin",
+            &format!("--serviceaccount={ns}:limited"),
+        ],
+    )
+    .unwrap();
+    let level = format!("rts-e2e-{ns}");
+    let _cleanup = Cleanup {
+        kubeconfig: cluster.kubeconfig.clone(),
+        objects: vec![
+            format!("flowschema.flowcontrol.apiserver.k8s.io/{level}"),
+            format!("prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/{level}"),
+        ],
+    };
+    let manifests = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {
+            "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+            "kind": "PriorityLevelConfiguration",
+            "metadata": {"name": level},
+            "spec": {"type": "Limited", "limited": {
+                "nominalConcurrencyShares": 1,
+                "lendablePercent": 0,
+                "borrowingLimitPercent": 0,
+                "limitResponse": {"type": "Reject"},
+            }},
+        },
+        {
+            "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+            "kind": "FlowSchema",
+            "metadata": {"name": level},
+            "spec": {
+                "priorityLevelConfiguration": {"name": level},
+                "matchingPrecedence": 50,
+                "distinguisherMethod": {"type": "ByUser"},
+                "rules": [{
+                    "subjects": [{"kind": "ServiceAccount",
+                        "serviceAccount": {"namespace": ns, "name": "limited"}}],
+                    "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"],
+                        "resources": ["*"], "namespaces": ["*"], "clusterScope": true}],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }],
+            },
+        },
+    ]});
+    let file = std::env::temp_dir().join(format!("rts-e2e-apf-{}.json", rand::random::<u64>()));
+    std::fs::write(&file, manifests.to_string()).unwrap();
+    kubectl(&cluster, &["apply", "-f", &file.display().to_string()]).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let token = kubectl(
+        &cluster,
+        &["-n", &ns, "create", "token", "limited", "--duration=1h"],
+    )
+    .unwrap();
+    let token_path = std::env::temp_dir().join(format!("rts-e2e-token-{}", rand::random::<u64>()));
+    std::fs::write(&token_path, token.trim()).unwrap();
+    let kubeconfig = kubeconfig_with_token_file(&cluster, &token_path);
+
+    // Twenty credentials of twenty applications, all at once: far more
+    // requests at a time than the priority level serves.
+    let standin = standin_with("app-0", "s3cr3t-apf-0", HOUR).await;
+    let names: Vec<String> = (0..20).map(|i| format!("apf-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let (app, secret) = (format!("app-{i}"), format!("s3cr3t-apf-{i}"));
+        standin.set_client(&app, &secret, HOUR);
+        let creds = format!("creds-{i}");
+        cluster.put_credentials(&creds, &app, &secret).await;
+        cluster
+            .create_credential(name, spec_for(&standin, &creds))
+            .await;
+    }
+    let rejected_before = rejected_by(&cluster, &level);
+    let controller = Controller::start(&kubeconfig, &ns, &["--concurrency", "20"]);
+    for name in &names {
+        cluster.wait_ready(name).await;
+    }
+    // Positive control: the API server did reject the controller's requests.
+    let rejected = rejected_by(&cluster, &level) - rejected_before;
+    assert!(
+        rejected > 0,
+        "no request was rejected: the test proves nothing"
+    );
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            standin.requests(&format!("app-{i}")),
+            1,
+            "{name}: one token request, however many rejections"
+        );
+        let cr = cluster.credentials().get(name).await.unwrap();
+        assert_ne!(
+            cr.condition("Stalled").map(|c| c.status.as_str()),
+            Some("True"),
+            "{name}"
+        );
+        let events = cluster.events(name).await;
+        assert!(
+            !events
+                .iter()
+                .any(|(_, reason, _)| reason == "SecretWriteFailed"),
+            "{name}: {events:?}"
+        );
+    }
+    eprintln!("the API server rejected {rejected} of the controller's requests");
+    controller.assert_logs_hold_none_of(&[token.trim(), "s3cr3t-apf-1"]);
+    let _ = std::fs::remove_file(&token_path);
+    let _ = std::fs::remove_file(&kubeconfig);
+}
