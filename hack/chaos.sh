@@ -2,7 +2,11 @@
 # Chaos run with printed figures (tests/e2e/chaos.rs): RunaiCredentials with
 # short-lived tokens while the token endpoint fails or stalls about half of
 # the time, the API server restarts and the controller is killed with kill -9
-# every 30 s (two replicas with leader election for the middle third).
+# every 30 s (two replicas with leader election for the middle third), and
+# the replicas reach the API server through a fault-injecting proxy that
+# plays one bad day every 20 s in turn: idle connections black-holed, an
+# outage (connections refused), a hang shorter than the renew deadline, and
+# the leader Lease taken by another identity.
 #
 #   hack/chaos.sh [SECONDS]   default 300
 #

@@ -1,7 +1,11 @@
 //! Chaos: RunaiCredentials with short-lived tokens kept while the token
 //! endpoint fails or stalls about half of the time, the API server restarts
 //! and the controller is killed with `kill -9` every 30 s, with two replicas
-//! under leader election for the middle third of the run.
+//! under leader election for the middle third of the run. On a plane of its
+//! own, the replicas reach the API server through the fault-injecting proxy,
+//! which plays one of its bad days every 20 s: idle connections black-holed,
+//! an outage (refused), a hang shorter than the renew deadline, and the
+//! Lease taken by another identity.
 //!
 //! A sampler reads every target Secret once a second and counts, over the
 //! whole run after the first tokens: seconds a target held an expired token
@@ -37,6 +41,8 @@ use runai_standin::{Fault, StandIn};
 use serde_json::json;
 
 use crate::harness::{Cluster, Controller, KUBECONFIG_ENV, eventually, spec_for};
+use crate::ops::{api_server_address, kubeconfig_through};
+use crate::proxy::{FaultProxy, Mode};
 
 /// Token lifetime: refreshed at 60 s, with 30 s left for retries.
 const LIFETIME: Duration = Duration::from_secs(90);
@@ -143,6 +149,39 @@ struct Figures {
     longest_without_leader: Duration,
     api_server_restarts: u32,
     kills: u32,
+    /// Faults played through the proxy, by kind (see [`API_FAULTS`]).
+    api_faults: [u32; 4],
+}
+
+/// The API server's bad days the proxy plays in turn, with how long each
+/// lasts: idle connections black-holed, an outage, a hang shorter than the
+/// renew deadline (10 s of the default 15 s lease), the Lease taken.
+const API_FAULTS: [(&str, Duration); 4] = [
+    ("idle connections black-holed", Duration::from_secs(3)),
+    ("outages (refused)", Duration::from_secs(8)),
+    ("hangs", Duration::from_secs(6)),
+    ("lease thefts", Duration::from_secs(10)),
+];
+const API_FAULT_EVERY: Duration = Duration::from_secs(20);
+
+/// Takes the leader Lease of `namespace` for another identity, for the
+/// default lease duration from now; the controller's renewal can win it
+/// back only once that lapses.
+async fn steal_lease(client: &kube::Client, namespace: &str) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), namespace);
+    if let Ok(Some(mut lease)) = leases.get_opt("runai-token-sync").await
+        && let Some(spec) = lease.spec.as_mut()
+    {
+        spec.holder_identity = Some("chaos-thief".to_owned());
+        spec.lease_duration_seconds = Some(15);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        // A lost race with a renewal is simply tried again next second.
+        let _ = leases
+            .replace("runai-token-sync", &PostParams::default(), &lease)
+            .await;
+    }
 }
 
 /// One replica slot: the same identity across restarts, as a Pod keeps its name.
@@ -200,6 +239,16 @@ async fn chaos_keeps_every_token_fresh() {
     };
     let cluster = Cluster::on(kubeconfig.clone(), "chaos").await;
     let ns = cluster.namespace.clone();
+    // On a plane of its own (an API server on this machine), the replicas
+    // go through the fault-injecting proxy; the sampler does not.
+    let proxy = match &plane {
+        Some(_) => Some(FaultProxy::start(api_server_address(&cluster)).await),
+        None => None,
+    };
+    let kubeconfig = match &proxy {
+        Some(proxy) => kubeconfig_through(&cluster, proxy.address),
+        None => kubeconfig.clone(),
+    };
 
     let standin = StandIn::start().await.unwrap();
     for i in 0..CREDENTIALS {
@@ -267,9 +316,34 @@ async fn chaos_keeps_every_token_fresh() {
     let mut next_kill = started + KILL_EVERY;
     let mut restarted_api = false;
     let mut without_leader_since: Option<Instant> = None;
+    let mut next_api_fault = started + Duration::from_secs(15);
+    let mut api_fault: Option<(usize, Instant)> = None;
     let secrets = cluster.secrets();
     while started.elapsed() < run {
         let tick = Instant::now();
+        if let Some(proxy) = &proxy {
+            if let Some((_, ends)) = api_fault
+                && tick >= ends
+            {
+                proxy.set(Mode::Pass);
+                api_fault = None;
+            }
+            if api_fault.is_none() && tick >= next_api_fault {
+                let kind = figures.api_faults.iter().sum::<u32>() as usize % API_FAULTS.len();
+                match kind {
+                    0 => proxy.set(Mode::BlackHoleWhenIdle),
+                    1 => proxy.set(Mode::Refuse),
+                    2 => proxy.set(Mode::Hang),
+                    _ => {}
+                }
+                figures.api_faults[kind] += 1;
+                api_fault = Some((kind, tick + API_FAULTS[kind].1));
+                next_api_fault += API_FAULT_EVERY;
+            }
+            if let Some((3, _)) = api_fault {
+                steal_lease(&cluster.client, &ns).await;
+            }
+        }
         let third = started.elapsed().as_secs_f64() / run.as_secs_f64();
         // Two replicas for the middle third.
         if (1.0 / 3.0..2.0 / 3.0).contains(&third) && replicas[1].controller.is_none() {
@@ -354,6 +428,9 @@ async fn chaos_keeps_every_token_fresh() {
         figures.longest_without_leader = figures.longest_without_leader.max(since.elapsed());
     }
     standin.set_fault(None);
+    if let Some(proxy) = &proxy {
+        proxy.set(Mode::Pass);
+    }
 
     let after = eventually(
         Duration::from_secs(30),
@@ -392,6 +469,19 @@ async fn chaos_keeps_every_token_fresh() {
             ""
         }
     );
+    if proxy.is_some() {
+        let played: Vec<String> = API_FAULTS
+            .iter()
+            .zip(figures.api_faults)
+            .map(|((kind, lasts), n)| format!("{n} {kind} ({} s)", lasts.as_secs()))
+            .collect();
+        println!(
+            "  API-server faults through the proxy: {}",
+            played.join(", ")
+        );
+    } else {
+        println!("  API-server faults through the proxy: none (not on this cluster)");
+    }
     println!(
         "  samples: {} (unsampled while the API server was away: {})",
         figures.samples, figures.unsampled
