@@ -342,10 +342,17 @@ async fn run(cli: Cli) -> ExitCode {
                     // which the API server ends a watch request.
                     config.connect_timeout = Some(Duration::from_secs(10));
                     config.read_timeout = Some(runai_token_sync::runtime::WATCH_READ_TIMEOUT);
+                    // kube's own retries of 429, 503 and 504 can wait minutes
+                    // (15 tries, up to 1000 s apart): ours are bounded.
+                    config.default_retry = false;
                     // A token file is read here, again as it rotates (see
-                    // token_file); a static token stays kube's to send.
+                    // token_file); a static token or an exec plugin beside
+                    // it stays kube's to handle, with kube's precedence.
                     let token_file = match config.auth_info.token_file.take() {
-                        Some(path) if config.auth_info.token.is_none() => {
+                        Some(path)
+                            if config.auth_info.token.is_none()
+                                && config.auth_info.exec.is_none() =>
+                        {
                             Some(TokenFile::open(std::path::Path::new(&path)))
                         }
                         kept => {
@@ -360,6 +367,12 @@ async fn run(cli: Cli) -> ExitCode {
                                 builder
                                     .with_layer(&TokenFileLayer(token_file))
                                     .with_layer(&PulseLayer(settings.watch_pulse.clone()))
+                                    // A retry sends the request again: the
+                                    // buffer makes the boxed stack shareable.
+                                    .with_layer(&tower::buffer::BufferLayer::new(1024))
+                                    .with_layer(&tower::retry::RetryLayer::new(
+                                        runai_token_sync::runtime::api_server_retry(),
+                                    ))
                                     .build()
                             })
                             .map_err(|e| {

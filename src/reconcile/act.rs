@@ -135,8 +135,8 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
 /// Whether the API server's answer to a Secret write judges that write
 /// (the same write would meet the same answer), rather than an outage: 400,
 /// 403 and 422 (a quota, an admission webhook's denial, missing rights),
-/// and a 500 from an admission webhook that could not be called or did not
-/// answer in time (failurePolicy Fail: the API server's message begins
+/// a denial by an admission webhook whatever code it chose, and a 500 from
+/// an admission webhook that could not be called or did not answer in time (failurePolicy Fail: the API server's message begins
 /// "failed calling webhook" and names it; k8s.io/apiserver, admission
 /// webhook errors). These are reported as such (`SecretWriteFailed`), with
 /// the token kept for the retries.
@@ -144,6 +144,8 @@ pub(super) async fn namespace_terminating(ctx: &Context, namespace: &str) -> boo
 pub fn is_refusal(status: u16, message: &str) -> bool {
     matches!(status, 400 | 403 | 422)
         || (status == 500 && message.contains("failed calling webhook"))
+        // A denial carries the webhook's own code, which may be any.
+        || (message.contains("admission webhook") && message.contains("denied the request"))
 }
 
 pub(super) async fn write_secret(

@@ -63,9 +63,6 @@ pub async fn reconcile(
     let started = std::time::Instant::now();
     let result = super::bounded(reconcile_at(&crc, &ctx, now).instrument(span)).await;
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
-    if result.is_ok() {
-        ctx.health.record_progress();
-    }
     ctx.settle(&uid_of(&crc), &CredentialLabels::new("", &crc.name_any()));
     result
 }

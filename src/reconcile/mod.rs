@@ -454,8 +454,10 @@ pub async fn reconcile(cr: Arc<RunaiCredential>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     let labels = CredentialLabels::new(&cr.namespace().unwrap_or_default(), &cr.name_any());
     let uid = uid_of(&cr);
+    // Liveness is not told: its progress is the API server answering and
+    // the watches being answered (health::is_progress), which a
+    // reconciliation from a requeue proves nothing about.
     if result.is_ok() {
-        ctx.health.record_progress();
         lock(&ctx.api_errors).remove(&uid);
     }
     ctx.settle(&uid, &labels);

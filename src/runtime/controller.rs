@@ -460,6 +460,10 @@ async fn run_elected(
         }
         info!("became the leader");
         ctx.resume_acting();
+        // A new term starts with a clean slate: the time without progress
+        // of the last one (or of following) must not fail liveness before
+        // this one's first probe.
+        health.record_progress();
         health.set_leading(true);
         ctx.metrics.set_leader(true);
         let mut stop = stopping.clone();
@@ -694,6 +698,7 @@ fn secret_changes(
                 secrets.clone(),
                 super::paged_watch_config().labels(&selector),
             )
+            .backoff(super::watch_backoff())
             .map_ok(relisted(ctx.clone()))
             .touched_objects()
         };
@@ -706,6 +711,7 @@ fn secret_changes(
         // It sees every Secret: one it has not seen need not be read.
         let seen = ctx.known_secrets.watch(namespace);
         watcher(secrets, super::paged_watch_config())
+            .backoff(super::watch_backoff())
             .map_ok(relisted(ctx.clone()))
             .map_ok(move |event| {
                 seen.observe(&event);

@@ -62,6 +62,25 @@ pub(crate) fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
 /// the jitter, a watch tries again at most 20 s after it failed.
 pub const WATCH_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How the Kubernetes client retries an answer that says "later" (429
+/// from Priority and Fairness or a starting API server, 503, 504): up to 5
+/// times, from 0.1 s doubling up to 5 s apart, or after the answer's
+/// `Retry-After` when it says longer. Bounded, so that a call waits at
+/// most about half a minute for an API server that keeps answering so,
+/// and the failure then takes the controller's own retry path (a kept
+/// token, a requeue), never a new token request. kube's default (15 tries,
+/// up to 1000 s apart) could hold a watch or a write for minutes.
+#[must_use]
+pub fn api_server_retry() -> kube::client::retry::RetryPolicy {
+    kube::client::retry::RetryPolicy::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+        5,
+        true,
+    )
+    .expect("a valid backoff: 0.1 s up to 5 s")
+}
+
 /// How long the API server keeps each watch request open (seconds), so
 /// that a live watch answers within it: the API server ends the request
 /// and the watch goes on with a new one from where it was. A watch whose

@@ -23,23 +23,35 @@ impl<S> tower::Layer<S> for PulseLayer {
     }
 }
 
-/// The client's service, beating the pulse whenever a watch request is
-/// answered with a success status.
+/// The client's service, beating the pulse whenever a watch request of the
+/// credentials or the Secrets is answered with a success status.
 #[derive(Debug)]
 pub struct PulseService<S> {
     inner: S,
     pulse: WatchPulse,
 }
 
-/// Whether a request is a watch: `watch=true` (or `1`) in its query, as
-/// the Kubernetes API takes it (API concepts, "Efficient detection of
-/// changes").
-fn is_watch<B>(request: &Request<B>) -> bool {
-    request.uri().query().is_some_and(|query| {
+/// The resources whose watches drive the work: the credentials of both
+/// kinds and the Secrets. The watches of Namespaces and of the CRDs do not
+/// count: they could be answered while the controller's own are dead.
+const WORK: [&str; 3] = ["runaicredentials", "clusterrunaicredentials", "secrets"];
+
+/// Whether a request is a watch of [`WORK`]: `watch=true` (or `1`) in its
+/// query, as the Kubernetes API takes it (API concepts, "Efficient
+/// detection of changes"), on a collection path ending in one of them.
+fn is_work_watch<B>(request: &Request<B>) -> bool {
+    let uri = request.uri();
+    let watch = uri.query().is_some_and(|query| {
         query
             .split('&')
             .any(|pair| pair == "watch=true" || pair == "watch=1")
-    })
+    });
+    watch
+        && uri
+            .path()
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| WORK.contains(&last))
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for PulseService<S>
@@ -56,7 +68,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let pulse = is_watch(&request).then(|| self.pulse.clone());
+        let pulse = is_work_watch(&request).then(|| self.pulse.clone());
         let answer = self.inner.call(request);
         Box::pin(async move {
             let answered = answer.await;

@@ -160,13 +160,12 @@ const API_FAULTS: [(&str, Duration); 4] = [
     ("idle connections black-holed", Duration::from_secs(3)),
     ("outages (refused)", Duration::from_secs(8)),
     ("hangs", Duration::from_secs(6)),
-    ("lease thefts", Duration::from_secs(10)),
+    ("lease thefts", Duration::from_secs(5)),
 ];
 const API_FAULT_EVERY: Duration = Duration::from_secs(20);
 
-/// Takes the leader Lease of `namespace` for another identity, for the
-/// default lease duration from now; the controller's renewal can win it
-/// back only once that lapses.
+/// Takes the leader Lease of `namespace` for another identity, for 5 s
+/// from now; the controller can win it back only once that lapses.
 async fn steal_lease(client: &kube::Client, namespace: &str) {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -175,7 +174,7 @@ async fn steal_lease(client: &kube::Client, namespace: &str) {
         && let Some(spec) = lease.spec.as_mut()
     {
         spec.holder_identity = Some("chaos-thief".to_owned());
-        spec.lease_duration_seconds = Some(15);
+        spec.lease_duration_seconds = Some(5);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         // A lost race with a renewal is simply tried again next second.
         let _ = leases

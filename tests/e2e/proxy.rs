@@ -37,6 +37,7 @@ pub(crate) struct FaultProxy {
     /// Where the controller connects.
     pub(crate) address: SocketAddr,
     mode: watch::Sender<Mode>,
+    forgotten: Forgotten,
 }
 
 /// The connections the proxy forgot, kept open (never closed) for as long
@@ -50,6 +51,7 @@ impl FaultProxy {
         let address = first.local_addr().unwrap();
         let (mode, mut changes) = watch::channel(Mode::Pass);
         let forgotten: Forgotten = Arc::default();
+        let kept = forgotten.clone();
         tokio::spawn(async move {
             let mut listener = Some(first);
             loop {
@@ -83,7 +85,16 @@ impl FaultProxy {
                 }
             }
         });
-        FaultProxy { address, mode }
+        FaultProxy {
+            address,
+            mode,
+            forgotten: kept,
+        }
+    }
+
+    /// How many connections [`Mode::BlackHoleWhenIdle`] has forgotten.
+    pub(crate) fn forgotten(&self) -> usize {
+        self.forgotten.lock().unwrap().len()
     }
 
     /// Switches the mode; it applies to open connections at once.
