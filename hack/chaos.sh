@@ -4,9 +4,9 @@
 # the time, the API server restarts and the controller is killed with kill -9
 # every 30 s (two replicas with leader election for the middle third), and
 # the replicas reach the API server through a fault-injecting proxy that
-# plays one bad day every 20 s in turn: idle connections black-holed, an
-# outage (connections refused), a hang shorter than the renew deadline, and
-# the leader Lease taken by another identity.
+# plays one bad day every 30 s in turn, between the kills: idle connections
+# black-holed, an outage (connections refused), a hang shorter than the
+# renew deadline, and the leader Lease taken by another identity.
 #
 #   hack/chaos.sh [SECONDS]   default 300
 #

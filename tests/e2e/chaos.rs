@@ -3,9 +3,9 @@
 //! and the controller is killed with `kill -9` every 30 s, with two replicas
 //! under leader election for the middle third of the run. On a plane of its
 //! own, the replicas reach the API server through the fault-injecting proxy,
-//! which plays one of its bad days every 20 s: idle connections black-holed,
-//! an outage (refused), a hang shorter than the renew deadline, and the
-//! Lease taken by another identity.
+//! which plays one of its bad days every 30 s, between the kills: idle
+//! connections black-holed, an outage (refused), a hang shorter than the
+//! renew deadline, and the Lease taken by another identity.
 //!
 //! A sampler reads every target Secret once a second and counts, over the
 //! whole run after the first tokens: seconds a target held an expired token
@@ -162,7 +162,10 @@ const API_FAULTS: [(&str, Duration); 4] = [
     ("hangs", Duration::from_secs(6)),
     ("lease thefts", Duration::from_secs(5)),
 ];
-const API_FAULT_EVERY: Duration = Duration::from_secs(20);
+/// Every 30 s, 15 s after each kill: one fault at a time, so that each
+/// shows what it costs (a kill during an outage during a stolen lease is
+/// longer than the 30 s a token has left after its refresh is due).
+const API_FAULT_EVERY: Duration = Duration::from_secs(30);
 
 /// Takes the leader Lease of `namespace` for another identity, for 5 s
 /// from now; the controller can win it back only once that lapses.
