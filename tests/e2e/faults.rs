@@ -267,12 +267,30 @@ async fn a_watch_that_silently_stops_delivering_is_replaced_within_two_minutes()
     let relayed = kubeconfig_through(&cluster, hole.address);
     let standin = standin_with("app", "s3cr3t-dead", HOUR).await;
     standin.set_client("app-rotated", "s3cr3t-rotated", HOUR);
+    standin.set_client("app-other", "s3cr3t-other", HOUR);
     cluster.put_credentials("creds", "app", "s3cr3t-dead").await;
-    let controller = Controller::start(&relayed, &cluster.namespace, &[]);
     cluster
-        .create_credential("kept", spec_for(&standin, "creds"))
+        .put_credentials("other-creds", "app-other", "s3cr3t-other")
         .await;
-    cluster.wait_ready("kept").await;
+    let controller = Controller::start(&relayed, &cluster.namespace, &[]);
+    for (name, creds) in [
+        ("kept", "creds"),
+        ("edited", "other-creds"),
+        ("gone", "other-creds"),
+    ] {
+        cluster
+            .create_credential(name, spec_for(&standin, creds))
+            .await;
+    }
+    for name in ["kept", "edited", "gone"] {
+        cluster.wait_ready(name).await;
+    }
+    let ns = cluster.namespace.clone();
+    let series = format!("{{namespace=\"{ns}\",name=\"gone\"}}");
+    assert!(
+        controller.probe("/metrics").await.1.contains(&series),
+        "the deleted credential's series is there before"
+    );
     // Every idle connection the controller has (its watches among them)
     // stops delivering, without being closed; new connections work.
     hole.set(Mode::BlackHoleWhenIdle);
@@ -281,15 +299,28 @@ async fn a_watch_that_silently_stops_delivering_is_replaced_within_two_minutes()
     // Positive control: the controller's connections (its watches) were
     // among those forgotten.
     assert!(hole.forgotten() >= 1, "no connection was black-holed");
-    // A rotation of the credentials, and an edit of the credential.
+    // A rotation of the credentials, an edit and a deletion.
     cluster
         .put_credentials("creds", "app-rotated", "s3cr3t-rotated")
         .await;
+    cluster
+        .patch_credential("edited", json!({"spec": {"target": {"key": "token"}}}))
+        .await;
+    cluster
+        .credentials()
+        .delete("gone", &Default::default())
+        .await
+        .unwrap();
     let changed = Instant::now();
     eventually(
         Duration::from_secs(120),
-        "the rotation takes effect through a replaced watch",
-        || async { (standin.requests("app-rotated") >= 1).then_some(()) },
+        "the rotation, the edit and the deletion take effect through replaced watches",
+        || async {
+            let rotated = standin.requests("app-rotated") >= 1;
+            let edited = cluster.token("edited", "token").await.is_some();
+            let forgotten = !controller.probe("/metrics").await.1.contains(&series);
+            (rotated && edited && forgotten).then_some(())
+        },
     )
     .await;
     let took = changed.elapsed();
