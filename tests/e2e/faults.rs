@@ -11,7 +11,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::json;
 
-use crate::harness::{Cluster, Controller, eventually, spec_for, standin_with, stays};
+use crate::harness::{
+    Cluster, Controller, DeleteOnDrop, eventually, spec_for, standin_with, stays,
+};
 use crate::ops::{api_server_address, kubeconfig_through, leads};
 use crate::proxy::{FaultProxy, Mode};
 use crate::webhook::SlowWebhook;
@@ -648,25 +650,6 @@ async fn a_rotated_token_file_is_read_again_and_an_empty_one_keeps_the_last_toke
     let _ = std::fs::remove_file(&kubeconfig);
 }
 
-/// Deletes cluster-wide objects by kubectl when dropped (also when the
-/// test failed).
-struct Cleanup {
-    kubeconfig: PathBuf,
-    objects: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(["delete", "--ignore-not-found", "--wait=false"])
-            .args(&self.objects)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 /// The API server's count of requests its priority level `level` rejected.
 fn rejected_by(cluster: &Cluster, level: &str) -> u64 {
     let metrics = kubectl(cluster, &["get", "--raw", "/metrics"]).unwrap();
@@ -709,7 +692,7 @@ async fn priority_and_fairness_rejections_are_retried_and_cost_no_token() {
     )
     .unwrap();
     let level = format!("rts-e2e-{ns}");
-    let _cleanup = Cleanup {
+    let _cleanup = DeleteOnDrop {
         kubeconfig: cluster.kubeconfig.clone(),
         objects: vec![
             format!("flowschema.flowcontrol.apiserver.k8s.io/{level}"),

@@ -232,6 +232,27 @@ impl Drop for Cluster {
     }
 }
 
+/// Deletes cluster-wide objects (`kind/name` or `kind.group/name`) by
+/// kubectl when dropped, also when the test failed. By kubectl: a test's
+/// client cannot be waited on in a drop, on the runtime that drives its
+/// connections.
+pub struct DeleteOnDrop {
+    pub kubeconfig: PathBuf,
+    pub objects: Vec<String>,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "--ignore-not-found", "--wait=false"])
+            .args(&self.objects)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 async fn install_crd(client: &Client) {
     for crd in [crd(), runai_token_sync::api::cluster_crd()] {
         install_one_crd(client, crd).await;

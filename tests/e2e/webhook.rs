@@ -15,6 +15,8 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
+use crate::harness::DeleteOnDrop;
+
 /// A running webhook, registered for the Secrets of one namespace that
 /// carry a label; unregistered when dropped.
 pub(crate) struct SlowWebhook {
@@ -22,7 +24,9 @@ pub(crate) struct SlowWebhook {
     pub(crate) name: String,
     delay_ms: Arc<AtomicU64>,
     calls: Arc<AtomicUsize>,
-    kubeconfig: std::path::PathBuf,
+    /// Unregisters it, also when the test failed (its selectors already
+    /// keep other tests' Secrets out).
+    _registration: DeleteOnDrop,
 }
 
 impl SlowWebhook {
@@ -67,10 +71,13 @@ impl SlowWebhook {
             .await
             .unwrap();
         SlowWebhook {
-            name,
             delay_ms,
             calls,
-            kubeconfig: cluster.kubeconfig.clone(),
+            _registration: DeleteOnDrop {
+                kubeconfig: cluster.kubeconfig.clone(),
+                objects: vec![format!("validatingwebhookconfiguration/{name}")],
+            },
+            name,
         }
     }
 
@@ -83,26 +90,6 @@ impl SlowWebhook {
     /// How many reviews the API server has sent.
     pub(crate) fn calls(&self) -> usize {
         self.calls.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for SlowWebhook {
-    fn drop(&mut self) {
-        // Unregistered even when the test failed (its selectors already keep
-        // other tests' Secrets out). By kubectl: the test's client cannot be
-        // waited on here, on the runtime that drives its connections.
-        let _ = std::process::Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args([
-                "delete",
-                "validatingwebhookconfiguration",
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .arg(&self.name)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
     }
 }
 
